@@ -1,0 +1,15 @@
+//! Image-text pairs for CLIP training: sources, CLIP preprocessing, tokenisation, batching.
+
+pub mod batch;
+pub mod error;
+pub mod preprocess;
+pub mod shapes;
+pub mod source;
+pub mod tokenizer;
+
+pub use batch::{Batcher, ClipBatch, Prefetcher};
+pub use error::DataError;
+pub use preprocess::{CLIP_MEAN, CLIP_STD, load_image, normalize_into, resize_center_crop};
+pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
+pub use source::{ImageTextPair, PairSource, SampleError, SampleErrorKind};
+pub use tokenizer::ClipTokenizer;

@@ -1,0 +1,396 @@
+//! The built-in data: seeded, procedural pictures of coloured shapes with varied captions.
+//!
+//! Every sample is a pure function of `(seed, split, index)`, so runs are reproducible and the
+//! held-out split (a different seed stream) never repeats a training image. Its zero-shot task
+//! is to name the colour and shape of a held-out image among all colour×shape classes.
+
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::source::{ImageTextPair, PairSource, SampleError};
+
+/// The shapes drawn, in class order.
+pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "star", "hexagon", "cross"];
+
+/// The shape colours, in class order.
+pub const COLORS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 30, 35]),
+    ("green", [35, 165, 60]),
+    ("blue", [35, 75, 220]),
+    ("yellow", [245, 220, 40]),
+    ("purple", [135, 45, 175]),
+    ("orange", [245, 135, 25]),
+    ("black", [15, 15, 15]),
+    ("white", [245, 245, 245]),
+];
+
+/// Backgrounds; one far enough from the shape's colour is picked for each image.
+const BACKGROUNDS: [(&str, [u8; 3]); 7] = [
+    ("white", [250, 250, 250]),
+    ("black", [10, 10, 10]),
+    ("gray", [128, 128, 128]),
+    ("beige", [225, 210, 170]),
+    ("pale blue", [175, 205, 235]),
+    ("dark green", [25, 65, 35]),
+    ("pink", [240, 180, 200]),
+];
+
+const SIZES: [(&str, f32, f32); 3] = [
+    ("small", 0.15, 0.21),
+    ("", 0.23, 0.30),
+    ("large", 0.32, 0.42),
+];
+
+const TEMPLATES: [&str; 10] = [
+    "a photo of a {color} {shape}",
+    "a {size} {color} {shape}",
+    "a {color} {shape} on a {bg} background",
+    "a {size} {color} {shape} on a {bg} background",
+    "a drawing of a {color} {shape}",
+    "a {color} {shape} in the {where}",
+    "{color} {shape}",
+    "a picture of a {shape} that is {color}",
+    "an image of a {size} {shape}, coloured {color}",
+    "a {bg} picture with a {color} {shape}",
+];
+
+/// Which stream of seeds a sample comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    HeldOut,
+}
+
+/// One labelled sample of the shapes data.
+#[derive(Clone, Debug)]
+pub struct ShapeSample {
+    pub image: RgbImage,
+    pub caption: String,
+    /// Index into [`ShapesDataset::class_names`].
+    pub class: usize,
+}
+
+/// The procedural dataset: infinite, deterministic given its seed.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapesDataset {
+    pub seed: u64,
+    pub image_size: u32,
+}
+
+impl ShapesDataset {
+    pub fn new(seed: u64, image_size: u32) -> Self {
+        Self { seed, image_size }
+    }
+
+    /// `"{colour} {shape}"` for every class, colour-major (`red circle`, `red square`, ...).
+    pub fn class_names() -> Vec<String> {
+        COLORS
+            .iter()
+            .flat_map(|(color, _)| SHAPES.iter().map(move |shape| format!("{color} {shape}")))
+            .collect()
+    }
+
+    /// The `index`-th sample of `split`.
+    pub fn sample(&self, split: Split, index: u64) -> ShapeSample {
+        let mut rng = StdRng::seed_from_u64(sample_seed(self.seed, split, index));
+        let shape = rng.random_range(0..SHAPES.len());
+        let color = rng.random_range(0..COLORS.len());
+        let (size_word, lo, hi) = SIZES[rng.random_range(0..SIZES.len())];
+        let candidates: Vec<_> = BACKGROUNDS
+            .iter()
+            .filter(|(_, bg)| color_distance(*bg, COLORS[color].1) > 120.0)
+            .collect();
+        let (bg_name, bg) = *candidates[rng.random_range(0..candidates.len())];
+
+        let s = self.image_size as f32;
+        let radius = s * rng.random_range(lo..hi);
+        let cx = rng.random_range(radius..(s - radius).max(radius + 1e-3));
+        let cy = rng.random_range(radius..(s - radius).max(radius + 1e-3));
+        let rotation = match SHAPES[shape] {
+            "square" | "cross" => rng.random_range(-0.3..0.3f32),
+            "triangle" => rng.random_range(-0.35..0.35f32),
+            _ => rng.random_range(0.0..std::f32::consts::TAU),
+        };
+        let noise = rng.random_range(0.0..24.0f32);
+        let image = render(
+            self.image_size,
+            &Figure {
+                shape,
+                cx,
+                cy,
+                radius,
+                rotation,
+            },
+            COLORS[color].1,
+            bg,
+            noise,
+            &mut rng,
+        );
+
+        let where_ = match (
+            cx < s / 3.0,
+            cx > 2.0 * s / 3.0,
+            cy < s / 3.0,
+            cy > 2.0 * s / 3.0,
+        ) {
+            (_, _, true, _) if cx < s / 2.0 => "top left",
+            (_, _, true, _) => "top right",
+            (_, _, _, true) if cx < s / 2.0 => "bottom left",
+            (_, _, _, true) => "bottom right",
+            (true, _, _, _) => "left",
+            (_, true, _, _) => "right",
+            _ => "middle",
+        };
+        let template = TEMPLATES[rng.random_range(0..TEMPLATES.len())];
+        let caption = template
+            .replace("{size}", size_word)
+            .replace("{color}", COLORS[color].0)
+            .replace("{shape}", SHAPES[shape])
+            .replace("{bg}", bg_name)
+            .replace("{where}", where_);
+        ShapeSample {
+            image,
+            caption: fix_articles(&caption),
+            class: color * SHAPES.len() + shape,
+        }
+    }
+
+    /// An endless stream of training pairs starting at sample `start`.
+    pub fn source(&self, split: Split, start: u64) -> ShapesSource {
+        ShapesSource {
+            dataset: *self,
+            split,
+            next_index: start,
+        }
+    }
+}
+
+/// SplitMix64 of the (seed, split, index) triple: nearby indices give unrelated streams.
+fn sample_seed(seed: u64, split: Split, index: u64) -> u64 {
+    let split_tag = match split {
+        Split::Train => 0x5452_4149_4e00_0000,
+        Split::HeldOut => 0x4845_4c44_4f55_5400,
+    };
+    let mut z = seed ^ split_tag ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn color_distance(a: [u8; 3], b: [u8; 3]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, y)| (x as f32 - y as f32).powi(2))
+        .sum::<f32>()
+        .sqrt()
+}
+
+/// Collapses the blanks an empty `{size}` leaves and turns "a orange" into "an orange".
+fn fix_articles(caption: &str) -> String {
+    let words: Vec<&str> = caption.split_whitespace().collect();
+    let mut out = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let next_vowel = words
+            .get(i + 1)
+            .and_then(|w| w.chars().next())
+            .is_some_and(|c| "aeiou".contains(c));
+        out.push(match *word {
+            "a" | "an" if next_vowel => "an",
+            "a" | "an" => "a",
+            other => other,
+        });
+    }
+    out.join(" ")
+}
+
+struct Figure {
+    shape: usize,
+    cx: f32,
+    cy: f32,
+    radius: f32,
+    rotation: f32,
+}
+
+impl Figure {
+    /// Whether the point lies inside the figure.
+    fn contains(&self, x: f32, y: f32) -> bool {
+        let (sin, cos) = self.rotation.sin_cos();
+        let (dx, dy) = (x - self.cx, y - self.cy);
+        // Coordinates in the figure's frame, in units of its radius.
+        let (u, v) = (
+            (dx * cos + dy * sin) / self.radius,
+            (-dx * sin + dy * cos) / self.radius,
+        );
+        match SHAPES[self.shape] {
+            "circle" => u * u + v * v <= 1.0,
+            "square" => u.abs() <= 0.8 && v.abs() <= 0.8,
+            "cross" => (u.abs() <= 0.3 && v.abs() <= 1.0) || (v.abs() <= 0.3 && u.abs() <= 1.0),
+            "triangle" => in_regular_polygon(u, v, 3, 1.0, 1.0),
+            "star" => in_regular_polygon(u, v, 5, 1.0, 0.45),
+            "hexagon" => in_regular_polygon(u, v, 6, 1.0, 1.0),
+            other => unreachable!("no geometry for shape {other}"),
+        }
+    }
+}
+
+/// Even-odd test against a polygon with `points` outer vertices (radius `outer`, first one
+/// pointing up) alternating with inner vertices (radius `inner`); `inner == outer` gives a
+/// regular polygon.
+fn in_regular_polygon(u: f32, v: f32, points: usize, outer: f32, inner: f32) -> bool {
+    let step = if inner == outer { 1 } else { 2 };
+    let n = points * step;
+    let vertex = |i: usize| {
+        let r = if i % step == 0 { outer } else { inner };
+        let angle = -std::f32::consts::FRAC_PI_2 + std::f32::consts::TAU * i as f32 / n as f32;
+        (r * angle.cos(), r * angle.sin())
+    };
+    let mut inside = false;
+    for i in 0..n {
+        let (x1, y1) = vertex(i);
+        let (x2, y2) = vertex((i + 1) % n);
+        if (y1 > v) != (y2 > v) && u < x1 + (v - y1) * (x2 - x1) / (y2 - y1) {
+            inside = !inside;
+        }
+    }
+    inside
+}
+
+/// Draws the figure with 2×2 supersampling and adds uniform per-pixel noise.
+fn render(
+    size: u32,
+    figure: &Figure,
+    fg: [u8; 3],
+    bg: [u8; 3],
+    noise: f32,
+    rng: &mut StdRng,
+) -> RgbImage {
+    const OFFSETS: [f32; 2] = [0.25, 0.75];
+    RgbImage::from_fn(size, size, |x, y| {
+        let covered = OFFSETS
+            .iter()
+            .flat_map(|dy| OFFSETS.iter().map(move |dx| (dx, dy)))
+            .filter(|(dx, dy)| figure.contains(x as f32 + *dx, y as f32 + *dy))
+            .count() as f32
+            / 4.0;
+        let jitter = if noise > 0.0 {
+            rng.random_range(-noise..noise)
+        } else {
+            0.0
+        };
+        Rgb(std::array::from_fn(|c| {
+            let value = covered * fg[c] as f32 + (1.0 - covered) * bg[c] as f32 + jitter;
+            value.clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// An endless stream of one split of [`ShapesDataset`].
+pub struct ShapesSource {
+    dataset: ShapesDataset,
+    split: Split,
+    next_index: u64,
+}
+
+impl Iterator for ShapesSource {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let sample = self.dataset.sample(self.split, self.next_index);
+        self.next_index += 1;
+        Some(Ok(ImageTextPair {
+            image: image::DynamicImage::ImageRgb8(sample.image),
+            caption: sample.caption,
+        }))
+    }
+}
+
+impl PairSource for ShapesSource {
+    fn describe(&self) -> String {
+        format!(
+            "built-in shapes ({:?} split, seed {})",
+            self.split, self.dataset.seed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_deterministic_and_splits_differ() {
+        let data = ShapesDataset::new(7, 32);
+        let a = data.sample(Split::Train, 3);
+        let b = data.sample(Split::Train, 3);
+        assert_eq!(a.image, b.image);
+        assert_eq!(a.caption, b.caption);
+        let held_out: Vec<_> = (0..50)
+            .map(|i| data.sample(Split::HeldOut, i).image)
+            .collect();
+        for i in 0..200 {
+            assert!(!held_out.contains(&data.sample(Split::Train, i).image));
+        }
+    }
+
+    #[test]
+    fn every_class_occurs_and_captions_name_the_class() {
+        let data = ShapesDataset::new(1, 32);
+        let names = ShapesDataset::class_names();
+        assert_eq!(names.len(), 48);
+        let mut seen = vec![0; names.len()];
+        for i in 0..2000 {
+            let sample = data.sample(Split::Train, i);
+            seen[sample.class] += 1;
+            let (color, shape) = names[sample.class].split_once(' ').unwrap();
+            assert!(
+                sample.caption.contains(color),
+                "{} / {}",
+                sample.caption,
+                names[sample.class]
+            );
+            assert!(
+                sample.caption.contains(shape),
+                "{} / {}",
+                sample.caption,
+                names[sample.class]
+            );
+            assert!(!sample.caption.contains("  ") && !sample.caption.contains("a orange"));
+        }
+        assert!(seen.iter().all(|&n| n > 10), "{seen:?}");
+    }
+
+    #[test]
+    fn the_shape_is_drawn_in_its_colour() {
+        let data = ShapesDataset::new(2, 64);
+        for i in 0..20 {
+            let sample = data.sample(Split::Train, i);
+            let fg = COLORS[sample.class / SHAPES.len()].1;
+            let close = sample
+                .image
+                .pixels()
+                .filter(|p| color_distance(p.0, fg) < 60.0)
+                .count();
+            // Even a small figure covers a few percent of the picture.
+            assert!(
+                close > 64 * 64 / 50,
+                "sample {i}: {close} pixels of the shape colour"
+            );
+        }
+    }
+
+    #[test]
+    fn polygons_contain_their_centre_and_not_far_points() {
+        for shape in 0..SHAPES.len() {
+            let figure = Figure {
+                shape,
+                cx: 0.0,
+                cy: 0.0,
+                radius: 1.0,
+                rotation: 0.3,
+            };
+            assert!(figure.contains(0.0, 0.0), "{}", SHAPES[shape]);
+            assert!(!figure.contains(1.5, 1.5), "{}", SHAPES[shape]);
+        }
+    }
+}

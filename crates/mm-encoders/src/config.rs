@@ -1,0 +1,233 @@
+//! Model shapes as data: `ClipConfig` and its TOML presets.
+//!
+//! File-facing configs derive serde directly (not burn's `Config`) so that unknown keys are
+//! rejected by `deny_unknown_fields`; a typo in a config must never be silently ignored.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::transformer::TransformerConfig;
+
+/// Non-linearity in the transformer MLPs (HF `hidden_act`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, as in OpenAI's CLIP checkpoints.
+    #[default]
+    QuickGelu,
+    /// Exact (erf) GELU, as in most later CLIP-style models.
+    Gelu,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-5
+}
+
+/// The image tower: a ViT (HF `CLIPVisionConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+/// The text tower: a causal transformer (HF `CLIPTextConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Token whose position pools the sequence (`<|endoftext|>` in the CLIP vocabulary).
+    #[serde(default = "default_eos_token_id")]
+    pub eos_token_id: u32,
+}
+
+fn default_eos_token_id() -> u32 {
+    49407
+}
+
+fn default_logit_scale_init() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+/// A whole CLIP model: both towers and the shared embedding space.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipConfig {
+    /// Dimension of the joint image-text embedding (HF `projection_dim`).
+    pub embed_dim: usize,
+    /// Initial value of the learnable log temperature (ln(1/0.07) as in CLIP).
+    #[serde(default = "default_logit_scale_init")]
+    pub logit_scale_init: f64,
+    pub vision: VisionConfig,
+    pub text: TextConfig,
+}
+
+/// Named model shapes shipped with mm (files in `crates/mm-encoders/presets/`).
+const PRESETS: &[(&str, &str)] = &[
+    ("vit-b-32", include_str!("../presets/vit-b-32.toml")),
+    ("tiny", include_str!("../presets/tiny.toml")),
+];
+
+impl ClipConfig {
+    /// Names accepted by [`ClipConfig::preset`].
+    pub fn preset_names() -> Vec<&'static str> {
+        PRESETS.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// A named preset, e.g. `vit-b-32` or `tiny`.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            ConfigError::new(
+                "model presets",
+                "model",
+                format!(
+                    "unknown preset `{name}` (known: {})",
+                    Self::preset_names().join(", ")
+                ),
+            )
+        })?;
+        let config: Self = from_toml_str(text, &format!("preset `{name}`"))?;
+        config.validate(&format!("preset `{name}`"))?;
+        Ok(config)
+    }
+
+    /// Checks the relations between fields that serde cannot express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(origin, key, msg));
+        let v = &self.vision;
+        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+            return err(
+                "vision.patch_size",
+                format!(
+                    "must divide vision.image_size ({}) exactly, got {}",
+                    v.image_size, v.patch_size
+                ),
+            );
+        }
+        for (tower, width, heads) in [
+            ("vision", v.width, v.heads),
+            ("text", self.text.width, self.text.heads),
+        ] {
+            if heads == 0 || width % heads != 0 {
+                return err(
+                    &format!("{tower}.heads"),
+                    format!("must divide {tower}.width ({width}) exactly, got {heads}"),
+                );
+            }
+        }
+        if self.text.context_length < 2 {
+            return err(
+                "text.context_length",
+                "must be at least 2 (start and end tokens)".into(),
+            );
+        }
+        if self.text.eos_token_id as usize >= self.text.vocab_size {
+            return err(
+                "text.eos_token_id",
+                format!("must be below text.vocab_size ({})", self.text.vocab_size),
+            );
+        }
+        for (key, value) in [
+            ("embed_dim", self.embed_dim),
+            ("vision.layers", v.layers),
+            ("text.layers", self.text.layers),
+        ] {
+            if value == 0 {
+                return err(key, "must be positive".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VisionConfig {
+    /// Patches per image side.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub(crate) fn transformer(&self) -> TransformerConfig {
+        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
+            .with_activation(self.activation)
+            .with_layer_norm_eps(self.layer_norm_eps)
+    }
+}
+
+impl TextConfig {
+    pub(crate) fn transformer(&self) -> TransformerConfig {
+        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
+            .with_activation(self.activation)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_causal(true)
+    }
+}
+
+/// A config that could not be read: names the file (or preset) and the offending key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(origin: &str, key: &str, message: impl Into<String>) -> Self {
+        Self {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses TOML into `T`, reporting the dotted path of the key that failed.
+///
+/// `origin` names where the text came from (a file path or a preset) for the error message.
+pub fn from_toml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new(origin, "", format!("invalid TOML: {}", e.message())))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        // toml's own message may carry a source snippet; the first line is the reason.
+        let inner = e.into_inner();
+        let message = inner
+            .message()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        ConfigError::new(origin, &key, message)
+    })
+}

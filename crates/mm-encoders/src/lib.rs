@@ -1,0 +1,27 @@
+//! CLIP's image and text towers on burn, with HF transformers' `CLIPModel` parameter names.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Int, Tensor};
+//! use mm_encoders::ClipConfig;
+//!
+//! let device = Device::flex();
+//! let config = ClipConfig::preset("tiny").unwrap();
+//! let model = config.init(&device);
+//! let size = config.vision.image_size;
+//! let images = model.image_features(Tensor::zeros([2, 3, size, size], &device));
+//! let ids = Tensor::<2, Int>::zeros([2, config.text.context_length], &device);
+//! let texts = model.text_features(ids);
+//! assert_eq!(images.dims(), texts.dims());
+//! ```
+
+pub mod config;
+pub mod model;
+pub mod text;
+pub mod transformer;
+pub mod vision;
+
+pub use config::{Activation, ClipConfig, ConfigError, TextConfig, VisionConfig, from_toml_str};
+pub use model::ClipModel;
+pub use text::{TextTransformer, eot_index};
+pub use transformer::{Encoder, TransformerConfig};
+pub use vision::{TowerOutput, VisionTransformer};

@@ -1,0 +1,64 @@
+//! The two towers joined (HF `CLIPModel`): projections into a shared embedding space and the
+//! learnable temperature.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::config::ClipConfig;
+use crate::text::TextTransformer;
+use crate::transformer::linear;
+use crate::vision::VisionTransformer;
+
+#[derive(Module, Debug)]
+pub struct ClipModel {
+    pub text_model: TextTransformer,
+    pub vision_model: VisionTransformer,
+    /// Bias-free projection of the pooled image features.
+    pub visual_projection: Linear,
+    /// Bias-free projection of the pooled text features.
+    pub text_projection: Linear,
+    /// Log of the inverse softmax temperature; `exp` of it scales the cosine similarities.
+    pub logit_scale: Param<Tensor<1>>,
+}
+
+impl ClipConfig {
+    pub fn init(&self, device: &Device) -> ClipModel {
+        ClipModel {
+            text_model: self.text.init(device),
+            vision_model: self.vision.init(device),
+            visual_projection: linear(
+                self.vision.width,
+                self.embed_dim,
+                (self.vision.width as f64).powf(-0.5),
+                false,
+                device,
+            ),
+            text_projection: linear(
+                self.text.width,
+                self.embed_dim,
+                (self.text.width as f64).powf(-0.5),
+                false,
+                device,
+            ),
+            logit_scale: Param::from_tensor(Tensor::from_floats(
+                [self.logit_scale_init as f32],
+                device,
+            )),
+        }
+    }
+}
+
+impl ClipModel {
+    /// `[batch, 3, H, W]` CLIP-normalised pixels -> `[batch, embed_dim]` (not normalised).
+    pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.visual_projection
+            .forward(self.vision_model.forward(pixels).pooled)
+    }
+
+    /// `[batch, seq]` token ids -> `[batch, embed_dim]` (not normalised).
+    pub fn text_features(&self, input_ids: Tensor<2, Int>) -> Tensor<2> {
+        self.text_projection
+            .forward(self.text_model.forward(input_ids).pooled)
+    }
+}

@@ -1,0 +1,91 @@
+//! The text tower (HF `CLIPTextTransformer`): token + position embedding, causal transformer,
+//! final LayerNorm, features taken at the end-of-text token.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
+use burn::tensor::{Device, Int, Tensor};
+
+use crate::config::TextConfig;
+use crate::transformer::{Encoder, layer_norm, normal};
+use crate::vision::TowerOutput;
+
+#[derive(Module, Debug)]
+pub struct TextEmbeddings {
+    pub token_embedding: Embedding,
+    pub position_embedding: Embedding,
+}
+
+#[derive(Module, Debug)]
+pub struct TextTransformer {
+    pub embeddings: TextEmbeddings,
+    pub encoder: Encoder,
+    pub final_layer_norm: LayerNorm,
+    pub eos_token_id: u32,
+}
+
+impl TextConfig {
+    pub fn init(&self, device: &Device) -> TextTransformer {
+        TextTransformer {
+            embeddings: TextEmbeddings {
+                token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
+                    .with_initializer(normal(0.02))
+                    .init(device),
+                position_embedding: EmbeddingConfig::new(self.context_length, self.width)
+                    .with_initializer(normal(0.01))
+                    .init(device),
+            },
+            encoder: self.transformer().init(device),
+            final_layer_norm: layer_norm(self.width, self.layer_norm_eps, device),
+            eos_token_id: self.eos_token_id,
+        }
+    }
+}
+
+impl TextEmbeddings {
+    /// `[batch, seq]` token ids -> `[batch, seq, width]`; `seq` may be shorter than the context.
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let seq = input_ids.dims()[1];
+        let width = self.position_embedding.weight.dims()[1];
+        let positions = self
+            .position_embedding
+            .weight
+            .val()
+            .slice([0..seq, 0..width])
+            .unsqueeze_dim::<3>(0);
+        self.token_embedding.forward(input_ids) + positions
+    }
+}
+
+impl TextTransformer {
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> TowerOutput {
+        let eot = eot_index(input_ids.clone(), self.eos_token_id);
+        let hidden = self.encoder.forward(self.embeddings.forward(input_ids));
+        let last_hidden_state = self.final_layer_norm.forward(hidden);
+        let [batch, seq, width] = last_hidden_state.dims();
+        // Row `b * seq + eot[b]` of the flattened states is sequence b's end-of-text token.
+        let device = last_hidden_state.device();
+        let rows = Tensor::<1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
+        let rows = rows.clone() + eot.cast(rows.dtype());
+        let pooled = last_hidden_state
+            .clone()
+            .reshape([batch * seq, width])
+            .select(0, rows);
+        TowerOutput {
+            last_hidden_state,
+            pooled,
+        }
+    }
+}
+
+/// Position of the first `eos_token_id` in each row of `[batch, seq]` ids, as `[batch]`.
+///
+/// Under the causal mask nothing after this token can influence it, so padding needs no
+/// attention mask. A row without the token pools at position 0 (argmax of all-zeros).
+pub fn eot_index(input_ids: Tensor<2, Int>, eos_token_id: u32) -> Tensor<1, Int> {
+    let batch = input_ids.dims()[0];
+    input_ids
+        .equal_elem(eos_token_id as i64)
+        .int()
+        .argmax(1)
+        .reshape([batch])
+}

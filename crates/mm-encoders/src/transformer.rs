@@ -1,0 +1,164 @@
+//! The pre-norm transformer encoder shared by both towers (HF `CLIPEncoder`).
+//!
+//! Field names follow HF transformers (`self_attn.q_proj`, `layer_norm1`, `mlp.fc1`, ...), so a
+//! module path here is the HF tensor name and weights map 1:1.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+
+use crate::config::Activation;
+
+/// Shape of one tower's transformer; both towers build from this one config.
+#[derive(Config, Debug)]
+pub struct TransformerConfig {
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    #[config(default = "Activation::QuickGelu")]
+    pub activation: Activation,
+    #[config(default = 1e-5)]
+    pub layer_norm_eps: f64,
+    /// Causal self-attention (the text tower) or full attention (the image tower).
+    #[config(default = false)]
+    pub causal: bool,
+}
+
+/// A `Linear` initialised as HF CLIP does: normal weights, zero bias.
+pub(crate) fn linear(d_in: usize, d_out: usize, std: f64, bias: bool, device: &Device) -> Linear {
+    Linear {
+        weight: normal(std).init([d_in, d_out], device),
+        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+    }
+}
+
+pub(crate) fn normal(std: f64) -> Initializer {
+    Initializer::Normal { mean: 0.0, std }
+}
+
+pub(crate) fn layer_norm(width: usize, eps: f64, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(width).with_epsilon(eps).init(device)
+}
+
+impl TransformerConfig {
+    /// Builds the encoder with HF CLIP's initialisation (`CLIPPreTrainedModel._init_weights`).
+    pub fn init(&self, device: &Device) -> Encoder {
+        Encoder {
+            layers: (0..self.layers).map(|_| self.init_layer(device)).collect(),
+        }
+    }
+
+    fn init_layer(&self, device: &Device) -> EncoderLayer {
+        let w = self.width;
+        let attn_std = (w as f64).powf(-0.5);
+        let in_proj_std = attn_std * ((2 * self.layers) as f64).powf(-0.5);
+        let fc_std = ((2 * w) as f64).powf(-0.5);
+        EncoderLayer {
+            self_attn: Attention {
+                q_proj: linear(w, w, in_proj_std, true, device),
+                k_proj: linear(w, w, in_proj_std, true, device),
+                v_proj: linear(w, w, in_proj_std, true, device),
+                out_proj: linear(w, w, attn_std, true, device),
+                num_heads: self.heads,
+                causal: self.causal,
+            },
+            layer_norm1: layer_norm(w, self.layer_norm_eps, device),
+            mlp: Mlp {
+                fc1: linear(w, self.intermediate_size, fc_std, true, device),
+                fc2: linear(self.intermediate_size, w, in_proj_std, true, device),
+                activation: self.activation,
+            },
+            layer_norm2: layer_norm(w, self.layer_norm_eps, device),
+        }
+    }
+}
+
+/// A stack of pre-norm residual blocks.
+#[derive(Module, Debug)]
+pub struct Encoder {
+    pub layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    /// `[batch, seq, width]` -> `[batch, seq, width]`.
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.layers
+            .iter()
+            .fold(hidden, |hidden, layer| layer.forward(hidden))
+    }
+}
+
+/// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub self_attn: Attention,
+    pub layer_norm1: LayerNorm,
+    pub mlp: Mlp,
+    pub layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let hidden = hidden.clone() + self.self_attn.forward(self.layer_norm1.forward(hidden));
+        hidden.clone() + self.mlp.forward(self.layer_norm2.forward(hidden))
+    }
+}
+
+/// Multi-head self-attention with separate q/k/v projections (HF `CLIPAttention`).
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+    pub causal: bool,
+}
+
+impl Attention {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, width] = hidden.dims();
+        let head_dim = width / self.num_heads;
+        let heads = |x: Tensor<3>| {
+            x.reshape([batch, seq, self.num_heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let q = heads(self.q_proj.forward(hidden.clone()));
+        let k = heads(self.k_proj.forward(hidden.clone()));
+        let v = heads(self.v_proj.forward(hidden));
+        // burn's attention op: softmax(QKᵀ/√d)V, fused where the backend has a kernel.
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: self.causal,
+        };
+        let context = attention(q, k, v, None, None, options);
+        let context = context.swap_dims(1, 2).reshape([batch, seq, width]);
+        self.out_proj.forward(context)
+    }
+}
+
+/// The position-wise feed-forward block (HF `CLIPMLP`).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl Mlp {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let hidden = self.fc1.forward(hidden);
+        let hidden = match self.activation {
+            Activation::QuickGelu => hidden.clone() * sigmoid(hidden.mul_scalar(1.702)),
+            Activation::Gelu => gelu(hidden),
+        };
+        self.fc2.forward(hidden)
+    }
+}

@@ -1,0 +1,92 @@
+//! The image tower (HF `CLIPVisionTransformer`): conv patch embedding, class token, learned
+//! position embedding, pre-LayerNorm, transformer, post-LayerNorm on the class token.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
+use burn::tensor::{Device, Tensor};
+
+use crate::config::VisionConfig;
+use crate::transformer::{Encoder, layer_norm, normal};
+
+#[derive(Module, Debug)]
+pub struct VisionEmbeddings {
+    pub class_embedding: Param<Tensor<1>>,
+    pub patch_embedding: Conv2d,
+    pub position_embedding: Embedding,
+}
+
+#[derive(Module, Debug)]
+pub struct VisionTransformer {
+    pub embeddings: VisionEmbeddings,
+    /// Spelled as in HF transformers (`pre_layrnorm`) so weight names match.
+    pub pre_layrnorm: LayerNorm,
+    pub encoder: Encoder,
+    pub post_layernorm: LayerNorm,
+}
+
+impl VisionConfig {
+    pub fn init(&self, device: &Device) -> VisionTransformer {
+        let w = self.width;
+        let num_positions = self.grid_size() * self.grid_size() + 1;
+        VisionTransformer {
+            embeddings: VisionEmbeddings {
+                class_embedding: normal((w as f64).powf(-0.5)).init([w], device),
+                patch_embedding: Conv2dConfig::new([3, w], [self.patch_size, self.patch_size])
+                    .with_stride([self.patch_size, self.patch_size])
+                    .with_bias(false)
+                    .with_initializer(normal(0.02))
+                    .init(device),
+                position_embedding: EmbeddingConfig::new(num_positions, w)
+                    .with_initializer(normal(0.02))
+                    .init(device),
+            },
+            pre_layrnorm: layer_norm(w, self.layer_norm_eps, device),
+            encoder: self.transformer().init(device),
+            post_layernorm: layer_norm(w, self.layer_norm_eps, device),
+        }
+    }
+}
+
+impl VisionEmbeddings {
+    /// `[batch, 3, H, W]` pixels -> `[batch, 1 + patches, width]` tokens.
+    pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let batch = pixels.dims()[0];
+        let patches = self.patch_embedding.forward(pixels); // [B, W, gh, gw]
+        let [_, width, gh, gw] = patches.dims();
+        let patches = patches.reshape([batch, width, gh * gw]).swap_dims(1, 2);
+        let class = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, width])
+            .expand([batch, 1, width]);
+        let tokens = Tensor::cat(vec![class, patches], 1);
+        let positions = self.position_embedding.weight.val().unsqueeze_dim::<3>(0);
+        tokens + positions
+    }
+}
+
+/// Outputs of a tower: every position, and the one vector that represents the input.
+#[derive(Debug, Clone)]
+pub struct TowerOutput {
+    /// `[batch, seq, width]`
+    pub last_hidden_state: Tensor<3>,
+    /// `[batch, width]`, before the projection into the joint space.
+    pub pooled: Tensor<2>,
+}
+
+impl VisionTransformer {
+    pub fn forward(&self, pixels: Tensor<4>) -> TowerOutput {
+        let hidden = self.pre_layrnorm.forward(self.embeddings.forward(pixels));
+        let last_hidden_state = self.encoder.forward(hidden);
+        let [batch, _, width] = last_hidden_state.dims();
+        let class_token = last_hidden_state
+            .clone()
+            .slice([0..batch, 0..1, 0..width])
+            .reshape([batch, width]);
+        TowerOutput {
+            last_hidden_state,
+            pooled: self.post_layernorm.forward(class_token),
+        }
+    }
+}

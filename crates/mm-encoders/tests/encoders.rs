@@ -1,0 +1,268 @@
+//! Output shapes, causal masking, end-of-text pooling and HF parameter names.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mm_encoders::{ClipConfig, eot_index, from_toml_str};
+
+fn small_config() -> ClipConfig {
+    from_toml_str(
+        r#"
+        embed_dim = 16
+        [vision]
+        image_size = 32
+        patch_size = 8
+        width = 24
+        layers = 2
+        heads = 3
+        intermediate_size = 48
+        [text]
+        context_length = 10
+        vocab_size = 100
+        width = 16
+        layers = 2
+        heads = 2
+        intermediate_size = 32
+        activation = "gelu"
+        eos_token_id = 99
+        "#,
+        "test config",
+    )
+    .unwrap()
+}
+
+fn ids(rows: &[[i64; 10]], device: &Device) -> Tensor<2, Int> {
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), 10]), device)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+#[test]
+fn towers_produce_the_documented_shapes() {
+    let device = Device::flex();
+    let config = small_config();
+    let model = config.init(&device);
+    let vision = model
+        .vision_model
+        .forward(Tensor::zeros([3, 3, 32, 32], &device));
+    assert_eq!(vision.last_hidden_state.dims(), [3, 17, 24]); // 16 patches + class token
+    assert_eq!(vision.pooled.dims(), [3, 24]);
+    let text = model.text_model.forward(ids(&[[5; 10], [6; 10]], &device));
+    assert_eq!(text.last_hidden_state.dims(), [2, 10, 16]);
+    assert_eq!(text.pooled.dims(), [2, 16]);
+    assert_eq!(
+        model
+            .image_features(Tensor::zeros([3, 3, 32, 32], &device))
+            .dims(),
+        [3, 16]
+    );
+    assert_eq!(
+        model.text_features(ids(&[[5; 10]], &device)).dims(),
+        [1, 16]
+    );
+}
+
+#[test]
+fn text_attention_is_causal() {
+    let device = Device::flex();
+    let model = small_config().init(&device);
+    let a = [1, 2, 3, 4, 99, 7, 8, 9, 10, 11];
+    let mut b = a;
+    b[6] = 50; // change a later token
+    b[9] = 51;
+    let out = model
+        .text_model
+        .forward(ids(&[a, b], &device))
+        .last_hidden_state;
+    let hidden = values(out);
+    let (row, width) = (10 * 16, 16);
+    for pos in 0..10 {
+        let diff: f32 = (0..width)
+            .map(|k| (hidden[pos * width + k] - hidden[row + pos * width + k]).abs())
+            .fold(0.0, f32::max);
+        if pos < 6 {
+            assert!(
+                diff < 1e-6,
+                "position {pos} changed by {diff} after editing position 6"
+            );
+        } else {
+            assert!(diff > 1e-4, "position {pos} should see the edit");
+        }
+    }
+}
+
+#[test]
+fn text_features_are_pooled_at_the_first_end_token() {
+    let device = Device::flex();
+    let model = small_config().init(&device);
+    let rows = [
+        [1, 2, 99, 99, 99, 99, 99, 99, 99, 99],
+        [1, 2, 3, 4, 5, 99, 99, 99, 99, 99],
+    ];
+    let eot = eot_index(ids(&rows, &device), 99)
+        .into_data()
+        .try_into_vec_as::<i64>()
+        .unwrap();
+    assert_eq!(eot, vec![2, 5]);
+    let text = model.text_model.forward(ids(&rows, &device));
+    let hidden = values(text.last_hidden_state);
+    let pooled = values(text.pooled);
+    assert_eq!(&pooled[..16], &hidden[2 * 16..3 * 16]);
+    assert_eq!(&pooled[16..], &hidden[10 * 16 + 5 * 16..10 * 16 + 6 * 16]);
+    // Padding after the end token does not change the features.
+    let repadded = [[1, 2, 99, 0, 0, 0, 0, 0, 0, 0], rows[1]];
+    let again = values(model.text_model.forward(ids(&repadded, &device)).pooled);
+    for (x, y) in pooled.iter().zip(&again) {
+        assert!((x - y).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn image_tower_sees_every_patch() {
+    let device = Device::flex();
+    let model = small_config().init(&device);
+    let blank = Tensor::<4>::zeros([1, 3, 32, 32], &device);
+    let mut corner = vec![0.0f32; 3 * 32 * 32];
+    corner[32 * 32 - 1] = 1.0; // the bottom-right pixel of the red channel
+    let corner = Tensor::from_data(TensorData::new(corner, [1, 3, 32, 32]), &device);
+    let a = values(model.image_features(blank));
+    let b = values(model.image_features(corner));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-5));
+}
+
+#[test]
+fn parameter_names_and_shapes_follow_hf_clip() {
+    struct Names(Vec<(String, Vec<usize>)>, Vec<String>);
+    impl ModuleVisitor for Names {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.1.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.1.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self
+                .1
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(".");
+            self.0.push((path, param.val().dims().to_vec()));
+        }
+    }
+    let device = Device::flex();
+    let config = small_config();
+    let model = config.init(&device);
+    let mut names = Names(Vec::new(), Vec::new());
+    model.visit(&mut names);
+    let find = |name: &str| {
+        names
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+    };
+    for (name, shape) in [
+        (
+            "text_model.embeddings.token_embedding.weight",
+            vec![100, 16],
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight",
+            vec![10, 16],
+        ),
+        (
+            "text_model.encoder.layers.1.self_attn.q_proj.weight",
+            vec![16, 16],
+        ),
+        ("text_model.encoder.layers.0.mlp.fc1.weight", vec![16, 32]),
+        ("text_model.encoder.layers.0.layer_norm1.gamma", vec![16]),
+        ("text_model.final_layer_norm.beta", vec![16]),
+        ("vision_model.embeddings.class_embedding", vec![24]),
+        (
+            "vision_model.embeddings.patch_embedding.weight",
+            vec![24, 3, 8, 8],
+        ),
+        (
+            "vision_model.embeddings.position_embedding.weight",
+            vec![17, 24],
+        ),
+        ("vision_model.pre_layrnorm.gamma", vec![24]),
+        ("vision_model.post_layernorm.gamma", vec![24]),
+        (
+            "vision_model.encoder.layers.1.self_attn.out_proj.bias",
+            vec![24],
+        ),
+        ("visual_projection.weight", vec![24, 16]),
+        ("text_projection.weight", vec![16, 16]),
+        ("logit_scale", vec![1]),
+    ] {
+        assert_eq!(find(name), Some(shape), "{name}");
+    }
+    assert!(find("visual_projection.bias").is_none());
+    assert!(find("vision_model.embeddings.patch_embedding.bias").is_none());
+}
+
+#[test]
+fn presets_parse_and_vit_b_32_has_openai_sizes() {
+    let b32 = ClipConfig::preset("vit-b-32").unwrap();
+    assert_eq!(
+        (
+            b32.vision.image_size,
+            b32.vision.patch_size,
+            b32.vision.width
+        ),
+        (224, 32, 768)
+    );
+    assert_eq!((b32.vision.layers, b32.vision.heads), (12, 12));
+    assert_eq!(
+        (b32.text.width, b32.text.layers, b32.text.heads),
+        (512, 12, 8)
+    );
+    assert_eq!(
+        (b32.text.context_length, b32.text.vocab_size, b32.embed_dim),
+        (77, 49408, 512)
+    );
+    assert!(ClipConfig::preset("tiny").is_ok());
+    let err = ClipConfig::preset("vit-h-14").unwrap_err().to_string();
+    assert!(
+        err.contains("vit-h-14") && err.contains("vit-b-32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let base = toml_of(&small_config());
+    let cases = [
+        (
+            base.replace("patch_size = 8", "patch_sise = 8"),
+            "vision.patch_sise",
+        ),
+        (base.replace("heads = 2", "heads = \"two\""), "text.heads"),
+        (
+            base.replace("activation = \"gelu\"", "activation = \"relu\""),
+            "text.activation",
+        ),
+        (format!("colour = 1\n{base}"), "colour"),
+    ];
+    for (text, key) in cases {
+        let err = from_toml_str::<ClipConfig>(&text, "my.toml").unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.to_string().starts_with("my.toml: key `"), "{err}");
+    }
+    let mut bad = small_config();
+    bad.vision.patch_size = 7;
+    let err = bad.validate("my.toml").unwrap_err();
+    assert_eq!(err.key, "vision.patch_size");
+    bad = small_config();
+    bad.text.heads = 3;
+    assert_eq!(bad.validate("my.toml").unwrap_err().key, "text.heads");
+}
+
+fn toml_of(config: &ClipConfig) -> String {
+    toml::to_string(config).unwrap()
+}

@@ -1,0 +1,182 @@
+//! The `mm-train` command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Tensor, TensorData};
+use clap::{Args, Parser, Subcommand};
+use mm_data::{load_image, normalize_into, resize_center_crop};
+
+use crate::config::{Overrides, TrainConfig};
+use crate::zero_shot::ZeroShotClassifier;
+use crate::{checkpoint, device::parse_device, learner};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mm-train",
+    version,
+    about = "Train CLIP models and run them zero-shot"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Training options (training is the default action).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (the default action).
+    Train(TrainArgs),
+    /// Classify images into free-text classes with a trained checkpoint.
+    ZeroShot(ZeroShotArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct TrainArgs {
+    /// Config file; a bare name is also looked up in `configs/`.
+    #[arg(long, default_value = "configs/tiny_shapes.toml")]
+    pub config: PathBuf,
+    /// Override `train.steps`.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Override `train.batch_size`.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override `optim.lr`.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override `output_dir`.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// Override `seed`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override `device` (flex, wgpu, cuda, cuda:N).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress bar (log lines go to stderr instead).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ZeroShotArgs {
+    /// A checkpoint directory, or a run directory (its latest checkpoint is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Comma-separated class names, e.g. "red circle,blue square".
+    #[arg(long, required_unless_present = "classes_file")]
+    pub classes: Option<String>,
+    /// A file with one class name per line.
+    #[arg(long, conflicts_with = "classes")]
+    pub classes_file: Option<PathBuf>,
+    /// Prompt template(s); `{}` is replaced by the class name. Repeat to ensemble.
+    #[arg(long = "template")]
+    pub templates: Vec<String>,
+    /// Classes printed per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Device to run on (flex, wgpu, cuda, cuda:N).
+    #[arg(long, default_value = "flex")]
+    pub device: String,
+    /// Images to classify (any format the `image` crate reads).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Some(Command::Train(args)) => run_train(args),
+        Some(Command::ZeroShot(args)) => run_zero_shot(args),
+        None => run_train(cli.train),
+    }
+}
+
+fn run_train(args: TrainArgs) -> Result<()> {
+    let mut config = TrainConfig::load(&args.config)?;
+    config.apply(&Overrides {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        output_dir: args.output_dir,
+        seed: args.seed,
+        device: args.device,
+    });
+    config.validate(&format!(
+        "{} (with command-line overrides)",
+        args.config.display()
+    ))?;
+    let show_progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    learner::train(&config, show_progress)?;
+    Ok(())
+}
+
+fn class_list(args: &ZeroShotArgs) -> Result<Vec<String>> {
+    let text = match (&args.classes, &args.classes_file) {
+        (Some(classes), _) => classes.replace(',', "\n"),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading classes file {}", path.display()))?,
+        (None, None) => String::new(),
+    };
+    let classes: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect();
+    if classes.is_empty() {
+        bail!(
+            "the class list is empty: give --classes \"a,b,...\" or a --classes-file with one class per line"
+        );
+    }
+    Ok(classes)
+}
+
+fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
+    let classes = class_list(&args)?;
+    let device = parse_device(&args.device)?;
+    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let templates = if args.templates.is_empty() {
+        ckpt.config.eval.templates.clone()
+    } else {
+        args.templates.clone()
+    };
+    let context_length = ckpt.model_config.text.context_length;
+    let classifier = ZeroShotClassifier::new(
+        &ckpt.model,
+        &ckpt.tokenizer,
+        &classes,
+        &templates,
+        context_length,
+    )?;
+    let size = ckpt.model_config.vision.image_size;
+    for path in &args.images {
+        let pixels = image_tensor(path, size, &device)?;
+        let probs = classifier
+            .probabilities(&ckpt.model, pixels)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))?;
+        let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!("{}", path.display());
+        for (class, p) in ranked.into_iter().take(args.top_k.max(1)) {
+            println!("  {:6.2}%  {}", 100.0 * p, classes[class]);
+        }
+    }
+    Ok(())
+}
+
+/// One image file as a `[1, 3, size, size]` CLIP-normalised tensor.
+fn image_tensor(path: &Path, size: usize, device: &burn::tensor::Device) -> Result<Tensor<4>> {
+    let image = load_image(path)?;
+    let mut pixels = vec![0.0; 3 * size * size];
+    normalize_into(&resize_center_crop(&image, size as u32), &mut pixels);
+    Ok(Tensor::from_data(
+        TensorData::new(pixels, [1, 3, size, size]),
+        device,
+    ))
+}

@@ -1,0 +1,293 @@
+//! The training config: one typed structure, read from TOML, validated once, passed down.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use mm_encoders::{ClipConfig, ConfigError, from_toml_str};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Everything a run needs. Unknown keys are errors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// `flex` (CPU), `wgpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default)]
+    pub seed: u64,
+    /// Run directory: logs and checkpoints go here.
+    pub output_dir: PathBuf,
+    /// A preset name (`model = "tiny"`) or a full `[model]` table.
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub data: DataConfig,
+    pub optim: OptimConfig,
+    pub train: ScheduleConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+fn default_device() -> String {
+    "flex".into()
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where pairs come from; `shapes` is the built-in procedural data.
+    #[serde(default)]
+    pub source: DataSourceKind,
+    /// Batches prepared ahead of the training step.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: DataSourceKind::Shapes,
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+fn default_prefetch() -> usize {
+    4
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSourceKind {
+    #[default]
+    Shapes,
+}
+
+/// AdamW with decoupled weight decay, linear warm-up and cosine decay.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this value; absent means no clipping.
+    #[serde(default)]
+    pub grad_clip_norm: Option<f64>,
+}
+
+fn default_weight_decay() -> f64 {
+    0.2
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.98
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Zero-shot evaluation interval in steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Checkpoint interval in steps (0: only at the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    /// Periodic checkpoints kept on disk (the newest ones).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_log_every() -> usize {
+    10
+}
+fn default_keep() -> usize {
+    3
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-out images classified in each zero-shot evaluation.
+    #[serde(default = "default_heldout")]
+    pub heldout_samples: usize,
+    /// Prompt templates; `{}` is replaced by the class name and the text embeddings of all
+    /// templates are averaged (OpenAI CLIP's prompt ensembling).
+    #[serde(default = "default_templates")]
+    pub templates: Vec<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            heldout_samples: default_heldout(),
+            templates: default_templates(),
+        }
+    }
+}
+
+fn default_heldout() -> usize {
+    960
+}
+fn default_templates() -> Vec<String> {
+    vec!["a photo of a {}".into()]
+}
+
+/// The model shape: a named preset or an inline config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSpec {
+    Preset(String),
+    Inline(Box<ClipConfig>),
+}
+
+impl ModelSpec {
+    pub fn resolve(&self) -> Result<ClipConfig, ConfigError> {
+        match self {
+            ModelSpec::Preset(name) => ClipConfig::preset(name),
+            ModelSpec::Inline(config) => Ok((**config).clone()),
+        }
+    }
+}
+
+impl Serialize for ModelSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelSpec::Preset(name) => serializer.serialize_str(name),
+            ModelSpec::Inline(config) => config.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SpecVisitor;
+        impl<'de> Visitor<'de> for SpecVisitor {
+            type Value = ModelSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a preset name ({}) or a model table",
+                    ClipConfig::preset_names().join(", ")
+                )
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<ModelSpec, E> {
+                Ok(ModelSpec::Preset(name.to_string()))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<ModelSpec, M::Error> {
+                let config = ClipConfig::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ModelSpec::Inline(Box::new(config)))
+            }
+        }
+        deserializer.deserialize_any(SpecVisitor)
+    }
+}
+
+/// Command-line overrides of common keys.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub steps: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub output_dir: Option<PathBuf>,
+    pub seed: Option<u64>,
+    pub device: Option<String>,
+}
+
+impl TrainConfig {
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = from_toml_str(text, origin)?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Reads a config file; a bare file name that does not exist is looked up in `configs/`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let path = resolve_config_path(path);
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::new(&origin, "", format!("cannot read config: {e}")))?;
+        Self::from_toml(&text, &origin)
+    }
+
+    pub fn apply(&mut self, overrides: &Overrides) {
+        let o = overrides.clone();
+        self.train.steps = o.steps.unwrap_or(self.train.steps);
+        self.train.batch_size = o.batch_size.unwrap_or(self.train.batch_size);
+        self.optim.lr = o.lr.unwrap_or(self.optim.lr);
+        self.output_dir = o.output_dir.unwrap_or(self.output_dir.clone());
+        self.seed = o.seed.unwrap_or(self.seed);
+        self.device = o.device.unwrap_or(self.device.clone());
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let model = self.model.resolve().map_err(|e| ConfigError {
+            origin: origin.into(),
+            ..e
+        })?;
+        model.validate(origin)?;
+        let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
+        if self.train.steps == 0 {
+            return err("train.steps", "must be positive");
+        }
+        if self.train.batch_size < 2 {
+            return err(
+                "train.batch_size",
+                "must be at least 2 (contrastive loss needs negatives)",
+            );
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr.is_finite()) {
+            return err("optim.lr", "must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.optim.beta1) {
+            return err("optim.beta1", "must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.optim.beta2) {
+            return err("optim.beta2", "must be in [0, 1)");
+        }
+        if self.optim.grad_clip_norm.is_some_and(|n| n <= 0.0) {
+            return err("optim.grad_clip_norm", "must be positive");
+        }
+        if self.eval.templates.is_empty() {
+            return err("eval.templates", "needs at least one template");
+        }
+        if let Some(t) = self.eval.templates.iter().find(|t| !t.contains("{}")) {
+            return err(
+                "eval.templates",
+                &format!("template {t:?} has no `{{}}` for the class name"),
+            );
+        }
+        crate::device::parse_device(&self.device)
+            .map_err(|e| ConfigError::new(origin, "device", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// `clip_base.toml` -> `configs/clip_base.toml` when the former does not exist.
+pub fn resolve_config_path(path: &Path) -> PathBuf {
+    let bare = path.components().count() == 1;
+    if !path.exists() && bare {
+        let in_configs = Path::new("configs").join(path);
+        if in_configs.exists() {
+            return in_configs;
+        }
+    }
+    path.to_path_buf()
+}

@@ -1,0 +1,290 @@
+//! The training loop: steps, schedule, logging, periodic zero-shot eval and checkpoints.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use indicatif::{ProgressBar, ProgressStyle};
+use mm_contrastive::clip_loss;
+use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, ShapesDataset, Split};
+use mm_encoders::{ClipConfig, ClipModel};
+use serde_json::json;
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::{DataSourceKind, TrainConfig};
+use crate::device::parse_device;
+use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::zero_shot::{ZeroShotClassifier, shapes_heldout_accuracy};
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub steps: usize,
+    /// Loss of every step, in order.
+    pub losses: Vec<f32>,
+    pub zero_shot_accuracy: f64,
+    pub chance_accuracy: f64,
+    pub samples_per_sec: f64,
+    pub wall_seconds: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// One optimisation step's model, optimiser and bookkeeping.
+pub struct Learner {
+    pub model: ClipModel,
+    optim: ModuleOptimizer,
+    config: TrainConfig,
+}
+
+/// Loss and gradient norm of one step.
+pub struct StepOutput {
+    pub loss: f32,
+    pub grad_norm: Option<f64>,
+}
+
+impl Learner {
+    /// A freshly initialised model on the autodiff version of the configured device.
+    pub fn new(config: &TrainConfig, model_config: &ClipConfig) -> Result<Self> {
+        let device = parse_device(&config.device)?;
+        device.seed(config.seed);
+        let model = model_config.init(&device.autodiff());
+        let optim = clip_adamw(&config.optim, &model);
+        Ok(Self {
+            model,
+            optim,
+            config: config.clone(),
+        })
+    }
+
+    /// Forward, backward and AdamW update on one batch at step `step` (from 0).
+    /// A non-finite loss is an error and leaves the model untouched.
+    pub fn step(&mut self, batch: &ClipBatch, step: usize) -> Result<StepOutput> {
+        let device = self.model.logit_scale.val().device();
+        let image = self.model.image_features(batch.pixels_tensor(&device));
+        let text = self.model.text_features(batch.input_ids_tensor(&device));
+        let loss = clip_loss(image, text, self.model.logit_scale.val());
+        let loss_value = loss.clone().into_scalar::<f32>();
+        if !loss_value.is_finite() {
+            bail!("step {step}: loss is {loss_value}; stopping (the last checkpoint is kept)");
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let grad_norm = self
+            .config
+            .optim
+            .grad_clip_norm
+            .map(|max| clip_grad_norm(&self.model, &mut grads, max));
+        let lr = learning_rate(
+            self.config.optim.lr,
+            self.config.optim.warmup_steps,
+            self.config.train.steps,
+            step,
+        );
+        let model = self.model.clone();
+        self.model = self.optim.step(lr, model, grads);
+        Ok(StepOutput {
+            loss: loss_value,
+            grad_norm,
+        })
+    }
+}
+
+/// Appends human-readable lines to `train.log` and JSON records to `metrics.jsonl`.
+struct RunLog {
+    text: File,
+    metrics: File,
+    progress: ProgressBar,
+}
+
+impl RunLog {
+    fn open(run_dir: &std::path::Path, progress: ProgressBar) -> Result<Self> {
+        let open = |name: &str| {
+            let path = run_dir.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))
+        };
+        Ok(Self {
+            text: open("train.log")?,
+            metrics: open("metrics.jsonl")?,
+            progress,
+        })
+    }
+
+    /// A line for the user (above the progress bar) and the log file.
+    fn say(&mut self, line: &str) -> Result<()> {
+        if self.progress.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.progress.println(line);
+        }
+        self.note(line)
+    }
+
+    /// A line for the log file only.
+    fn note(&mut self, line: &str) -> Result<()> {
+        writeln!(self.text, "{line}")?;
+        Ok(())
+    }
+
+    fn record(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.metrics, "{value}")?;
+        Ok(())
+    }
+}
+
+/// Trains as `config` says, evaluating and checkpointing along the way.
+pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
+    let model_config = config.model.resolve()?;
+    let run_dir = &config.output_dir;
+    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+
+    let mut learner = Learner::new(config, &model_config)?;
+    let tokenizer = ClipTokenizer::openai();
+    let image_size = model_config.vision.image_size;
+    let batcher = Batcher {
+        tokenizer: tokenizer.clone(),
+        image_size,
+        context_length: model_config.text.context_length,
+    };
+    let DataSourceKind::Shapes = config.data.source;
+    let dataset = ShapesDataset::new(config.seed, image_size as u32);
+    let source = Box::new(dataset.source(Split::Train, 0));
+    let mut batches = Prefetcher::spawn(
+        source,
+        batcher.clone(),
+        config.train.batch_size,
+        config.data.prefetch,
+    );
+
+    let steps = config.train.steps;
+    let progress = if show_progress {
+        ProgressBar::new(steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut log = RunLog::open(run_dir, progress.clone())?;
+    let params = learner.model.num_params();
+    log.say(&format!(
+        "training {params} parameters on {} for {steps} steps of {} ({}), writing to {}",
+        config.device,
+        config.train.batch_size,
+        dataset.source(Split::Train, 0).describe(),
+        run_dir.display()
+    ))?;
+
+    let class_names = ShapesDataset::class_names();
+    let evaluate = |model: &ClipModel| -> Result<f64> {
+        let model = model.valid();
+        let classifier = ZeroShotClassifier::new(
+            &model,
+            &tokenizer,
+            &class_names,
+            &config.eval.templates,
+            model_config.text.context_length,
+        )?;
+        shapes_heldout_accuracy(
+            &model,
+            &classifier,
+            &batcher,
+            &dataset,
+            config.eval.heldout_samples,
+        )
+    };
+
+    let start = Instant::now();
+    let mut train_seconds = 0.0;
+    let mut losses = Vec::with_capacity(steps);
+    let mut last_checkpoint = None;
+    let mut accuracy = None;
+    for step in 0..steps {
+        let batch = match batches.next() {
+            Some(batch) => batch?,
+            None => bail!("the data source ended at step {step}"),
+        };
+        let step_start = Instant::now();
+        let out = learner.step(&batch, step)?;
+        train_seconds += step_start.elapsed().as_secs_f64();
+        losses.push(out.loss);
+        let done = step + 1;
+        let samples_per_sec =
+            (done * config.train.batch_size) as f64 / start.elapsed().as_secs_f64();
+        let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
+        progress.set_message(format!(
+            "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s",
+            out.loss
+        ));
+        progress.inc(1);
+
+        if done % config.train.log_every == 0 || done == steps {
+            let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
+            log.note(&format!(
+                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}",
+                out.loss
+            ))?;
+            log.record(json!({
+                "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
+                "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
+                "skipped": batch.skipped.values().sum::<usize>(),
+            }))?;
+        }
+        let every = |n: usize| n > 0 && done % n == 0;
+        if every(config.train.eval_every) || done == steps {
+            let acc = evaluate(&learner.model)?;
+            accuracy = Some(acc);
+            log.say(&format!(
+                "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%)",
+                100.0 * acc,
+                100.0 / class_names.len() as f64
+            ))?;
+            log.record(json!({"step": done, "zero_shot_top1": acc}))?;
+        }
+        if every(config.train.checkpoint_every) || done == steps {
+            let state = CheckpointState {
+                step: done,
+                loss: out.loss,
+                zero_shot_accuracy: accuracy,
+            };
+            let dir = checkpoint::save(
+                run_dir,
+                &learner.model,
+                config,
+                &tokenizer,
+                &state,
+                config.train.keep_checkpoints,
+            )?;
+            log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
+            last_checkpoint = Some(dir);
+        }
+    }
+    progress.finish_and_clear();
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let report = TrainReport {
+        steps,
+        losses,
+        zero_shot_accuracy: accuracy.unwrap_or_default(),
+        chance_accuracy: 1.0 / class_names.len() as f64,
+        samples_per_sec: (steps * config.train.batch_size) as f64 / train_seconds.max(1e-9),
+        wall_seconds,
+        checkpoint: last_checkpoint.expect("the last step always checkpoints"),
+    };
+    log.say(&format!(
+        "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps); zero-shot top-1 {:.1}% vs chance {:.1}%; checkpoint {}",
+        report.samples_per_sec,
+        100.0 * report.zero_shot_accuracy,
+        100.0 * report.chance_accuracy,
+        report.checkpoint.display()
+    ))?;
+    Ok(report)
+}

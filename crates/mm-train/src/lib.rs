@@ -1,0 +1,16 @@
+//! mm's trainer: config, learner loop, checkpoints and zero-shot evaluation. The `mm-train`
+//! binary is a thin command line over this library.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod learner;
+pub mod optim;
+pub mod zero_shot;
+
+pub use checkpoint::{Checkpoint, CheckpointState};
+pub use config::{Overrides, TrainConfig};
+pub use device::parse_device;
+pub use learner::{Learner, TrainReport, train};
+pub use zero_shot::ZeroShotClassifier;

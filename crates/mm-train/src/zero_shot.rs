@@ -1,0 +1,117 @@
+//! Zero-shot classification: class names become text embeddings through prompt templates,
+//! images are assigned to the class whose embedding is most similar.
+
+use anyhow::{Result, bail};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mm_contrastive::{MAX_LOGIT_SCALE, l2_normalize};
+use mm_data::{Batcher, ClipTokenizer, ImageTextPair, ShapesDataset, Split};
+use mm_encoders::ClipModel;
+
+/// Images encoded per forward pass during evaluation.
+const EVAL_BATCH: usize = 128;
+
+/// Normalised text embeddings of each class, averaged over prompt templates.
+pub struct ZeroShotClassifier {
+    pub class_names: Vec<String>,
+    /// `[n_classes, embed_dim]`, unit rows.
+    pub class_embeddings: Tensor<2>,
+}
+
+impl ZeroShotClassifier {
+    pub fn new(
+        model: &ClipModel,
+        tokenizer: &ClipTokenizer,
+        class_names: &[String],
+        templates: &[String],
+        context_length: usize,
+    ) -> Result<Self> {
+        if class_names.is_empty() {
+            bail!("no classes given");
+        }
+        if templates.is_empty() || templates.iter().any(|t| !t.contains("{}")) {
+            bail!("every prompt template needs a `{{}}` for the class name: {templates:?}");
+        }
+        let device = model.logit_scale.val().device();
+        let prompts: Vec<String> = class_names
+            .iter()
+            .flat_map(|class| templates.iter().map(move |t| t.replace("{}", class)))
+            .collect();
+        let ids = tokenizer.encode_batch(&prompts, context_length)?;
+        let ids = ids_tensor(ids, prompts.len(), context_length, &device);
+        let embed = l2_normalize(model.text_features(ids));
+        let [_, dim] = embed.dims();
+        let per_class = embed
+            .reshape([class_names.len(), templates.len(), dim])
+            .mean_dim(1)
+            .reshape([class_names.len(), dim]);
+        Ok(Self {
+            class_names: class_names.to_vec(),
+            class_embeddings: l2_normalize(per_class),
+        })
+    }
+
+    /// `[n_images, n_classes]` probabilities: softmax of the scaled cosine similarities.
+    pub fn probabilities(&self, model: &ClipModel, pixels: Tensor<4>) -> Tensor<2> {
+        let image = l2_normalize(model.image_features(pixels));
+        let scale = model
+            .logit_scale
+            .val()
+            .clamp_max(MAX_LOGIT_SCALE)
+            .exp()
+            .unsqueeze::<2>();
+        softmax(
+            image.matmul(self.class_embeddings.clone().transpose()) * scale,
+            1,
+        )
+    }
+}
+
+fn ids_tensor(
+    ids: Vec<u32>,
+    rows: usize,
+    context_length: usize,
+    device: &Device,
+) -> Tensor<2, Int> {
+    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    Tensor::from_data(TensorData::new(ids, [rows, context_length]), device)
+}
+
+/// Top-1 accuracy on the first `samples` held-out images of the built-in shapes data.
+pub fn shapes_heldout_accuracy(
+    model: &ClipModel,
+    classifier: &ZeroShotClassifier,
+    batcher: &Batcher,
+    dataset: &ShapesDataset,
+    samples: usize,
+) -> Result<f64> {
+    let device = model.logit_scale.val().device();
+    let mut correct = 0usize;
+    for start in (0..samples).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(samples);
+        let items: Vec<_> = (start..end)
+            .map(|i| dataset.sample(Split::HeldOut, i as u64))
+            .collect();
+        let labels: Vec<usize> = items.iter().map(|s| s.class).collect();
+        let pairs = items
+            .into_iter()
+            .map(|s| ImageTextPair {
+                image: image::DynamicImage::ImageRgb8(s.image),
+                caption: s.caption,
+            })
+            .collect();
+        let batch = batcher.collate(pairs)?;
+        let predicted = classifier
+            .probabilities(model, batch.pixels_tensor(&device))
+            .argmax(1)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| anyhow::anyhow!("reading predictions: {e:?}"))?;
+        correct += predicted
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| **p as usize == **l)
+            .count();
+    }
+    Ok(correct as f64 / samples.max(1) as f64)
+}

@@ -1,0 +1,182 @@
+mod common;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mm_data::{ShapesDataset, Split};
+use mm_train::{TrainConfig, checkpoint, train};
+
+#[test]
+fn a_tiny_run_lowers_the_loss_and_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(dir.path(), 40);
+    let report = train(&config, false).unwrap();
+    assert_eq!(report.losses.len(), 40);
+    let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len() as f32;
+    let (first, last) = (mean(&report.losses[..5]), mean(&report.losses[35..]));
+    // ln(16) = 2.77 is the loss of an untrained model on a batch of 16.
+    assert!((first - 16f32.ln()).abs() < 0.3, "initial loss {first}");
+    assert!(last < first - 0.3, "loss did not fall: {first} -> {last}");
+    assert!(report.losses.iter().all(|l| l.is_finite()));
+
+    // Periodic checkpoints at 10, 20, 30, 40; only the newest two are kept.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step-"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(names, ["step-000030", "step-000040"]);
+    assert_eq!(
+        report.checkpoint,
+        dir.path().join("checkpoints/step-000040")
+    );
+    let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
+    assert!(log.contains("held-out zero-shot top-1"), "{log}");
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
+        8
+    );
+}
+
+#[test]
+fn a_checkpoint_reloads_to_identical_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(dir.path(), 10);
+    let report = train(&config, false).unwrap();
+    let device = Device::flex();
+    // A run directory resolves to its latest checkpoint.
+    let loaded = checkpoint::load(dir.path(), &device).unwrap();
+    assert_eq!(loaded.dir, report.checkpoint);
+    assert_eq!(loaded.state.step, 10);
+    let again = checkpoint::load(&report.checkpoint, &device).unwrap();
+
+    let size = loaded.model_config.vision.image_size;
+    let sample = ShapesDataset::new(0, size as u32).sample(Split::HeldOut, 0);
+    let mut pixels = vec![0.0; 3 * size * size];
+    mm_data::normalize_into(&sample.image, &mut pixels);
+    let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
+    let ctx = loaded.model_config.text.context_length;
+    let ids: Vec<i64> = loaded
+        .tokenizer
+        .encode(&sample.caption, ctx)
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, ctx]), &device);
+
+    let embed = |m: &mm_encoders::ClipModel| {
+        let image = m
+            .image_features(pixels.clone())
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let text = m
+            .text_features(ids.clone())
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        (image, text)
+    };
+    assert_eq!(embed(&loaded.model), embed(&again.model));
+    // A freshly initialised model differs, so the comparison above is not vacuous.
+    let fresh = loaded.model_config.init(&device);
+    assert_ne!(embed(&loaded.model).0, embed(&fresh).0);
+}
+
+#[test]
+fn a_missing_or_incomplete_checkpoint_is_a_clear_error() {
+    let device = Device::flex();
+    let err = checkpoint::load(std::path::Path::new("/no/such/run"), &device)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/no/such/run"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(dir.path(), 1);
+    let report = train(&config, false).unwrap();
+    std::fs::remove_file(report.checkpoint.join("model.safetensors")).unwrap();
+    let err = checkpoint::load(&report.checkpoint, &device).err().unwrap();
+    assert!(
+        err.to_string().contains("missing model.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = toml::to_string(&common::tiny_config(dir.path(), 5)).unwrap();
+    let cases = [
+        (good.replace("steps = 5", "stepz = 5"), "train.stepz"),
+        (good.replace("lr = 0.002", "lr = -1.0"), "optim.lr"),
+        (
+            good.replace("patch_size = 8", "patch_size = 5"),
+            "vision.patch_size",
+        ),
+        (
+            good.replace("[model.vision]\n", "[model.vision]\nwidht = 3\n"),
+            "model.vision.widht",
+        ),
+        (
+            good.replace("device = \"flex\"", "device = \"tpu\""),
+            "device",
+        ),
+        (
+            good.replace("batch_size = 16", "batch_size = 1"),
+            "train.batch_size",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_ne!(text, good, "case for {key} did not change the config");
+        let err = TrainConfig::from_toml(&text, "run.toml").unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(err.to_string().starts_with("run.toml: key `"), "{err}");
+    }
+    let preset = "output_dir = \"r\"\nmodel = \"huge\"\n[optim]\nlr = 1e-3\n[train]\nsteps = 1\nbatch_size = 4\n";
+    let err = TrainConfig::from_toml(preset, "run.toml").unwrap_err();
+    assert_eq!(err.key, "model");
+    assert!(err.to_string().contains("unknown preset `huge`"), "{err}");
+    let err = TrainConfig::load(std::path::Path::new("no_such_config.toml")).unwrap_err();
+    assert!(err.to_string().contains("no_such_config.toml"), "{err}");
+}
+
+#[test]
+fn shipped_configs_parse() {
+    for name in ["tiny_shapes.toml", "clip_base.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs")
+            .join(name);
+        let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        config.model.resolve().unwrap();
+    }
+    let base = TrainConfig::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/clip_base.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        base.model.resolve().unwrap(),
+        mm_encoders::ClipConfig::preset("vit-b-32").unwrap()
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_the_step_and_leaves_the_model_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(dir.path(), 5);
+    let model_config = config.model.resolve().unwrap();
+    let mut learner = mm_train::Learner::new(&config, &model_config).unwrap();
+    let batcher = mm_data::Batcher {
+        tokenizer: mm_data::ClipTokenizer::openai(),
+        image_size: model_config.vision.image_size,
+        context_length: model_config.text.context_length,
+    };
+    let mut source =
+        ShapesDataset::new(0, model_config.vision.image_size as u32).source(Split::Train, 0);
+    let mut batch = batcher.next_batch(&mut source, 8).unwrap().unwrap();
+    batch.pixels[0] = f32::NAN;
+    let before = learner.model.logit_scale.val().into_data();
+    let err = learner.step(&batch, 0).err().unwrap();
+    assert!(err.to_string().contains("step 0: loss is NaN"), "{err}");
+    assert_eq!(learner.model.logit_scale.val().into_data(), before);
+}
