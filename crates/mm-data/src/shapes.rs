@@ -241,7 +241,7 @@ fn in_regular_polygon(u: f32, v: f32, points: usize, outer: f32, inner: f32) -> 
     let step = if inner == outer { 1 } else { 2 };
     let n = points * step;
     let vertex = |i: usize| {
-        let r = if i % step == 0 { outer } else { inner };
+        let r = if i.is_multiple_of(step) { outer } else { inner };
         let angle = -std::f32::consts::FRAC_PI_2 + std::f32::consts::TAU * i as f32 / n as f32;
         (r * angle.cos(), r * angle.sin())
     };
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn polygons_contain_their_centre_and_not_far_points() {
-        for shape in 0..SHAPES.len() {
+        for (shape, name) in SHAPES.iter().enumerate() {
             let figure = Figure {
                 shape,
                 cx: 0.0,
@@ -389,8 +389,8 @@ mod tests {
                 radius: 1.0,
                 rotation: 0.3,
             };
-            assert!(figure.contains(0.0, 0.0), "{}", SHAPES[shape]);
-            assert!(!figure.contains(1.5, 1.5), "{}", SHAPES[shape]);
+            assert!(figure.contains(0.0, 0.0), "{name}");
+            assert!(!figure.contains(1.5, 1.5), "{name}");
         }
     }
 }

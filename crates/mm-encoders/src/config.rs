@@ -114,7 +114,7 @@ impl ClipConfig {
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: &str, msg: String| Err(ConfigError::new(origin, key, msg));
         let v = &self.vision;
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return err(
                 "vision.patch_size",
                 format!(
@@ -127,7 +127,7 @@ impl ClipConfig {
             ("vision", v.width, v.heads),
             ("text", self.text.width, self.text.heads),
         ] {
-            if heads == 0 || width % heads != 0 {
+            if heads == 0 || !width.is_multiple_of(heads) {
                 return err(
                     &format!("{tower}.heads"),
                     format!("must divide {tower}.width ({width}) exactly, got {heads}"),

@@ -227,7 +227,8 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         ));
         progress.inc(1);
 
-        if done % config.train.log_every == 0 || done == steps {
+        let every = |n: usize| n > 0 && done.is_multiple_of(n);
+        if every(config.train.log_every) || done == steps {
             let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
             log.note(&format!(
                 "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}",
@@ -239,7 +240,6 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
                 "skipped": batch.skipped.values().sum::<usize>(),
             }))?;
         }
-        let every = |n: usize| n > 0 && done % n == 0;
         if every(config.train.eval_every) || done == steps {
             let acc = evaluate(&learner.model)?;
             accuracy = Some(acc);
