@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use mm_data::ClipTokenizer;
-use mm_encoders::{ClipConfig, ClipModel};
+use mm_encoders::{ClipConfig, ClipModel, from_toml_str};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelSpec, TrainConfig};
@@ -159,7 +159,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         }
     }
     let config_path = dir.join(CONFIG_FILE);
-    let config = TrainConfig::from_toml(
+    // Parsed but not re-validated for this machine: a checkpoint trained on `cuda` must still
+    // load in a CPU-only build.
+    let config: TrainConfig = from_toml_str(
         &fs::read_to_string(&config_path)?,
         &config_path.display().to_string(),
     )?;

@@ -142,6 +142,13 @@ impl RunLog {
 pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     let model_config = config.model.resolve()?;
     let run_dir = &config.output_dir;
+    let previous = run_dir.join("checkpoints");
+    if fs::read_dir(&previous).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "{} holds checkpoints of an earlier run; choose another output_dir (--output-dir) or remove it",
+            previous.display()
+        );
+    }
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
     let mut learner = Learner::new(config, &model_config)?;
@@ -154,9 +161,10 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     };
     let DataSourceKind::Shapes = config.data.source;
     let dataset = ShapesDataset::new(config.seed, image_size as u32);
-    let source = Box::new(dataset.source(Split::Train, 0));
+    let source = dataset.source(Split::Train, 0);
+    let description = source.describe();
     let mut batches = Prefetcher::spawn(
-        source,
+        Box::new(source),
         batcher.clone(),
         config.train.batch_size,
         config.data.prefetch,
@@ -180,7 +188,7 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         "training {params} parameters on {} for {steps} steps of {} ({}), writing to {}",
         config.device,
         config.train.batch_size,
-        dataset.source(Split::Train, 0).describe(),
+        description,
         run_dir.display()
     ))?;
 

@@ -7,17 +7,18 @@ use mm_train::{TrainConfig, checkpoint, train};
 #[test]
 fn a_tiny_run_lowers_the_loss_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let config = common::tiny_config(dir.path(), 40);
+    let mut config = common::tiny_config(dir.path(), 80);
+    config.train.checkpoint_every = 20;
     let report = train(&config, false).unwrap();
-    assert_eq!(report.losses.len(), 40);
+    assert_eq!(report.losses.len(), 80);
     let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len() as f32;
-    let (first, last) = (mean(&report.losses[..5]), mean(&report.losses[35..]));
+    let (first, last) = (mean(&report.losses[..5]), mean(&report.losses[75..]));
     // ln(16) = 2.77 is the loss of an untrained model on a batch of 16.
     assert!((first - 16f32.ln()).abs() < 0.3, "initial loss {first}");
     assert!(last < first - 0.3, "loss did not fall: {first} -> {last}");
     assert!(report.losses.iter().all(|l| l.is_finite()));
 
-    // Periodic checkpoints at 10, 20, 30, 40; only the newest two are kept.
+    // Periodic checkpoints at 20, 40, 60, 80; only the newest two are kept.
     let names: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -25,17 +26,20 @@ fn a_tiny_run_lowers_the_loss_and_checkpoints() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    assert_eq!(names, ["step-000030", "step-000040"]);
+    assert_eq!(names, ["step-000060", "step-000080"]);
     assert_eq!(
         report.checkpoint,
-        dir.path().join("checkpoints/step-000040")
+        dir.path().join("checkpoints/step-000080")
     );
+    // A second run never mixes its checkpoints with the first one's.
+    let err = train(&config, false).err().unwrap().to_string();
+    assert!(err.contains("holds checkpoints of an earlier run"), "{err}");
     let log = std::fs::read_to_string(dir.path().join("train.log")).unwrap();
     assert!(log.contains("held-out zero-shot top-1"), "{log}");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(
         metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
-        8
+        16
     );
 }
 
@@ -95,6 +99,21 @@ fn a_missing_or_incomplete_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::tiny_config(dir.path(), 1);
     let report = train(&config, false).unwrap();
+    // A checkpoint trained on a GPU loads in a CPU-only build.
+    let config_path = report.checkpoint.join("config.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        text.replace("device = \"flex\"", "device = \"cuda:1\""),
+    )
+    .unwrap();
+    assert_eq!(
+        checkpoint::load(&report.checkpoint, &device)
+            .unwrap()
+            .config
+            .device,
+        "cuda:1"
+    );
     std::fs::remove_file(report.checkpoint.join("model.safetensors")).unwrap();
     let err = checkpoint::load(&report.checkpoint, &device).err().unwrap();
     assert!(
@@ -109,7 +128,7 @@ fn config_errors_name_the_file_and_key() {
     let good = toml::to_string(&common::tiny_config(dir.path(), 5)).unwrap();
     let cases = [
         (good.replace("steps = 5", "stepz = 5"), "train.stepz"),
-        (good.replace("lr = 0.002", "lr = -1.0"), "optim.lr"),
+        (good.replace("lr = 0.003", "lr = -1.0"), "optim.lr"),
         (
             good.replace("patch_size = 8", "patch_size = 5"),
             "vision.patch_size",

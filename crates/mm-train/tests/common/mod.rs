@@ -26,7 +26,7 @@ pub fn tiny_config(output_dir: &Path, steps: usize) -> TrainConfig {
         heads = 2
         intermediate_size = 64
         [optim]
-        lr = 2e-3
+        lr = 3e-3
         warmup_steps = 2
         grad_clip_norm = 1.0
         [train]
