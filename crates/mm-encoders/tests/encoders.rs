@@ -266,3 +266,47 @@ fn config_errors_name_the_key() {
 fn toml_of(config: &ClipConfig) -> String {
     toml::to_string(config).unwrap()
 }
+
+#[test]
+fn patch_embedding_is_a_per_patch_linear_map() {
+    let device = Device::flex();
+    let config = small_config();
+    let model = config.init(&device);
+    let embeddings = &model.vision_model.embeddings;
+    let pixels: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let tokens = values(embeddings.forward(Tensor::from_data(
+        TensorData::new(pixels.clone(), [1, 3, 32, 32]),
+        &device,
+    )));
+    let weight = values(embeddings.patch_embedding.weight.val()); // [24, 3, 8, 8]
+    let class = values(embeddings.class_embedding.val());
+    let position = values(embeddings.position_embedding.weight.val()); // [17, 24]
+    let (width, grid, patch) = (24, 4, 8);
+    for token in 0..17 {
+        for out in 0..width {
+            let content = if token == 0 {
+                class[out]
+            } else {
+                let (py, px) = ((token - 1) / grid, (token - 1) % grid);
+                let mut sum = 0.0f32;
+                for c in 0..3 {
+                    for dy in 0..patch {
+                        for dx in 0..patch {
+                            let pixel = pixels[c * 1024 + (py * patch + dy) * 32 + px * patch + dx];
+                            sum += pixel * weight[((out * 3 + c) * patch + dy) * patch + dx];
+                        }
+                    }
+                }
+                sum
+            };
+            let expected = content + position[token * width + out];
+            let got = tokens[token * width + out];
+            assert!(
+                (got - expected).abs() < 1e-4,
+                "token {token} channel {out}: {got} vs {expected}"
+            );
+        }
+    }
+}
