@@ -59,7 +59,7 @@ fn main() {
         .unwrap();
 
     // Data pipeline alone: batches/s of procedural images -> normalised tensors + token ids.
-    let (warmup, iters) = (2, 10);
+    let (warmup, iters) = (3, 20);
     let start = Instant::now();
     for _ in 0..iters {
         batcher
