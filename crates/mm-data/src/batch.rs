@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::preprocess::{normalize_into, resize_center_crop};
+use crate::preprocess::preprocess_into;
 use crate::source::{ImageTextPair, PairSource, SampleErrorKind};
 use crate::{ClipTokenizer, DataError};
 
@@ -28,20 +28,28 @@ pub struct ClipBatch {
 
 impl ClipBatch {
     pub fn pixels_tensor(&self, device: &Device) -> Tensor<4> {
-        let s = self.image_size;
-        Tensor::from_data(
-            TensorData::new(self.pixels.clone(), [self.batch_size, 3, s, s]),
-            device,
-        )
+        pixels_tensor(self.pixels.clone(), self.image_size, device)
     }
 
     pub fn input_ids_tensor(&self, device: &Device) -> Tensor<2, Int> {
-        let ids: Vec<i64> = self.input_ids.iter().map(|&id| id as i64).collect();
-        Tensor::from_data(
-            TensorData::new(ids, [self.batch_size, self.context_length]),
-            device,
-        )
+        token_ids_tensor(&self.input_ids, self.context_length, device)
     }
+}
+
+/// Row-major CHW images (`n * 3 * size * size` floats) as a `[n, 3, size, size]` tensor.
+pub fn pixels_tensor(pixels: Vec<f32>, image_size: usize, device: &Device) -> Tensor<4> {
+    let n = pixels.len() / (3 * image_size * image_size);
+    Tensor::from_data(
+        TensorData::new(pixels, [n, 3, image_size, image_size]),
+        device,
+    )
+}
+
+/// Row-major token ids (`n * context_length`) as a `[n, context_length]` tensor.
+pub fn token_ids_tensor(ids: &[u32], context_length: usize, device: &Device) -> Tensor<2, Int> {
+    let ids: Vec<i64> = ids.iter().map(|&id| i64::from(id)).collect();
+    let n = ids.len() / context_length;
+    Tensor::from_data(TensorData::new(ids, [n, context_length]), device)
 }
 
 /// Turns pairs into batches: preprocessing runs in parallel over the batch (rayon).
@@ -60,12 +68,7 @@ impl Batcher {
         pixels
             .par_chunks_mut(plane)
             .zip(pairs.par_iter())
-            .for_each(|(out, pair)| {
-                normalize_into(
-                    &resize_center_crop(&pair.image, self.image_size as u32),
-                    out,
-                )
-            });
+            .for_each(|(out, pair)| preprocess_into(&pair.image, self.image_size, out));
         let captions: Vec<String> = pairs.into_iter().map(|p| p.caption).collect();
         let input_ids = self
             .tokenizer

@@ -50,3 +50,8 @@ pub fn normalize_into(image: &RgbImage, out: &mut [f32]) {
         }
     }
 }
+
+/// CLIP's eval transform of one image into `out` (`3 * size * size` CHW floats).
+pub fn preprocess_into(image: &DynamicImage, size: usize, out: &mut [f32]) {
+    normalize_into(&resize_center_crop(image, size as u32), out);
+}

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
-use mm_data::{load_image, normalize_into, resize_center_crop};
+use mm_data::{load_image, pixels_tensor, preprocess_into};
 
 use crate::config::{Overrides, TrainConfig};
 use crate::zero_shot::ZeroShotClassifier;
@@ -172,11 +172,7 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
 
 /// One image file as a `[1, 3, size, size]` CLIP-normalised tensor.
 fn image_tensor(path: &Path, size: usize, device: &burn::tensor::Device) -> Result<Tensor<4>> {
-    let image = load_image(path)?;
     let mut pixels = vec![0.0; 3 * size * size];
-    normalize_into(&resize_center_crop(&image, size as u32), &mut pixels);
-    Ok(Tensor::from_data(
-        TensorData::new(pixels, [1, 3, size, size]),
-        device,
-    ))
+    preprocess_into(&load_image(path)?, size, &mut pixels);
+    Ok(pixels_tensor(pixels, size, device))
 }

@@ -2,10 +2,10 @@
 //! images are assigned to the class whose embedding is most similar.
 
 use anyhow::{Result, bail};
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use mm_contrastive::{MAX_LOGIT_SCALE, l2_normalize};
-use mm_data::{Batcher, ClipTokenizer, ImageTextPair, ShapesDataset, Split};
+use mm_data::{Batcher, ClipTokenizer, ImageTextPair, ShapesDataset, Split, token_ids_tensor};
 use mm_encoders::ClipModel;
 
 /// Images encoded per forward pass during evaluation.
@@ -38,7 +38,7 @@ impl ZeroShotClassifier {
             .flat_map(|class| templates.iter().map(move |t| t.replace("{}", class)))
             .collect();
         let ids = tokenizer.encode_batch(&prompts, context_length)?;
-        let ids = ids_tensor(ids, prompts.len(), context_length, &device);
+        let ids = token_ids_tensor(&ids, context_length, &device);
         let embed = l2_normalize(model.text_features(ids));
         let [_, dim] = embed.dims();
         let per_class = embed
@@ -65,16 +65,6 @@ impl ZeroShotClassifier {
             1,
         )
     }
-}
-
-fn ids_tensor(
-    ids: Vec<u32>,
-    rows: usize,
-    context_length: usize,
-    device: &Device,
-) -> Tensor<2, Int> {
-    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-    Tensor::from_data(TensorData::new(ids, [rows, context_length]), device)
 }
 
 /// Top-1 accuracy on the first `samples` held-out images of the built-in shapes data.
