@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use mm_contrastive::clip_loss;
 use mm_data::{Batcher, ClipTokenizer, ShapesDataset, Split};
 use mm_encoders::ClipConfig;
 use mm_train::config::{DataConfig, EvalConfig, ModelSpec, OptimConfig, ScheduleConfig};
@@ -80,17 +79,9 @@ fn main() {
     let train_rate = (iters * batch_size) as f64 / start.elapsed().as_secs_f64();
 
     // Forward + backward alone, to show what the optimiser update costs on top.
-    let train_device = learner.model.logit_scale.val().device();
     let start = Instant::now();
     for _ in 0..iters {
-        let image = learner
-            .model
-            .image_features(batch.pixels_tensor(&train_device));
-        let text = learner
-            .model
-            .text_features(batch.input_ids_tensor(&train_device));
-        let loss = clip_loss(image, text, learner.model.logit_scale.val());
-        let _grads = loss.backward();
+        let _grads = learner.loss(&batch).backward();
     }
     let fwd_bwd_rate = (iters * batch_size) as f64 / start.elapsed().as_secs_f64();
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::clip_loss;
 use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, ShapesDataset, Split};
@@ -60,13 +61,18 @@ impl Learner {
         })
     }
 
-    /// Forward, backward and AdamW update on one batch at step `step` (from 0).
-    /// A non-finite loss is an error and leaves the model untouched.
-    pub fn step(&mut self, batch: &ClipBatch, step: usize) -> Result<StepOutput> {
+    /// CLIP's loss of the current model on `batch` (the forward pass of a step).
+    pub fn loss(&self, batch: &ClipBatch) -> Tensor<1> {
         let device = self.model.logit_scale.val().device();
         let image = self.model.image_features(batch.pixels_tensor(&device));
         let text = self.model.text_features(batch.input_ids_tensor(&device));
-        let loss = clip_loss(image, text, self.model.logit_scale.val());
+        clip_loss(image, text, self.model.logit_scale.val())
+    }
+
+    /// Forward, backward and AdamW update on one batch at step `step` (from 0).
+    /// A non-finite loss is an error and leaves the model untouched.
+    pub fn step(&mut self, batch: &ClipBatch, step: usize) -> Result<StepOutput> {
+        let loss = self.loss(batch);
         let loss_value = loss.clone().into_scalar::<f32>();
         if !loss_value.is_finite() {
             bail!("step {step}: loss is {loss_value}; stopping (the last checkpoint is kept)");
@@ -205,8 +211,8 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         shapes_heldout_accuracy(
             &model,
             &classifier,
-            &batcher,
             &dataset,
+            image_size,
             config.eval.heldout_samples,
         )
     };

@@ -4,8 +4,11 @@
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
+use image::DynamicImage;
 use mm_contrastive::{MAX_LOGIT_SCALE, l2_normalize};
-use mm_data::{Batcher, ClipTokenizer, ImageTextPair, ShapesDataset, Split, token_ids_tensor};
+use mm_data::{
+    ClipTokenizer, ShapesDataset, Split, pixels_tensor, preprocess_into, token_ids_tensor,
+};
 use mm_encoders::ClipModel;
 
 /// Images encoded per forward pass during evaluation.
@@ -71,28 +74,24 @@ impl ZeroShotClassifier {
 pub fn shapes_heldout_accuracy(
     model: &ClipModel,
     classifier: &ZeroShotClassifier,
-    batcher: &Batcher,
     dataset: &ShapesDataset,
+    image_size: usize,
     samples: usize,
 ) -> Result<f64> {
     let device = model.logit_scale.val().device();
+    let plane = 3 * image_size * image_size;
     let mut correct = 0usize;
     for start in (0..samples).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(samples);
-        let items: Vec<_> = (start..end)
-            .map(|i| dataset.sample(Split::HeldOut, i as u64))
-            .collect();
-        let labels: Vec<usize> = items.iter().map(|s| s.class).collect();
-        let pairs = items
-            .into_iter()
-            .map(|s| ImageTextPair {
-                image: image::DynamicImage::ImageRgb8(s.image),
-                caption: s.caption,
-            })
-            .collect();
-        let batch = batcher.collate(pairs)?;
+        let mut pixels = vec![0.0; (end - start) * plane];
+        let mut labels = Vec::with_capacity(end - start);
+        for (i, out) in (start..end).zip(pixels.chunks_mut(plane)) {
+            let sample = dataset.sample(Split::HeldOut, i as u64);
+            preprocess_into(&DynamicImage::ImageRgb8(sample.image), image_size, out);
+            labels.push(sample.class);
+        }
         let predicted = classifier
-            .probabilities(model, batch.pixels_tensor(&device))
+            .probabilities(model, pixels_tensor(pixels, image_size, &device))
             .argmax(1)
             .into_data()
             .try_into_vec_as::<i64>()

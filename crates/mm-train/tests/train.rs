@@ -1,6 +1,6 @@
 mod common;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use mm_data::{ShapesDataset, Split};
 use mm_train::{TrainConfig, checkpoint, train};
 
@@ -59,16 +59,10 @@ fn a_checkpoint_reloads_to_identical_embeddings() {
     let sample = ShapesDataset::new(0, size as u32).sample(Split::HeldOut, 0);
     let mut pixels = vec![0.0; 3 * size * size];
     mm_data::normalize_into(&sample.image, &mut pixels);
-    let pixels = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
+    let pixels = mm_data::pixels_tensor(pixels, size, &device);
     let ctx = loaded.model_config.text.context_length;
-    let ids: Vec<i64> = loaded
-        .tokenizer
-        .encode(&sample.caption, ctx)
-        .unwrap()
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, ctx]), &device);
+    let ids = loaded.tokenizer.encode(&sample.caption, ctx).unwrap();
+    let ids = mm_data::token_ids_tensor(&ids, ctx, &device);
 
     let embed = |m: &mm_encoders::ClipModel| {
         let image = m
