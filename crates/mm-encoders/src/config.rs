@@ -56,6 +56,7 @@ pub struct TextConfig {
     #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
     /// Token whose position pools the sequence (`<|endoftext|>` in the CLIP vocabulary).
+    /// `2` is HF's legacy value and means "pool at the largest id" (see `eot_index`).
     #[serde(default = "default_eos_token_id")]
     pub eos_token_id: u32,
 }

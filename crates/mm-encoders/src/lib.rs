@@ -15,12 +15,14 @@
 //! ```
 
 pub mod config;
+pub mod hf;
 pub mod model;
 pub mod text;
 pub mod transformer;
 pub mod vision;
 
 pub use config::{Activation, ClipConfig, ConfigError, TextConfig, VisionConfig, from_toml_str};
+pub use hf::HfError;
 pub use model::ClipModel;
 pub use text::{TextTransformer, eot_index};
 pub use transformer::{Encoder, TransformerConfig};

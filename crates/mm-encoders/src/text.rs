@@ -6,6 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::TextConfig;
+use crate::hf::LEGACY_EOS_TOKEN_ID;
 use crate::transformer::{Encoder, layer_norm, normal};
 use crate::vision::TowerOutput;
 
@@ -77,15 +78,19 @@ impl TextTransformer {
     }
 }
 
-/// Position of the first `eos_token_id` in each row of `[batch, seq]` ids, as `[batch]`.
+/// The position whose features represent each row of `[batch, seq]` ids, as `[batch]`: the
+/// first `eos_token_id`, exactly as HF's `CLIPTextTransformer` does.
 ///
 /// Under the causal mask nothing after this token can influence it, so padding needs no
 /// attention mask. A row without the token pools at position 0 (argmax of all-zeros).
+/// Configs with HF's legacy `eos_token_id == 2` pool at the largest id instead (which is
+/// `<|endoftext|>` in CLIP's vocabulary), as transformers still does for them.
 pub fn eot_index(input_ids: Tensor<2, Int>, eos_token_id: u32) -> Tensor<1, Int> {
     let batch = input_ids.dims()[0];
-    input_ids
-        .equal_elem(eos_token_id as i64)
-        .int()
-        .argmax(1)
-        .reshape([batch])
+    let scores = if eos_token_id == LEGACY_EOS_TOKEN_ID {
+        input_ids
+    } else {
+        input_ids.equal_elem(eos_token_id as i64).int()
+    };
+    scores.argmax(1).reshape([batch])
 }
