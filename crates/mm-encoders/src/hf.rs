@@ -88,7 +88,7 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
         let value = json
             .get(name)
             .filter(|v| !v.is_null())
-            .or_else(|| json.get(&format!("{name}_dict")).filter(|v| !v.is_null()));
+            .or_else(|| json.get(format!("{name}_dict")).filter(|v| !v.is_null()));
         match value {
             Some(v) => Section::new(v, name, origin),
             None => Section::new(&NULL, name, origin),
