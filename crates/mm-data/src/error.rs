@@ -12,6 +12,9 @@ pub enum DataError {
     Image { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A configuration file mm cannot honour; the message names the file and key.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl DataError {

@@ -2,7 +2,9 @@
 
 pub mod batch;
 pub mod error;
+pub mod hf;
 pub mod preprocess;
+pub mod resample;
 pub mod shapes;
 pub mod source;
 pub mod tokenizer;

@@ -2,55 +2,133 @@
 
 use std::path::Path;
 
-use tokenizers::Tokenizer;
+use serde_json::Value;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
 use crate::DataError;
 
 /// OpenAI CLIP's tokenizer, embedded so that nothing is downloaded at run time.
 const CLIP_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/clip_tokenizer.json");
 
+pub const START_TOKEN: &str = "<|startoftext|>";
+pub const END_TOKEN: &str = "<|endoftext|>";
+
 /// Tokenizes captions to fixed-length id rows: `<|startoftext|> ... <|endoftext|>`, truncated
-/// to the context length (keeping the end token) and padded with `<|endoftext|>` as HF's
-/// `CLIPTokenizer` does.
+/// to the context length (keeping the end token) and padded with the pad token, as HF's
+/// `CLIPTokenizer` does with `padding="max_length", truncation=True`.
 #[derive(Clone)]
 pub struct ClipTokenizer {
+    /// With padding and truncation off: both are done here, at the model's context length.
     inner: Tokenizer,
+    sot_id: u32,
     eot_id: u32,
+    pad_id: u32,
 }
 
 impl ClipTokenizer {
-    /// The OpenAI CLIP vocabulary shipped with mm.
+    /// The OpenAI CLIP vocabulary shipped with mm (pads with `<|endoftext|>`).
     pub fn openai() -> Self {
         Self::from_bytes(CLIP_TOKENIZER_JSON, "built-in CLIP tokenizer")
             .expect("the embedded tokenizer is valid")
     }
 
-    /// Loads a `tokenizer.json` (e.g. from an HF CLIP directory or an mm checkpoint).
+    /// Loads a `tokenizer.json` (e.g. from an mm checkpoint). The pad token is the one the file
+    /// records (mm writes it there), else `<|endoftext|>`.
     pub fn from_file(path: &Path) -> Result<Self, DataError> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
-    fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, DataError> {
-        let inner = Tokenizer::from_bytes(bytes)
-            .map_err(|e| DataError::Tokenizer(format!("{origin}: {e}")))?;
-        let eot_id = inner.token_to_id("<|endoftext|>").ok_or_else(|| {
-            DataError::Tokenizer(format!(
-                "{origin}: no `<|endoftext|>` token in the vocabulary"
-            ))
-        })?;
-        Ok(Self { inner, eot_id })
+    /// OpenAI's CLIP pipeline (NFC, whitespace collapse, lower-case, CLIP's split regex,
+    /// byte-level BPE with `</w>`) over another vocabulary: HF's `vocab.json` + `merges.txt`,
+    /// as HF `CLIPTokenizer` builds it from those two files.
+    pub fn from_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Self, DataError> {
+        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| DataError::io(path, e));
+        let origin = vocab_path.display().to_string();
+        let vocab: Value = serde_json::from_str(&read(vocab_path)?)
+            .map_err(|e| DataError::Tokenizer(format!("{origin}: invalid JSON: {e}")))?;
+        let id_of = |token: &str| {
+            vocab.get(token).and_then(Value::as_u64).ok_or_else(|| {
+                DataError::Tokenizer(format!("{origin}: no `{token}` in the vocabulary"))
+            })
+        };
+        let (sot, eot) = (id_of(START_TOKEN)?, id_of(END_TOKEN)?);
+        let merges: Vec<String> = read(merges_path)?
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .map(String::from)
+            .collect();
+        let mut json: Value =
+            serde_json::from_slice(CLIP_TOKENIZER_JSON).expect("the embedded tokenizer is JSON");
+        json["model"]["vocab"] = vocab.clone();
+        json["model"]["merges"] = Value::from(merges);
+        json["added_tokens"][0]["id"] = sot.into();
+        json["added_tokens"][1]["id"] = eot.into();
+        json["post_processor"]["cls"][1] = sot.into();
+        json["post_processor"]["sep"][1] = eot.into();
+        Self::from_bytes(json.to_string().as_bytes(), &origin)
     }
 
-    /// The JSON form, written into checkpoints so that they are self-contained.
+    fn from_bytes(bytes: &[u8], origin: &str) -> Result<Self, DataError> {
+        let mut inner = Tokenizer::from_bytes(bytes)
+            .map_err(|e| DataError::Tokenizer(format!("{origin}: {e}")))?;
+        let id = |token: &str| {
+            inner.token_to_id(token).ok_or_else(|| {
+                DataError::Tokenizer(format!("{origin}: no `{token}` token in the vocabulary"))
+            })
+        };
+        let (sot_id, eot_id) = (id(START_TOKEN)?, id(END_TOKEN)?);
+        let pad_id = inner.get_padding().map_or(eot_id, |p| p.pad_id);
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| DataError::Tokenizer(format!("{origin}: {e}")))?;
+        Ok(Self {
+            inner,
+            sot_id,
+            eot_id,
+            pad_id,
+        })
+    }
+
+    /// The same tokenizer padding with `token` (HF's `pad_token`; some CLIP exports pad with
+    /// `!` rather than `<|endoftext|>`).
+    pub fn with_pad_token(mut self, token: &str) -> Result<Self, DataError> {
+        self.pad_id = self.inner.token_to_id(token).ok_or_else(|| {
+            DataError::Tokenizer(format!("pad token `{token}` is not in the vocabulary"))
+        })?;
+        Ok(self)
+    }
+
+    /// The JSON form, written into checkpoints so that they are self-contained. The pad token
+    /// is recorded as the file's padding parameters.
     pub fn to_json(&self) -> Result<String, DataError> {
-        self.inner
+        let mut with_pad = self.inner.clone();
+        with_pad.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id: self.pad_id,
+            pad_token: self.pad_token(),
+            ..Default::default()
+        }));
+        with_pad
             .to_string(false)
             .map_err(|e| DataError::Tokenizer(e.to_string()))
     }
 
+    pub fn sot_id(&self) -> u32 {
+        self.sot_id
+    }
+
     pub fn eot_id(&self) -> u32 {
         self.eot_id
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn pad_token(&self) -> String {
+        self.inner.id_to_token(self.pad_id).unwrap_or_default()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -68,7 +146,7 @@ impl ClipTokenizer {
             ids.truncate(context_length - 1);
             ids.push(self.eot_id);
         }
-        ids.resize(context_length, self.eot_id);
+        ids.resize(context_length, self.pad_id);
         Ok(ids)
     }
 

@@ -1,24 +1,156 @@
-//! mm's tokenizer against ids recorded from HF `CLIPTokenizer` by scripts/make_tokenizer.py.
+//! mm's tokenizer against HF `CLIPTokenizer` ids recorded by scripts/make_hf_fixtures.py, and
+//! the ways an HF directory can ship its tokenizer.
 
-use mm_data::ClipTokenizer;
+use std::path::{Path, PathBuf};
+
+use mm_data::{ClipTokenizer, hf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf")
+}
+
+/// (caption, ids) pairs of the 600-caption corpus, at its context length.
+fn corpus() -> (usize, Vec<(String, Vec<u32>)>) {
+    let text = std::fs::read_to_string(fixtures().join("tokenizer_corpus.json")).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cases = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| {
+            let ids = serde_json::from_value(case["input_ids"].clone()).unwrap();
+            (case["text"].as_str().unwrap().to_string(), ids)
+        })
+        .collect();
+    (fixture["context_length"].as_u64().unwrap() as usize, cases)
+}
+
+fn assert_matches_corpus(tokenizer: &ClipTokenizer) {
+    let (context_length, cases) = corpus();
+    assert!(cases.len() >= 500);
+    let mismatched: Vec<&String> = cases
+        .iter()
+        .filter(|(text, ids)| &tokenizer.encode(text, context_length).unwrap() != ids)
+        .map(|(text, _)| text)
+        .collect();
+    assert!(
+        mismatched.is_empty(),
+        "ids differ from HF for {mismatched:?}"
+    );
+}
 
 #[test]
-fn ids_match_hf_clip_tokenizer() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/tokenizer_reference.json")).unwrap();
-    let context_length = fixture["context_length"].as_u64().unwrap() as usize;
-    let tokenizer = ClipTokenizer::openai();
-    let cases = fixture["cases"].as_array().unwrap();
-    assert!(cases.len() >= 10);
-    for case in cases {
-        let text = case["text"].as_str().unwrap();
-        let expected: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
-        assert_eq!(
-            tokenizer.encode(text, context_length).unwrap(),
-            expected,
-            "{text:?}"
-        );
-    }
+fn ids_match_hf_clip_tokenizer_on_the_corpus() {
+    assert_matches_corpus(&ClipTokenizer::openai());
+}
+
+#[test]
+fn corpus_covers_the_hard_cases() {
+    let (context_length, cases) = corpus();
+    let any = |f: &dyn Fn(&str) -> bool| cases.iter().any(|(t, _)| f(t));
+    assert!(any(&|t| t.chars().any(|c| c.is_ascii_punctuation())));
+    assert!(any(&|t| t.chars().any(|c| c.is_ascii_digit())));
+    assert!(any(&|t| t.contains('é')));
+    assert!(any(&|t| t.contains('🐱')));
+    assert!(any(&|t| t.contains('猫')));
+    // Over-long captions are truncated with the end token kept.
+    let truncated = cases
+        .iter()
+        .filter(|(_, ids)| ids[context_length - 1] == 49407 && ids[context_length - 2] != 49407)
+        .count();
+    assert!(truncated >= 10, "only {truncated} truncated captions");
+}
+
+#[test]
+fn hf_directory_tokenizer_json_matches_hf() {
+    // The fixture's tokenizer.json was saved by transformers with padding and truncation
+    // switched on at 77; mm must ignore that state and still pad/truncate at any length.
+    let tokenizer = hf::load_tokenizer(&fixtures().join("quick_gelu_legacy_eos")).unwrap();
+    assert_matches_corpus(&tokenizer);
+    assert_eq!(
+        tokenizer.encode("a cat", 6).unwrap(),
+        [49406, 320, 2368, 49407, 49407, 49407]
+    );
+}
+
+/// An HF directory with only `vocab.json` + `merges.txt` (older exports), made from the
+/// fixture's tokenizer.json.
+fn vocab_merges_dir() -> tempfile::TempDir {
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("quick_gelu_legacy_eos/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vocab.json"),
+        json["model"]["vocab"].to_string(),
+    )
+    .unwrap();
+    let merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
+            other => other.as_str().unwrap().to_string(),
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("merges.txt"),
+        format!("#version: 0.2\n{}\n", merges.join("\n")),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn vocab_and_merges_build_the_same_tokenizer() {
+    let dir = vocab_merges_dir();
+    assert_matches_corpus(&hf::load_tokenizer(dir.path()).unwrap());
+}
+
+#[test]
+fn pad_token_comes_from_the_tokenizer_config() {
+    let dir = vocab_merges_dir();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"pad_token": {"content": "!"}}"#,
+    )
+    .unwrap();
+    let tokenizer = hf::load_tokenizer(dir.path()).unwrap();
+    assert_eq!(tokenizer.pad_id(), 0);
+    assert_eq!(
+        tokenizer.encode("a cat", 6).unwrap(),
+        [49406, 320, 2368, 49407, 0, 0]
+    );
+
+    // mm's own tokenizer.json keeps the pad token.
+    let json = dir.path().join("tokenizer.json");
+    std::fs::write(&json, tokenizer.to_json().unwrap()).unwrap();
+    assert_eq!(ClipTokenizer::from_file(&json).unwrap().pad_id(), 0);
+
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"pad_token": "<pad>"}"#,
+    )
+    .unwrap();
+    let error = hf::load_tokenizer(dir.path()).err().unwrap().to_string();
+    assert!(
+        error.contains("pad token `<pad>` is not in the vocabulary"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_directory_without_a_tokenizer_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = hf::load_tokenizer(dir.path()).err().unwrap().to_string();
+    assert!(error.contains(&dir.path().display().to_string()), "{error}");
+    assert!(error.contains("vocab.json + merges.txt"), "{error}");
 }
 
 #[test]
@@ -38,9 +170,8 @@ fn truncation_keeps_the_end_token_and_padding_uses_it() {
 #[test]
 fn round_trips_through_json() {
     let tokenizer = ClipTokenizer::openai();
-    let dir = std::env::temp_dir().join(format!("mm-tok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tokenizer.json");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, tokenizer.to_json().unwrap()).unwrap();
     let reloaded = ClipTokenizer::from_file(&path).unwrap();
     let text = "A large Purple star on a beige background";
@@ -48,8 +179,7 @@ fn round_trips_through_json() {
         reloaded.encode(text, 77).unwrap(),
         tokenizer.encode(text, 77).unwrap()
     );
-    std::fs::remove_dir_all(dir).unwrap();
-    let missing = ClipTokenizer::from_file(std::path::Path::new("/nonexistent/tokenizer.json"));
+    let missing = ClipTokenizer::from_file(Path::new("/nonexistent/tokenizer.json"));
     assert!(
         missing
             .err()
