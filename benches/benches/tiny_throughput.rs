@@ -24,7 +24,8 @@ fn main() {
         device: "flex".into(),
         seed: 0,
         output_dir: std::env::temp_dir().join("mm-bench"),
-        model: ModelSpec::Preset(preset.into()),
+        model: Some(ModelSpec::Preset(preset.into())),
+        init_from: None,
         data: DataConfig::default(),
         optim: OptimConfig {
             lr: 1e-4,

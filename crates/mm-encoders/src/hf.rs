@@ -11,8 +11,8 @@ use std::path::Path;
 
 use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot,
-    PyTorchToBurnAdapter, SafetensorsStore, bridge,
+    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
 use burn::tensor::{DType, Device, Shape, TensorData};
 use serde_json::{Value, json};
@@ -317,6 +317,25 @@ impl ModuleAdapter for ScalarAdapter {
     }
 }
 
+/// The HF name of mm's parameter `path` (burn's LayerNorm says gamma/beta).
+fn hf_name(path: &str) -> String {
+    match path.rsplit_once('.') {
+        Some((module, "gamma")) => format!("{module}.weight"),
+        Some((module, "beta")) => format!("{module}.bias"),
+        _ => path.to_string(),
+    }
+}
+
+/// A shape in HF's layout: burn's `Linear` weights are stored transposed. In a CLIP model every
+/// 2-D `weight` outside the embeddings belongs to a `Linear`.
+fn hf_shape(path: &str, shape: &Shape) -> Vec<usize> {
+    let mut dims = shape.to_vec();
+    if dims.len() == 2 && path.ends_with(".weight") && !path.contains("embedding") {
+        dims.reverse();
+    }
+    dims
+}
+
 /// Buffers HF may have saved that are not parameters (recomputed, never learned).
 fn is_buffer(name: &str) -> bool {
     name.ends_with(".position_ids")
@@ -353,19 +372,35 @@ pub fn load_weights(model: &mut ClipModel, path: &Path) -> Result<(), HfError> {
                 .chain(ScalarAdapter { to_hf: false })
                 .chain(FloatCastAdapter::to(DType::F32)),
         )
-        .allow_partial(true);
+        // Collect missing/mismatched tensors instead of failing on the first, so the error can
+        // name them in HF's terms.
+        .allow_partial(true)
+        .validate(false);
     let result = model
         .load_from(&mut store)
         .map_err(|e| fail(e.to_string()))?;
     if let Some((name, _)) = result.missing.first() {
         return Err(fail(format!(
-            "missing tensor `{name}` ({} of {} missing)",
+            "missing tensor `{}` ({} of {} missing)",
+            hf_name(name),
             result.missing.len(),
             result.missing.len() + result.applied.len()
         )));
     }
     if let Some(error) = result.errors.first() {
-        return Err(fail(error.to_string()));
+        return Err(fail(match error {
+            ApplyError::ShapeMismatch {
+                path,
+                expected,
+                found,
+            } => format!(
+                "tensor `{}` has shape {:?} but config.json implies {:?}",
+                hf_name(path),
+                hf_shape(path, found),
+                hf_shape(path, expected)
+            ),
+            other => other.to_string(),
+        }));
     }
     if let Some(name) = result.unused.iter().find(|n| !is_buffer(n)) {
         return Err(fail(format!(

@@ -1,9 +1,14 @@
 //! Self-contained checkpoint directories, written atomically.
 //!
-//! Layout: `RUN/checkpoints/step-000500/{model.safetensors, config.toml, tokenizer.json,
-//! state.json}` and `RUN/checkpoints/latest` (the name of the newest complete one). Each
-//! directory is assembled under a temporary name and renamed into place, and `latest` is
-//! replaced by rename, so a kill at any moment leaves the previous checkpoint intact.
+//! Layout: `RUN/checkpoints/step-000500/{model.safetensors, model.toml, tokenizer.json,
+//! state.json, config.toml}` and `RUN/checkpoints/latest` (the name of the newest complete
+//! one). `model.toml` is the model's shape; `config.toml` is the training config of the run
+//! that wrote it (absent for imported checkpoints). Each directory is assembled under a
+//! temporary name and renamed into place, and `latest` is replaced by rename, so a kill at any
+//! moment leaves the previous checkpoint intact.
+//!
+//! [`load`] also reads Hugging Face CLIP directories, so every command that takes a
+//! checkpoint takes one of those too.
 
 use std::fs;
 use std::io::Write;
@@ -16,9 +21,10 @@ use mm_data::ClipTokenizer;
 use mm_encoders::{ClipConfig, ClipModel, from_toml_str};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelSpec, TrainConfig};
+use crate::config::{EvalConfig, TrainConfig};
 
 pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_CONFIG_FILE: &str = "model.toml";
 pub const CONFIG_FILE: &str = "config.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const STATE_FILE: &str = "state.json";
@@ -28,70 +34,126 @@ const LATEST: &str = "latest";
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointState {
     pub step: usize,
-    pub loss: f32,
+    /// Training loss at `step` (none for imported weights).
+    #[serde(default)]
+    pub loss: Option<f32>,
+    #[serde(default)]
     pub zero_shot_accuracy: Option<f64>,
+    /// Where the weights came from when not from an mm run, e.g. an HF directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// A checkpoint read back: everything needed to run the model.
 pub struct Checkpoint {
     pub dir: PathBuf,
-    pub config: TrainConfig,
+    /// The config of the run that wrote it; `None` for imported and HF checkpoints.
+    pub train_config: Option<TrainConfig>,
     pub model_config: ClipConfig,
     pub model: ClipModel,
     pub tokenizer: ClipTokenizer,
     pub state: CheckpointState,
 }
 
-/// Writes a checkpoint of `model` under `run_dir/checkpoints` and points `latest` at it.
-/// Keeps the newest `keep` step directories (at least the new one).
-pub fn save(
-    run_dir: &Path,
-    model: &ClipModel,
-    config: &TrainConfig,
-    tokenizer: &ClipTokenizer,
-    state: &CheckpointState,
-    keep: usize,
-) -> Result<PathBuf> {
-    let root = run_dir.join("checkpoints");
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-    let name = format!("step-{:06}", state.step);
-    let dir = root.join(&name);
-    if dir.join(STATE_FILE).exists() {
-        return Ok(dir); // This step is already saved (e.g. final step == periodic step).
+impl Checkpoint {
+    /// Prompt templates for zero-shot use: the run's, else mm's default.
+    pub fn templates(&self) -> Vec<String> {
+        self.train_config
+            .as_ref()
+            .map(|c| c.eval.templates.clone())
+            .unwrap_or_else(|| EvalConfig::default().templates)
     }
-    let tmp = root.join(format!(".tmp-{name}-{}", std::process::id()));
+}
+
+/// The parts of a checkpoint, borrowed for writing.
+pub struct CheckpointParts<'a> {
+    pub model: &'a ClipModel,
+    pub model_config: &'a ClipConfig,
+    pub train_config: Option<&'a TrainConfig>,
+    pub tokenizer: &'a ClipTokenizer,
+    pub state: &'a CheckpointState,
+}
+
+impl CheckpointParts<'_> {
+    /// Writes every file into the (new, empty) directory `dir`; `state.json` last, since its
+    /// presence marks a checkpoint complete.
+    fn write_into(&self, dir: &Path) -> Result<()> {
+        let model_path = dir.join(MODEL_FILE);
+        let mut store = SafetensorsStore::from_file(&model_path)
+            .metadata("format", "mm-clip")
+            .metadata("step", self.state.step.to_string());
+        self.model
+            .save_into(&mut store)
+            .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", model_path.display()))?;
+        write_synced(
+            &dir.join(MODEL_CONFIG_FILE),
+            toml::to_string(self.model_config)?.as_bytes(),
+        )?;
+        if let Some(config) = self.train_config {
+            write_synced(&dir.join(CONFIG_FILE), toml::to_string(config)?.as_bytes())?;
+        }
+        write_synced(
+            &dir.join(TOKENIZER_FILE),
+            self.tokenizer.to_json()?.as_bytes(),
+        )?;
+        write_synced(
+            &dir.join(STATE_FILE),
+            serde_json::to_string_pretty(self.state)?.as_bytes(),
+        )
+    }
+}
+
+/// Builds directory `out` atomically: `fill` writes into a temporary sibling that is renamed to
+/// `out` only once it succeeded, and removed otherwise. Refuses an existing `out`.
+pub fn write_dir_atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if out.exists() {
+        bail!(
+            "{} already exists; choose a new output directory",
+            out.display()
+        );
+    }
+    let name = out
+        .file_name()
+        .with_context(|| format!("{}: not a directory name", out.display()))?
+        .to_string_lossy();
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent = parent.unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
+    sync_dir(parent);
+    Ok(())
+}
 
-    let mut resolved = config.clone();
-    resolved.model = ModelSpec::Inline(Box::new(config.model.resolve()?));
-    let model_path = tmp.join(MODEL_FILE);
-    let mut store = SafetensorsStore::from_file(&model_path)
-        .metadata("format", "mm-clip")
-        .metadata("step", state.step.to_string());
-    model
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", model_path.display()))?;
-    write_synced(
-        &tmp.join(CONFIG_FILE),
-        toml::to_string(&resolved)?.as_bytes(),
-    )?;
-    write_synced(&tmp.join(TOKENIZER_FILE), tokenizer.to_json()?.as_bytes())?;
-    // state.json last: its presence marks the directory complete.
-    write_synced(
-        &tmp.join(STATE_FILE),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )?;
-    fs::rename(&tmp, &dir).with_context(|| format!("moving checkpoint into {}", dir.display()))?;
-
+/// Writes a checkpoint of a training run under `run_dir/checkpoints` and points `latest` at it.
+/// Keeps the newest `keep` step directories (at least the new one).
+pub fn save(run_dir: &Path, parts: &CheckpointParts, keep: usize) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    let name = format!("step-{:06}", parts.state.step);
+    let dir = root.join(&name);
+    if dir.join(STATE_FILE).exists() {
+        return Ok(dir); // This step is already saved (e.g. final step == periodic step).
+    }
+    write_dir_atomically(&dir, |tmp| parts.write_into(tmp))?;
     let latest_tmp = root.join(format!(".{LATEST}.tmp"));
     write_synced(&latest_tmp, name.as_bytes())?;
     fs::rename(&latest_tmp, root.join(LATEST))?;
     sync_dir(&root);
     prune(&root, keep.max(1))?;
     Ok(dir)
+}
+
+/// Writes a stand-alone checkpoint directory at `out` (which must not exist).
+pub fn save_to(out: &Path, parts: &CheckpointParts) -> Result<()> {
+    write_dir_atomically(out, |tmp| parts.write_into(tmp))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -127,12 +189,18 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// A checkpoint directory itself, or a run directory (whose `checkpoints/latest` is used).
+/// Whether `dir` is a Hugging Face CLIP directory rather than an mm checkpoint.
+pub fn is_hf_dir(dir: &Path) -> bool {
+    dir.join(mm_encoders::hf::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
+}
+
+/// A checkpoint directory itself (mm or HF), or a run directory (whose `checkpoints/latest`
+/// is used).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("checkpoint {}: no such file or directory", path.display());
     }
-    if path.join(STATE_FILE).exists() || path.join(MODEL_FILE).exists() {
+    if path.join(STATE_FILE).exists() || path.join(MODEL_FILE).exists() || is_hf_dir(path) {
         return Ok(path.to_path_buf());
     }
     for root in [path.join("checkpoints"), path.to_path_buf()] {
@@ -144,32 +212,44 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!(
-        "{}: not a checkpoint (no {STATE_FILE}) nor a run directory (no checkpoints/{LATEST})",
+        "{}: not a checkpoint (no {STATE_FILE}), an HF CLIP directory (no config.json) nor a run directory (no checkpoints/{LATEST})",
         path.display()
     )
 }
 
-/// Loads a checkpoint onto `device`. Every tensor of the model must be present and of the
-/// right shape; anything else is an error naming the tensor.
+/// Loads a checkpoint (mm or HF) onto `device`. Every tensor of the model must be present and
+/// of the right shape; anything else is an error naming the tensor.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let dir = resolve(path)?;
-    for file in [STATE_FILE, CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE] {
+    if is_hf_dir(&dir) {
+        return crate::hf::load(&dir, device);
+    }
+    for file in [STATE_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE] {
         if !dir.join(file).exists() {
             bail!("checkpoint {} is incomplete: missing {file}", dir.display());
         }
     }
-    let config_path = dir.join(CONFIG_FILE);
+    let read = |file: &str| -> Result<(String, String)> {
+        let path = dir.join(file);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((text, path.display().to_string()))
+    };
+    let (text, origin) = read(MODEL_CONFIG_FILE)?;
+    let model_config: ClipConfig = from_toml_str(&text, &origin)?;
+    model_config.validate(&origin)?;
     // Parsed but not re-validated for this machine: a checkpoint trained on `cuda` must still
     // load in a CPU-only build.
-    let config: TrainConfig = from_toml_str(
-        &fs::read_to_string(&config_path)?,
-        &config_path.display().to_string(),
-    )?;
-    let model_config = config.model.resolve()?;
+    let train_config = if dir.join(CONFIG_FILE).exists() {
+        let (text, origin) = read(CONFIG_FILE)?;
+        Some(from_toml_str::<TrainConfig>(&text, &origin)?)
+    } else {
+        None
+    };
     let tokenizer = ClipTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
-    let state_path = dir.join(STATE_FILE);
-    let state: CheckpointState = serde_json::from_str(&fs::read_to_string(&state_path)?)
-        .with_context(|| format!("{}: invalid checkpoint state", state_path.display()))?;
+    let (text, origin) = read(STATE_FILE)?;
+    let state: CheckpointState = serde_json::from_str(&text)
+        .with_context(|| format!("{origin}: invalid checkpoint state"))?;
 
     let mut model = model_config.init(device);
     let weights = dir.join(MODEL_FILE);
@@ -185,7 +265,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     }
     Ok(Checkpoint {
         dir,
-        config,
+        train_config,
         model_config,
         model,
         tokenizer,

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use mm_data::{load_image, pixels_tensor, preprocess_into};
@@ -30,8 +31,31 @@ pub struct Cli {
 pub enum Command {
     /// Train a model (the default action).
     Train(TrainArgs),
-    /// Classify images into free-text classes with a trained checkpoint.
+    /// Classify images into free-text classes with a checkpoint (mm or Hugging Face).
     ZeroShot(ZeroShotArgs),
+    /// Convert a Hugging Face CLIP directory into an mm checkpoint.
+    ImportHf(ImportHfArgs),
+    /// Write an mm checkpoint as a Hugging Face CLIP directory.
+    ExportHf(ExportHfArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportHfArgs {
+    /// An HF CLIP directory: config.json, model.safetensors, tokenizer.json (or vocab.json +
+    /// merges.txt), and optionally preprocessor_config.json.
+    pub dir: PathBuf,
+    /// The checkpoint directory to create (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportHfArgs {
+    /// An mm checkpoint directory, or a run directory (its latest checkpoint is used).
+    pub checkpoint: PathBuf,
+    /// The HF directory to create (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Default)]
@@ -64,7 +88,7 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct ZeroShotArgs {
-    /// A checkpoint directory, or a run directory (its latest checkpoint is used).
+    /// An mm checkpoint, a run directory (its latest checkpoint), or an HF CLIP directory.
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Comma-separated class names, e.g. "red circle,blue square".
@@ -91,6 +115,21 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::ZeroShot(args)) => run_zero_shot(args),
+        Some(Command::ImportHf(args)) => {
+            let ckpt = crate::hf::import(&args.dir, &args.out)?;
+            println!(
+                "imported {} ({} parameters) into {}",
+                args.dir.display(),
+                ckpt.model.num_params(),
+                args.out.display()
+            );
+            Ok(())
+        }
+        Some(Command::ExportHf(args)) => {
+            let ckpt = crate::hf::export(&args.checkpoint, &args.out)?;
+            println!("exported {} to {}", ckpt.dir.display(), args.out.display());
+            Ok(())
+        }
         None => run_train(cli.train),
     }
 }
@@ -140,7 +179,7 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
     let templates = if args.templates.is_empty() {
-        ckpt.config.eval.templates.clone()
+        ckpt.templates()
     } else {
         args.templates.clone()
     };

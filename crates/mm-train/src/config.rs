@@ -18,8 +18,14 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Run directory: logs and checkpoints go here.
     pub output_dir: PathBuf,
-    /// A preset name (`model = "tiny"`) or a full `[model]` table.
-    pub model: ModelSpec,
+    /// A preset name (`model = "tiny"`) or a full `[model]` table, for a freshly initialised
+    /// model. Leave it out with `init_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
+    /// Start from these weights instead: an mm checkpoint, a run directory (its latest
+    /// checkpoint) or a Hugging Face CLIP directory. The model's shape and tokenizer come with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
     #[serde(default)]
     pub data: DataConfig,
     pub optim: OptimConfig,
@@ -238,11 +244,30 @@ impl TrainConfig {
 
     /// Checks what serde cannot: ranges and relations between keys.
     pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let model = self.model.resolve().map_err(|e| ConfigError {
-            origin: origin.into(),
-            ..e
-        })?;
-        model.validate(origin)?;
+        match (&self.model, &self.init_from) {
+            (Some(spec), None) => {
+                let model = spec.resolve().map_err(|e| ConfigError {
+                    origin: origin.into(),
+                    ..e
+                })?;
+                model.validate(origin)?;
+            }
+            (None, Some(_)) => {} // Checked when the checkpoint is loaded.
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    origin,
+                    "init_from",
+                    "give either `model` (a new model) or `init_from` (whose shape is used), not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    origin,
+                    "model",
+                    "missing: give a preset name, a [model] table, or `init_from`",
+                ));
+            }
+        }
         let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
         if self.train.steps == 0 {
             return err("train.steps", "must be positive");

@@ -15,7 +15,7 @@ use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, ShapesD
 use mm_encoders::{ClipConfig, ClipModel};
 use serde_json::json;
 
-use crate::checkpoint::{self, CheckpointState};
+use crate::checkpoint::{self, CheckpointParts, CheckpointState};
 use crate::config::{DataSourceKind, TrainConfig};
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
@@ -52,13 +52,20 @@ impl Learner {
     pub fn new(config: &TrainConfig, model_config: &ClipConfig) -> Result<Self> {
         let device = parse_device(&config.device)?;
         device.seed(config.seed);
-        let model = model_config.init(&device.autodiff());
+        Ok(Self::from_model(
+            config,
+            model_config.init(&device.autodiff()),
+        ))
+    }
+
+    /// Trains `model` (on an autodiff device) from where it is.
+    pub fn from_model(config: &TrainConfig, model: ClipModel) -> Self {
         let optim = clip_adamw(&config.optim, &model);
-        Ok(Self {
+        Self {
             model,
             optim,
             config: config.clone(),
-        })
+        }
     }
 
     /// CLIP's loss of the current model on `batch` (the forward pass of a step).
@@ -144,9 +151,43 @@ impl RunLog {
     }
 }
 
+/// The model a run starts from and the tokenizer that goes with it.
+pub struct StartingPoint {
+    pub model_config: ClipConfig,
+    pub learner: Learner,
+    pub tokenizer: ClipTokenizer,
+    /// What the log says it is.
+    pub description: String,
+}
+
+/// A fresh model of `config.model` with OpenAI's tokenizer, or the checkpoint `init_from`.
+pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
+    if let Some(path) = &config.init_from {
+        let device = parse_device(&config.device)?;
+        device.seed(config.seed);
+        let ckpt = checkpoint::load(path, &device.autodiff())
+            .with_context(|| format!("init_from = {}", path.display()))?;
+        return Ok(StartingPoint {
+            model_config: ckpt.model_config,
+            learner: Learner::from_model(config, ckpt.model),
+            tokenizer: ckpt.tokenizer,
+            description: format!("weights from {}", ckpt.dir.display()),
+        });
+    }
+    let Some(spec) = &config.model else {
+        bail!("the config has neither `model` nor `init_from`");
+    };
+    let model_config = spec.resolve()?;
+    Ok(StartingPoint {
+        learner: Learner::new(config, &model_config)?,
+        model_config,
+        tokenizer: ClipTokenizer::openai(),
+        description: "freshly initialised".into(),
+    })
+}
+
 /// Trains as `config` says, evaluating and checkpointing along the way.
 pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
-    let model_config = config.model.resolve()?;
     let run_dir = &config.output_dir;
     let previous = run_dir.join("checkpoints");
     if fs::read_dir(&previous).is_ok_and(|mut entries| entries.next().is_some()) {
@@ -155,10 +196,14 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
             previous.display()
         );
     }
+    let StartingPoint {
+        model_config,
+        mut learner,
+        tokenizer,
+        description: start,
+    } = starting_point(config)?;
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
-    let mut learner = Learner::new(config, &model_config)?;
-    let tokenizer = ClipTokenizer::openai();
     let image_size = model_config.vision.image_size;
     let batcher = Batcher {
         tokenizer: tokenizer.clone(),
@@ -191,7 +236,7 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     let mut log = RunLog::open(run_dir, progress.clone())?;
     let params = learner.model.num_params();
     log.say(&format!(
-        "training {params} parameters on {} for {steps} steps of {} ({}), writing to {}",
+        "training {params} parameters ({start}) on {} for {steps} steps of {} ({}), writing to {}",
         config.device,
         config.train.batch_size,
         description,
@@ -267,17 +312,18 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         if every(config.train.checkpoint_every) || done == steps {
             let state = CheckpointState {
                 step: done,
-                loss: out.loss,
+                loss: Some(out.loss),
                 zero_shot_accuracy: accuracy,
+                imported_from: None,
             };
-            let dir = checkpoint::save(
-                run_dir,
-                &learner.model,
-                config,
-                &tokenizer,
-                &state,
-                config.train.keep_checkpoints,
-            )?;
+            let parts = CheckpointParts {
+                model: &learner.model,
+                model_config: &model_config,
+                train_config: Some(config),
+                tokenizer: &tokenizer,
+                state: &state,
+            };
+            let dir = checkpoint::save(run_dir, &parts, config.train.keep_checkpoints)?;
             log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
             last_checkpoint = Some(dir);
         }

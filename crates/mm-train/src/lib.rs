@@ -5,12 +5,13 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod hf;
 pub mod learner;
 pub mod optim;
 pub mod zero_shot;
 
-pub use checkpoint::{Checkpoint, CheckpointState};
+pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};
 pub use config::{Overrides, TrainConfig};
 pub use device::parse_device;
-pub use learner::{Learner, TrainReport, train};
+pub use learner::{Learner, StartingPoint, TrainReport, starting_point, train};
 pub use zero_shot::ZeroShotClassifier;

@@ -104,7 +104,8 @@ fn a_missing_or_incomplete_checkpoint_is_a_clear_error() {
     assert_eq!(
         checkpoint::load(&report.checkpoint, &device)
             .unwrap()
-            .config
+            .train_config
+            .unwrap()
             .device,
         "cuda:1"
     );
@@ -161,14 +162,14 @@ fn shipped_configs_parse() {
             .join("../../configs")
             .join(name);
         let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        config.model.resolve().unwrap();
+        config.model.as_ref().unwrap().resolve().unwrap();
     }
     let base = TrainConfig::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/clip_base.toml"),
     )
     .unwrap();
     assert_eq!(
-        base.model.resolve().unwrap(),
+        base.model.as_ref().unwrap().resolve().unwrap(),
         mm_encoders::ClipConfig::preset("vit-b-32").unwrap()
     );
 }
@@ -177,7 +178,7 @@ fn shipped_configs_parse() {
 fn a_nan_loss_stops_the_step_and_leaves_the_model_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let config = common::tiny_config(dir.path(), 5);
-    let model_config = config.model.resolve().unwrap();
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
     let mut learner = mm_train::Learner::new(&config, &model_config).unwrap();
     let batcher = mm_data::Batcher {
         tokenizer: mm_data::ClipTokenizer::openai(),

@@ -1,0 +1,93 @@
+//! Hugging Face CLIP directories as checkpoints: load one directly, import it as an mm
+//! checkpoint, export an mm checkpoint as one (what `CLIPModel.from_pretrained` and
+//! `CLIPProcessor.from_pretrained` read).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+use mm_data::ClipTokenizer;
+use mm_encoders::{ClipConfig, hf};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointParts, CheckpointState};
+
+/// Loads an HF CLIP directory: config, weights, tokenizer, and a check that its image processor
+/// is the transform mm applies.
+pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let (model_config, model) = hf::load(dir, device)?;
+    let tokenizer = mm_data::hf::load_tokenizer(dir)?;
+    check_tokenizer_fits(&tokenizer, &model_config, dir)?;
+    mm_data::hf::check_image_processor(dir, model_config.vision.image_size)?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        train_config: None,
+        model_config,
+        model,
+        tokenizer,
+        state: CheckpointState {
+            step: 0,
+            loss: None,
+            zero_shot_accuracy: None,
+            imported_from: Some(dir.display().to_string()),
+        },
+    })
+}
+
+/// A tokenizer that can emit ids beyond the embedding table would index out of range.
+fn check_tokenizer_fits(tokenizer: &ClipTokenizer, config: &ClipConfig, dir: &Path) -> Result<()> {
+    let (tokens, vocab) = (tokenizer.vocab_size(), config.text.vocab_size);
+    if tokens > vocab {
+        bail!(
+            "{}: the tokenizer has {tokens} tokens but text_config.vocab_size is {vocab}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mm-train import-hf DIR --out CKPT`: an mm checkpoint with the same weights, bit for bit.
+pub fn import(dir: &Path, out: &Path) -> Result<Checkpoint> {
+    if out.exists() {
+        bail!(
+            "{} already exists; choose a new output directory",
+            out.display()
+        );
+    }
+    let ckpt = load(dir, &Device::flex())?;
+    checkpoint::save_to(
+        out,
+        &CheckpointParts {
+            model: &ckpt.model,
+            model_config: &ckpt.model_config,
+            train_config: None,
+            tokenizer: &ckpt.tokenizer,
+            state: &ckpt.state,
+        },
+    )?;
+    Ok(ckpt)
+}
+
+/// `mm-train export-hf CKPT --out DIR`: an HF CLIP directory (config, weights, tokenizer,
+/// image processor). Nothing appears at `out` unless every file was written.
+pub fn export(checkpoint_path: &Path, out: &Path) -> Result<Checkpoint> {
+    if out.exists() {
+        bail!(
+            "{} already exists; choose a new output directory",
+            out.display()
+        );
+    }
+    let ckpt = checkpoint::load(checkpoint_path, &Device::flex())?;
+    let config = &ckpt.model_config;
+    checkpoint::write_dir_atomically(out, |dir| {
+        let json = hf::config_to_hf(config, ckpt.tokenizer.sot_id(), ckpt.tokenizer.pad_id());
+        std::fs::write(
+            dir.join(hf::CONFIG_FILE),
+            serde_json::to_string_pretty(&json)? + "\n",
+        )?;
+        hf::save_weights(&ckpt.model, &dir.join(hf::WEIGHTS_FILE))?;
+        mm_data::hf::write_tokenizer(dir, &ckpt.tokenizer, config.text.context_length)?;
+        mm_data::hf::write_image_processor(dir, config.vision.image_size)?;
+        Ok(())
+    })?;
+    Ok(ckpt)
+}
