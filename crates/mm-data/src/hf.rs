@@ -163,16 +163,16 @@ pub fn check_image_processor(dir: &Path, image_size: usize) -> Result<(), DataEr
                 .or_else(|| value.get(field).and_then(Value::as_u64)),
         )
     };
-    if let Some(resize) = side("size", "shortest_edge") {
-        if resize != Some(image_size as u64) {
-            return fail(
-                "size",
-                format!(
-                    "{}: mm resizes the shortest edge to the model's image size ({image_size})",
-                    config["size"]
-                ),
-            );
-        }
+    if let Some(resize) = side("size", "shortest_edge")
+        && resize != Some(image_size as u64)
+    {
+        return fail(
+            "size",
+            format!(
+                "{}: mm resizes the shortest edge to the model's image size ({image_size})",
+                config["size"]
+            ),
+        );
     }
     if let Some(crop) = config.get("crop_size") {
         let square = crop.as_u64().or_else(|| {

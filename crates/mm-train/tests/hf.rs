@@ -286,7 +286,8 @@ fn rewrite_weights(dir: &Path, edit: impl Fn(&str, &mut Vec<usize>, &mut Vec<u8>
 
 #[test]
 fn bad_hf_directories_are_refused_by_name_and_nothing_is_written() {
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Breakage = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Breakage)> = vec![
         (
             "key `text_config.hidden_act`: unsupported activation `gelu_new`",
             Box::new(|d| {

@@ -157,12 +157,22 @@ fn config_errors_name_the_file_and_key() {
 
 #[test]
 fn shipped_configs_parse() {
-    for name in ["tiny_shapes.toml", "clip_base.toml"] {
+    for name in ["tiny_shapes.toml", "clip_base.toml", "finetune_hf.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../configs")
             .join(name);
         let config = TrainConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        config.model.as_ref().unwrap().resolve().unwrap();
+        match (&config.model, &config.init_from) {
+            (Some(spec), None) => drop(spec.resolve().unwrap()),
+            (None, Some(from)) => {
+                let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../..")
+                    .join(from);
+                let device = burn::tensor::Device::flex();
+                mm_train::checkpoint::load(&from, &device).unwrap();
+            }
+            _ => unreachable!("validate() accepts exactly one"),
+        }
     }
     let base = TrainConfig::load(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/clip_base.toml"),
