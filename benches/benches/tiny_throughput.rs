@@ -9,7 +9,8 @@ use burn::module::Module;
 use burn::tensor::Device;
 use mm_data::{Batcher, ClipTokenizer, ShapesDataset, Split};
 use mm_encoders::ClipConfig;
-use mm_train::config::{DataConfig, EvalConfig, ModelSpec, OptimConfig, ScheduleConfig};
+use mm_data::DataConfig;
+use mm_train::config::{EvalConfig, ModelSpec, OptimConfig, ScheduleConfig};
 use mm_train::{Learner, TrainConfig};
 
 fn main() {
@@ -47,15 +48,15 @@ fn main() {
         eval: EvalConfig::default(),
     };
     let size = model_config.vision.image_size;
-    let batcher = Batcher {
-        tokenizer: ClipTokenizer::openai(),
-        image_size: size,
-        context_length: model_config.text.context_length,
-    };
+    let batcher = Batcher::new(
+        ClipTokenizer::openai(),
+        size,
+        model_config.text.context_length,
+    );
     let mut source = ShapesDataset::new(0, size as u32).source(Split::Train, 0);
+    let mut position = 0;
     let batch = batcher
-        .next_batch(&mut source, batch_size)
-        .unwrap()
+        .next_batch(&mut source, &mut position, batch_size)
         .unwrap();
 
     // Data pipeline alone: batches/s of procedural images -> normalised tensors + token ids.
@@ -63,8 +64,7 @@ fn main() {
     let start = Instant::now();
     for _ in 0..iters {
         batcher
-            .next_batch(&mut source, batch_size)
-            .unwrap()
+            .next_batch(&mut source, &mut position, batch_size)
             .unwrap();
     }
     let data_rate = (iters * batch_size) as f64 / start.elapsed().as_secs_f64();

@@ -1,14 +1,19 @@
-//! Assembling model-ready batches from a pair source, on a background thread.
+//! Assembling model-ready batches from a pair source: decode, augment, normalise and tokenise
+//! on a worker pool, on a background thread ahead of the training step.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use crate::preprocess::preprocess_into;
-use crate::source::{ImageTextPair, PairSource, SampleErrorKind};
+use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, TrainTransform, decode_input};
+use crate::source::{ImageTextPair, PairSource, SampleError, SampleErrorKind};
+use crate::stream::{DataStream, mix};
 use crate::{ClipTokenizer, DataError};
 
 /// One batch in host memory: CLIP-normalised images and fixed-length token ids.
@@ -22,8 +27,12 @@ pub struct ClipBatch {
     /// `[batch, context_length]`, row-major.
     pub input_ids: Vec<u32>,
     pub captions: Vec<String>,
-    /// Samples the source could not produce while this batch was filled, by kind.
+    /// Samples skipped while this batch was filled, by kind.
     pub skipped: BTreeMap<SampleErrorKind, usize>,
+    /// Those samples' errors (where and why).
+    pub errors: Vec<SampleError>,
+    /// Stream items consumed up to and including this batch: where to resume after it.
+    pub stream_position: u64,
 }
 
 impl ClipBatch {
@@ -52,77 +61,221 @@ pub fn token_ids_tensor(ids: &[u32], context_length: usize, device: &Device) -> 
     Tensor::from_data(TensorData::new(ids, [n, context_length]), device)
 }
 
-/// Turns pairs into batches: preprocessing runs in parallel over the batch (rayon).
+/// Turns pairs into batches. Each sample is read, decoded, transformed, normalised and
+/// tokenised by one worker; a sample that fails is counted and replaced from the source, so
+/// every batch is full. Augmentation is seeded by the sample's stream index, so batches do
+/// not depend on thread scheduling.
 #[derive(Clone)]
 pub struct Batcher {
     pub tokenizer: ClipTokenizer,
     pub image_size: usize,
     pub context_length: usize,
+    pub transform: TrainTransform,
+    pub seed: u64,
+    pub max_image_pixels: u64,
+    /// Worker threads; `None` uses rayon's global pool.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Batcher {
-    /// Preprocesses a list of pairs into one batch.
-    pub fn collate(&self, pairs: Vec<ImageTextPair>) -> Result<ClipBatch, DataError> {
+    /// A batcher with the eval transform (no augmentation) on rayon's global pool.
+    pub fn new(tokenizer: ClipTokenizer, image_size: usize, context_length: usize) -> Self {
+        Self {
+            tokenizer,
+            image_size,
+            context_length,
+            transform: TrainTransform::CenterCrop,
+            seed: 0,
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            pool: None,
+        }
+    }
+
+    pub fn with_transform(mut self, transform: TrainTransform, seed: u64) -> Self {
+        self.transform = transform;
+        self.seed = seed;
+        self
+    }
+
+    pub fn with_max_image_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_image_pixels = max_pixels;
+        self
+    }
+
+    /// Decodes on a pool of `workers` threads of its own (0: rayon's global pool).
+    pub fn with_workers(mut self, workers: usize) -> Result<Self, DataError> {
+        self.pool = match workers {
+            0 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("mm-data-{i}"))
+                    .build()
+                    .map_err(|e| DataError::Config(format!("data.workers: {e}")))?,
+            )),
+        };
+        Ok(self)
+    }
+
+    /// Everything one sample needs, written into its slot of the batch: pixels into `out`,
+    /// token ids returned.
+    fn prepare(&self, pair: &ImageTextPair, index: u64, out: &mut [f32]) -> Result<Vec<u32>, SampleError> {
+        let image = decode_input(&pair.image, &pair.location, self.max_image_pixels)?;
+        let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
+        self.transform
+            .apply_into(&image, self.image_size, &mut rng, out);
+        self.tokenizer
+            .encode(&pair.caption, self.context_length)
+            .map_err(|e| SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string()))
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+
+    /// Pulls pairs from `source` until `batch_size` are prepared, skipping and counting bad
+    /// ones. `position` counts the items pulled (it is the stream index of the next one).
+    /// Returns `None` when the source ends before a full batch.
+    pub fn next_batch(
+        &self,
+        source: &mut dyn PairSource,
+        position: &mut u64,
+        batch_size: usize,
+    ) -> Option<ClipBatch> {
         let plane = 3 * self.image_size * self.image_size;
-        let mut pixels = vec![0.0f32; pairs.len() * plane];
-        pixels
-            .par_chunks_mut(plane)
-            .zip(pairs.par_iter())
-            .for_each(|(out, pair)| preprocess_into(&pair.image, self.image_size, out));
-        let captions: Vec<String> = pairs.into_iter().map(|p| p.caption).collect();
-        let input_ids = self
-            .tokenizer
-            .encode_batch(&captions, self.context_length)?;
-        Ok(ClipBatch {
-            batch_size: captions.len(),
+        // Allocated once at its final size; samples are written into their slots.
+        let mut pixels = vec![0.0f32; batch_size * plane];
+        let mut input_ids = Vec::with_capacity(batch_size * self.context_length);
+        let mut captions = Vec::with_capacity(batch_size);
+        let mut errors = Vec::new();
+        while captions.len() < batch_size {
+            let filled = captions.len();
+            let mut pairs = Vec::with_capacity(batch_size - filled);
+            while pairs.len() < batch_size - filled {
+                let item = source.next()?;
+                let index = *position;
+                *position += 1;
+                match item {
+                    Ok(pair) => pairs.push((index, pair)),
+                    Err(e) => errors.push(e),
+                }
+            }
+            let results: Vec<Result<Vec<u32>, SampleError>> = self.install(|| {
+                pixels[filled * plane..]
+                    .par_chunks_mut(plane)
+                    .zip(pairs.par_iter())
+                    .map(|(out, (index, pair))| self.prepare(pair, *index, out))
+                    .collect()
+            });
+            // Close the gaps failed samples left, keeping stream order.
+            for (slot, (result, (_, pair))) in results.into_iter().zip(pairs).enumerate() {
+                match result {
+                    Ok(ids) => {
+                        let (from, to) = (filled + slot, captions.len());
+                        if from != to {
+                            pixels.copy_within(from * plane..(from + 1) * plane, to * plane);
+                        }
+                        input_ids.extend(ids);
+                        captions.push(pair.caption);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        let mut skipped = BTreeMap::new();
+        for e in &errors {
+            *skipped.entry(e.kind).or_insert(0) += 1;
+        }
+        Some(ClipBatch {
+            batch_size,
             image_size: self.image_size,
             context_length: self.context_length,
             pixels,
             input_ids,
             captions,
-            skipped: BTreeMap::new(),
+            skipped,
+            errors,
+            stream_position: *position,
         })
     }
+}
 
-    /// Pulls `batch_size` good pairs from `source`, skipping and counting bad ones.
-    /// Returns `None` when the source ends before a full batch.
-    pub fn next_batch(
-        &self,
-        source: &mut dyn PairSource,
-        batch_size: usize,
-    ) -> Option<Result<ClipBatch, DataError>> {
-        let mut pairs = Vec::with_capacity(batch_size);
-        let mut skipped = BTreeMap::new();
-        while pairs.len() < batch_size {
-            match source.next()? {
-                Ok(pair) => pairs.push(pair),
-                Err(e) => *skipped.entry(e.kind).or_insert(0) += 1,
+/// What a full pass over a source found ([`Batcher::scan`]).
+#[derive(Clone, Debug, Default)]
+pub struct ScanReport {
+    /// Samples that decode, transform and tokenise.
+    pub good: usize,
+    /// Skipped samples by kind.
+    pub skipped: BTreeMap<SampleErrorKind, usize>,
+    /// The first `examples` errors of each kind.
+    pub examples: BTreeMap<SampleErrorKind, Vec<SampleError>>,
+}
+
+impl Batcher {
+    /// Runs every sample of `source` through the full preparation (read, decode, transform,
+    /// tokenise) in parallel chunks, counting what fails by kind and keeping `examples` errors
+    /// of each kind.
+    pub fn scan(&self, source: &mut dyn PairSource, examples: usize) -> ScanReport {
+        const CHUNK: usize = 256;
+        let mut report = ScanReport::default();
+        let record = |report: &mut ScanReport, error: SampleError| {
+            *report.skipped.entry(error.kind).or_insert(0) += 1;
+            let kept = report.examples.entry(error.kind).or_default();
+            if kept.len() < examples {
+                kept.push(error);
+            }
+        };
+        let plane = 3 * self.image_size * self.image_size;
+        let mut index = 0u64;
+        loop {
+            let (mut pairs, mut pulled) = (Vec::with_capacity(CHUNK), 0);
+            for item in (&mut *source).take(CHUNK) {
+                match item {
+                    Ok(pair) => pairs.push((index, pair)),
+                    Err(e) => record(&mut report, e),
+                }
+                index += 1;
+                pulled += 1;
+            }
+            let results: Vec<Result<Vec<u32>, SampleError>> = self.install(|| {
+                pairs
+                    .par_iter()
+                    .map_init(
+                        || vec![0.0f32; plane],
+                        |out, (index, pair)| self.prepare(pair, *index, out),
+                    )
+                    .collect()
+            });
+            for result in results {
+                match result {
+                    Ok(_) => report.good += 1,
+                    Err(e) => record(&mut report, e),
+                }
+            }
+            if pulled < CHUNK {
+                break;
             }
         }
-        Some(self.collate(pairs).map(|mut batch| {
-            batch.skipped = skipped;
-            batch
-        }))
+        report
     }
 }
 
 /// Batches produced ahead of the training step on a background thread.
 pub struct Prefetcher {
-    receiver: Receiver<Result<ClipBatch, DataError>>,
+    receiver: Receiver<ClipBatch>,
     _worker: JoinHandle<()>,
 }
 
 impl Prefetcher {
-    /// Starts filling a queue of up to `depth` batches from `source`.
-    pub fn spawn(
-        mut source: Box<dyn PairSource>,
-        batcher: Batcher,
-        batch_size: usize,
-        depth: usize,
-    ) -> Self {
+    /// Starts filling a queue of up to `depth` batches from `stream`.
+    pub fn spawn(mut stream: DataStream, batcher: Batcher, batch_size: usize, depth: usize) -> Self {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
-            while let Some(batch) = batcher.next_batch(source.as_mut(), batch_size) {
+            let mut position = stream.position();
+            while let Some(batch) = batcher.next_batch(&mut stream, &mut position, batch_size) {
                 // The receiver hung up: training is over.
                 if sender.send(batch).is_err() {
                     break;
@@ -137,7 +290,7 @@ impl Prefetcher {
 }
 
 impl Iterator for Prefetcher {
-    type Item = Result<ClipBatch, DataError>;
+    type Item = ClipBatch;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.receiver.recv().ok()

@@ -2,18 +2,25 @@
 
 pub mod batch;
 pub mod error;
+pub mod files;
 pub mod hf;
 pub mod preprocess;
 pub mod resample;
 pub mod shapes;
 pub mod source;
+pub mod stream;
 pub mod tokenizer;
+pub mod webdataset;
 
-pub use batch::{Batcher, ClipBatch, Prefetcher, pixels_tensor, token_ids_tensor};
+pub use batch::{Batcher, ClipBatch, Prefetcher, ScanReport, pixels_tensor, token_ids_tensor};
 pub use error::DataError;
+pub use files::{CsvColumns, CsvSource, FolderSource};
 pub use preprocess::{
-    CLIP_MEAN, CLIP_STD, load_image, normalize_into, preprocess_into, resize_center_crop,
+    CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, TrainTransform, decode_input, load_image,
+    normalize_into, preprocess_into, resize_center_crop,
 };
 pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
-pub use source::{ImageTextPair, PairSource, SampleError, SampleErrorKind};
+pub use source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
+pub use webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};
 pub use tokenizer::ClipTokenizer;

@@ -1,17 +1,78 @@
 //! CLIP's image preprocessing: resize the shortest side (bicubic), centre-crop, scale to
 //! [0, 1], normalise with CLIP's channel mean and std, lay out as CHW.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use image::{DynamicImage, RgbImage};
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
 
 use crate::DataError;
+use crate::source::{ImageInput, SampleError, SampleErrorKind};
 use crate::resample::resize_bicubic_pil;
 
 /// Per-channel mean of OpenAI CLIP's training images (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// Per-channel standard deviation of OpenAI CLIP's training images (RGB).
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+/// PIL's `Image.MAX_IMAGE_PIXELS`: larger images are refused as decompression bombs.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// Decodes an image from a source, refusing what would not be a usable training image: an
+/// unreadable or empty file, an unknown format, corrupt or truncated data, and declared
+/// dimensions above `max_pixels`, which are checked from the header before any pixel buffer
+/// is allocated.
+pub fn decode_input<'a>(
+    input: &'a ImageInput,
+    location: &str,
+    max_pixels: u64,
+) -> Result<Cow<'a, DynamicImage>, SampleError> {
+    let bad = |message: String| SampleError::new(SampleErrorKind::BadImage, location, message);
+    let bytes: Cow<[u8]> = match input {
+        ImageInput::Decoded(image) => return Ok(Cow::Borrowed(image)),
+        ImageInput::Encoded(bytes) => bytes.into(),
+        ImageInput::File(path) => match std::fs::read(path) {
+            Ok(bytes) => bytes.into(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SampleError::new(
+                    SampleErrorKind::MissingImage,
+                    location,
+                    format!("{}: no such file", path.display()),
+                ));
+            }
+            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
+        },
+    };
+    if bytes.is_empty() {
+        return Err(bad("empty image file".into()));
+    }
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+            .with_guessed_format()
+            .map_err(|e| bad(e.to_string()))
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| bad(format!("unreadable header: {e}")))?;
+    if width as u64 * height as u64 > max_pixels {
+        return Err(SampleError::new(
+            SampleErrorKind::ImageTooLarge,
+            location,
+            format!("{width}x{height} exceeds data.max_image_pixels ({max_pixels})"),
+        ));
+    }
+    let mut reader = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    reader.limits(limits);
+    reader
+        .decode()
+        .map(Cow::Owned)
+        .map_err(|e| bad(e.to_string()))
+}
 
 /// Reads and decodes an image file of any format the `image` crate knows.
 pub fn load_image(path: &Path) -> Result<DynamicImage, DataError> {
@@ -74,4 +135,63 @@ pub fn normalize_into(image: &RgbImage, out: &mut [f32]) {
 /// CLIP's eval transform of one image into `out` (`3 * size * size` CHW floats).
 pub fn preprocess_into(image: &DynamicImage, size: usize, out: &mut [f32]) {
     normalize_into(&resize_center_crop(image, size as u32), out);
+}
+
+/// How a training image becomes a `size`×`size` square.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainTransform {
+    /// open_clip's training default: torchvision `RandomResizedCrop(size, scale=(0.9, 1.0))`
+    /// (aspect ratios 3/4 to 4/3), bicubic.
+    #[default]
+    RandomResizedCrop,
+    /// The eval transform (resize the short side, centre-crop): no augmentation.
+    CenterCrop,
+}
+
+/// Scale range of open_clip's training crop (fraction of the image area).
+const CROP_SCALE: (f64, f64) = (0.9, 1.0);
+/// Aspect-ratio range of the crop (torchvision's default).
+const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+impl TrainTransform {
+    /// Applies the transform, drawing the crop from `rng`, and normalises into `out`.
+    pub fn apply_into(self, image: &DynamicImage, size: usize, rng: &mut impl Rng, out: &mut [f32]) {
+        match self {
+            Self::CenterCrop => preprocess_into(image, size, out),
+            Self::RandomResizedCrop => {
+                let rgb = to_rgb(image);
+                let (x, y, w, h) = random_resized_crop_box(rgb.width(), rgb.height(), rng);
+                let crop = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
+                normalize_into(&resize_bicubic_pil(&crop, size as u32, size as u32), out);
+            }
+        }
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: ten tries at a crop of random area and aspect
+/// ratio that fits, else the centre crop at the nearest allowed ratio. Returns (x, y, w, h).
+fn random_resized_crop_box(width: u32, height: u32, rng: &mut impl Rng) -> (u32, u32, u32, u32) {
+    let area = (width * height) as f64;
+    let (log_lo, log_hi) = (CROP_RATIO.0.ln(), CROP_RATIO.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(CROP_SCALE.0..=CROP_SCALE.1);
+        let aspect = rng.random_range(log_lo..=log_hi).exp();
+        let w = (target * aspect).sqrt().round() as u32;
+        let h = (target / aspect).sqrt().round() as u32;
+        if 0 < w && w <= width && 0 < h && h <= height {
+            let y = rng.random_range(0..=height - h);
+            let x = rng.random_range(0..=width - w);
+            return (x, y, w, h);
+        }
+    }
+    let ratio = width as f64 / height as f64;
+    let (w, h) = if ratio < CROP_RATIO.0 {
+        (width, ((width as f64 / CROP_RATIO.0).round() as u32).min(height))
+    } else if ratio > CROP_RATIO.1 {
+        (((height as f64 * CROP_RATIO.1).round() as u32).min(width), height)
+    } else {
+        (width, height)
+    };
+    ((width - w) / 2, (height - h) / 2, w, h)
 }

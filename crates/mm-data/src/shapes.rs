@@ -8,7 +8,7 @@ use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::source::{ImageTextPair, PairSource, SampleError};
+use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError};
 
 /// The shapes drawn, in class order.
 pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "star", "hexagon", "cross"];
@@ -296,12 +296,20 @@ impl Iterator for ShapesSource {
     type Item = Result<ImageTextPair, SampleError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let sample = self.dataset.sample(self.split, self.next_index);
+        let index = self.next_index;
+        let sample = self.dataset.sample(self.split, index);
         self.next_index += 1;
         Some(Ok(ImageTextPair {
-            image: image::DynamicImage::ImageRgb8(sample.image),
+            image: ImageInput::Decoded(image::DynamicImage::ImageRgb8(sample.image)),
             caption: sample.caption,
+            location: format!("shapes {:?} #{index}", self.split),
         }))
+    }
+
+    /// Skipping is index arithmetic: no image is drawn.
+    fn nth(&mut self, n: usize) -> Option<Self::Item> {
+        self.next_index += n as u64;
+        self.next()
     }
 }
 

@@ -1,31 +1,99 @@
 //! The pair-source abstraction every dataset format implements.
 
+use std::fmt;
+use std::path::PathBuf;
+
 use image::DynamicImage;
 
-/// One training example: a decoded image (any colour type) and its caption.
+/// An image as a source hands it over. Sources do no decoding: bytes and paths go to the
+/// batcher's worker pool, which reads, decodes and transforms in parallel, and skipping ahead
+/// in a stream (resume) costs no decoding.
+#[derive(Clone, Debug)]
+pub enum ImageInput {
+    /// Already in memory (the procedural data).
+    Decoded(DynamicImage),
+    /// Encoded bytes (a tar member).
+    Encoded(Vec<u8>),
+    /// A file to read (CSV rows, image folders).
+    File(PathBuf),
+}
+
+/// One training example: an image, its caption, and where it came from (for error reports).
 #[derive(Clone, Debug)]
 pub struct ImageTextPair {
-    pub image: DynamicImage,
+    pub image: ImageInput,
     pub caption: String,
+    pub location: String,
 }
 
 /// Why a sample was skipped; streams count these by kind instead of stopping.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SampleErrorKind {
+    /// Corrupt, truncated, empty or unsupported image data.
     BadImage,
+    /// Declared dimensions above the configured pixel cap (rejected before decoding).
+    ImageTooLarge,
+    /// An image with no caption, or an empty one.
     MissingCaption,
+    /// A caption with no image, or an image file that does not exist.
     MissingImage,
-    Other,
+    /// A caption that is not UTF-8.
+    BadCaption,
+    /// A shard that ends mid-member or is not a tar file; the rest of it is skipped.
+    BadShard,
+    /// A tar member with an absolute path, `..`, or a link: never followed.
+    UnsafePath,
+}
+
+impl SampleErrorKind {
+    pub const ALL: [SampleErrorKind; 7] = [
+        Self::BadImage,
+        Self::ImageTooLarge,
+        Self::MissingCaption,
+        Self::MissingImage,
+        Self::BadCaption,
+        Self::BadShard,
+        Self::UnsafePath,
+    ];
+
+    /// Snake-case name, as logs and metrics print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadImage => "bad_image",
+            Self::ImageTooLarge => "image_too_large",
+            Self::MissingCaption => "missing_caption",
+            Self::MissingImage => "missing_image",
+            Self::BadCaption => "bad_caption",
+            Self::BadShard => "bad_shard",
+            Self::UnsafePath => "unsafe_path",
+        }
+    }
+}
+
+impl fmt::Display for SampleErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A sample that could not be produced, with where it came from.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{location}: {message}")]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+#[error("{kind}: {location}: {message}")]
 pub struct SampleError {
     pub kind: SampleErrorKind,
     /// File, shard member or row the sample came from.
     pub location: String,
     pub message: String,
+}
+
+impl SampleError {
+    pub fn new(kind: SampleErrorKind, location: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            location: location.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// A stream of image-caption pairs.

@@ -42,6 +42,9 @@ pub struct CheckpointState {
     /// Where the weights came from when not from an mm run, e.g. an HF directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<String>,
+    /// Items of the training stream consumed through `step`: resuming skips this many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_position: Option<u64>,
 }
 
 /// A checkpoint read back: everything needed to run the model.

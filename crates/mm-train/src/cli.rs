@@ -37,6 +37,33 @@ pub enum Command {
     ImportHf(ImportHfArgs),
     /// Write an mm checkpoint as a Hugging Face CLIP directory.
     ExportHf(ExportHfArgs),
+    /// Read a dataset once, decoding every image, and count what is usable.
+    DataCheck(DataCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DataCheckArgs {
+    /// WebDataset shard patterns (`data/{00000..00009}.tar`, globs), a .csv/.tsv file, or an
+    /// image folder. Without paths, the [data] table of --config is checked.
+    pub paths: Vec<String>,
+    /// A training config whose [data] table to check.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// CSV column with image paths.
+    #[arg(long, default_value = "filepath")]
+    pub csv_img_key: String,
+    /// CSV column with captions.
+    #[arg(long, default_value = "title")]
+    pub csv_caption_key: String,
+    /// CSV separator (default: `,` for .csv, tab otherwise).
+    #[arg(long)]
+    pub csv_separator: Option<String>,
+    /// Images declaring more pixels are counted as too large.
+    #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Errors listed per kind.
+    #[arg(long, default_value_t = 3)]
+    pub examples: usize,
 }
 
 #[derive(Args, Debug)]
@@ -125,6 +152,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Some(Command::DataCheck(args)) => crate::data_check::run(&args),
         Some(Command::ExportHf(args)) => {
             let ckpt = crate::hf::export(&args.checkpoint, &args.out)?;
             println!("exported {} to {}", ckpt.dir.display(), args.out.display());

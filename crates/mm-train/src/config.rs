@@ -3,6 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use mm_data::DataConfig;
 use mm_encoders::{ClipConfig, ConfigError, from_toml_str};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -36,37 +37,6 @@ pub struct TrainConfig {
 
 fn default_device() -> String {
     "flex".into()
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// Where pairs come from; `shapes` is the built-in procedural data.
-    #[serde(default)]
-    pub source: DataSourceKind,
-    /// Batches prepared ahead of the training step.
-    #[serde(default = "default_prefetch")]
-    pub prefetch: usize,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            source: DataSourceKind::Shapes,
-            prefetch: default_prefetch(),
-        }
-    }
-}
-
-fn default_prefetch() -> usize {
-    4
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataSourceKind {
-    #[default]
-    Shapes,
 }
 
 /// AdamW with decoupled weight decay, linear warm-up and cosine decay.
@@ -269,6 +239,9 @@ impl TrainConfig {
             }
         }
         let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
+        if let Err((key, message)) = self.data.check() {
+            return err(key, &message);
+        }
         if self.train.steps == 0 {
             return err("train.steps", "must be positive");
         }

@@ -29,6 +29,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
             loss: None,
             zero_shot_accuracy: None,
             imported_from: Some(dir.display().to_string()),
+            data_position: None,
         },
     })
 }

@@ -1,5 +1,6 @@
 //! The training loop: steps, schedule, logging, periodic zero-shot eval and checkpoints.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,12 +12,12 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::clip_loss;
-use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, ShapesDataset, Split};
+use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, SampleErrorKind, ShapesDataset};
 use mm_encoders::{ClipConfig, ClipModel};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointParts, CheckpointState};
-use crate::config::{DataSourceKind, TrainConfig};
+use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
 use crate::zero_shot::{ZeroShotClassifier, shapes_heldout_accuracy};
@@ -102,6 +103,53 @@ impl Learner {
             loss: loss_value,
             grad_norm,
         })
+    }
+}
+
+/// Samples skipped so far, by kind. The first few of each kind are reported with their
+/// location; after that only the counts (progress line, log, metrics).
+#[derive(Default)]
+struct SkipTally {
+    counts: BTreeMap<SampleErrorKind, usize>,
+}
+
+/// Skipped samples reported in full, per kind.
+const REPORTED_PER_KIND: usize = 3;
+
+impl SkipTally {
+    /// Adds a batch's skipped samples; returns the lines worth showing.
+    fn add(&mut self, batch: &ClipBatch) -> Vec<String> {
+        let mut lines = Vec::new();
+        for error in &batch.errors {
+            let count = self.counts.entry(error.kind).or_insert(0);
+            *count += 1;
+            if *count <= REPORTED_PER_KIND {
+                lines.push(format!("skipped sample: {error}"));
+            }
+            if *count == REPORTED_PER_KIND {
+                lines.push(format!("(further {} samples are counted, not listed)", error.kind));
+            }
+        }
+        lines
+    }
+
+    fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+
+    fn progress_note(&self) -> String {
+        match self.total() {
+            0 => String::new(),
+            n => format!(" skipped {n}"),
+        }
+    }
+
+    fn by_kind(&self) -> serde_json::Value {
+        self.counts
+            .iter()
+            .map(|(kind, n)| (kind.name().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 }
 
@@ -205,21 +253,24 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
     let image_size = model_config.vision.image_size;
-    let batcher = Batcher {
-        tokenizer: tokenizer.clone(),
+    let batcher = Batcher::new(
+        tokenizer.clone(),
         image_size,
-        context_length: model_config.text.context_length,
-    };
-    let DataSourceKind::Shapes = config.data.source;
-    let dataset = ShapesDataset::new(config.seed, image_size as u32);
-    let source = dataset.source(Split::Train, 0);
-    let description = source.describe();
+        model_config.text.context_length,
+    )
+    .with_transform(config.data.train_transform, config.seed)
+    .with_max_image_pixels(config.data.max_image_pixels)
+    .with_workers(config.data.workers)?;
+    let stream = config.data.open_stream(config.seed, image_size)?;
+    let description = stream.describe();
     let mut batches = Prefetcher::spawn(
-        Box::new(source),
-        batcher.clone(),
+        stream,
+        batcher,
         config.train.batch_size,
         config.data.prefetch,
     );
+    // The held-out zero-shot task of the built-in data (eval suites for other data: issue 6).
+    let dataset = ShapesDataset::new(config.seed, image_size as u32);
 
     let steps = config.train.steps;
     let progress = if show_progress {
@@ -267,11 +318,14 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     let mut losses = Vec::with_capacity(steps);
     let mut last_checkpoint = None;
     let mut accuracy = None;
+    let mut skipped = SkipTally::default();
     for step in 0..steps {
-        let batch = match batches.next() {
-            Some(batch) => batch?,
-            None => bail!("the data source ended at step {step}"),
+        let Some(batch) = batches.next() else {
+            bail!("the data source ended at step {step} (no usable samples in a whole pass?)");
         };
+        for line in skipped.add(&batch) {
+            log.say(&line)?;
+        }
         let step_start = Instant::now();
         let out = learner.step(&batch, step)?;
         train_seconds += step_start.elapsed().as_secs_f64();
@@ -281,8 +335,9 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
             (done * config.train.batch_size) as f64 / start.elapsed().as_secs_f64();
         let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
         progress.set_message(format!(
-            "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s",
-            out.loss
+            "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
+            out.loss,
+            skipped.progress_note()
         ));
         progress.inc(1);
 
@@ -290,13 +345,14 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         if every(config.train.log_every) || done == steps {
             let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
             log.note(&format!(
-                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}",
-                out.loss
+                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{}",
+                out.loss,
+                skipped.progress_note()
             ))?;
             log.record(json!({
                 "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
                 "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
-                "skipped": batch.skipped.values().sum::<usize>(),
+                "skipped": skipped.by_kind(),
             }))?;
         }
         if every(config.train.eval_every) || done == steps {
@@ -315,6 +371,7 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
                 loss: Some(out.loss),
                 zero_shot_accuracy: accuracy,
                 imported_from: None,
+                data_position: Some(batch.stream_position),
             };
             let parts = CheckpointParts {
                 model: &learner.model,

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod data_check;
 pub mod device;
 pub mod hf;
 pub mod learner;

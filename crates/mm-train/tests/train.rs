@@ -190,14 +190,14 @@ fn a_nan_loss_stops_the_step_and_leaves_the_model_untouched() {
     let config = common::tiny_config(dir.path(), 5);
     let model_config = config.model.as_ref().unwrap().resolve().unwrap();
     let mut learner = mm_train::Learner::new(&config, &model_config).unwrap();
-    let batcher = mm_data::Batcher {
-        tokenizer: mm_data::ClipTokenizer::openai(),
-        image_size: model_config.vision.image_size,
-        context_length: model_config.text.context_length,
-    };
+    let batcher = mm_data::Batcher::new(
+        mm_data::ClipTokenizer::openai(),
+        model_config.vision.image_size,
+        model_config.text.context_length,
+    );
     let mut source =
         ShapesDataset::new(0, model_config.vision.image_size as u32).source(Split::Train, 0);
-    let mut batch = batcher.next_batch(&mut source, 8).unwrap().unwrap();
+    let mut batch = batcher.next_batch(&mut source, &mut 0, 8).unwrap();
     batch.pixels[0] = f32::NAN;
     let before = learner.model.logit_scale.val().into_data();
     let err = learner.step(&batch, 0).err().unwrap();

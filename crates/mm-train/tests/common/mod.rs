@@ -25,6 +25,8 @@ pub fn tiny_config(output_dir: &Path, steps: usize) -> TrainConfig {
         layers = 1
         heads = 2
         intermediate_size = 64
+        [data]
+        train_transform = "center_crop"
         [optim]
         lr = 3e-3
         warmup_steps = 2

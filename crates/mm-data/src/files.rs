@@ -1,0 +1,225 @@
+//! Sources whose images are files on disk: a CSV/TSV of (image path, caption) rows, as
+//! open_clip's `--csv-img-key/--csv-caption-key/--csv-separator` read, and a folder of images
+//! with sidecar `.txt` captions. Files are read by the batcher's workers, not here.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// The columns and separator of a CSV/TSV dataset (open_clip's defaults: `filepath`, `title`,
+/// tab).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CsvColumns {
+    pub image: String,
+    pub caption: String,
+    pub separator: u8,
+}
+
+impl Default for CsvColumns {
+    fn default() -> Self {
+        Self {
+            image: "filepath".into(),
+            caption: "title".into(),
+            separator: b'\t',
+        }
+    }
+}
+
+/// Streams the rows of a CSV/TSV file; image paths are relative to the file's directory.
+pub struct CsvSource {
+    path: PathBuf,
+    base: PathBuf,
+    reader: csv::Reader<File>,
+    image_column: usize,
+    caption_column: usize,
+    record: csv::ByteRecord,
+    /// Data row number (1 = first row after the header), for error locations.
+    row: usize,
+}
+
+impl CsvSource {
+    /// Opens `path` and finds the two columns; a missing file or column is an error here, at
+    /// start-up, naming what exists.
+    pub fn open(path: &Path, columns: &CsvColumns) -> Result<Self, DataError> {
+        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(columns.separator)
+            .flexible(true)
+            .from_reader(file);
+        let headers = reader
+            .byte_headers()
+            .map_err(|e| DataError::Config(format!("{}: reading the header: {e}", path.display())))?
+            .clone();
+        let names: Vec<String> = headers
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).trim().to_string())
+            .collect();
+        let find = |name: &str, key: &str| {
+            names.iter().position(|n| n == name).ok_or_else(|| {
+                DataError::Config(format!(
+                    "{}: no column `{name}` (data.{key}); the header has {names:?}{}",
+                    path.display(),
+                    if names.len() == 1 {
+                        " (wrong csv_separator?)"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+        };
+        Ok(Self {
+            image_column: find(&columns.image, "csv_img_key")?,
+            caption_column: find(&columns.caption, "csv_caption_key")?,
+            base: path.parent().unwrap_or(Path::new("")).to_path_buf(),
+            path: path.to_path_buf(),
+            reader,
+            record: csv::ByteRecord::new(),
+            row: 0,
+        })
+    }
+}
+
+impl Iterator for CsvSource {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.row += 1;
+        let location = format!("{} row {}", self.path.display(), self.row);
+        let err = |kind, message: String| Some(Err(SampleError::new(kind, location.clone(), message)));
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => return None,
+            Ok(true) => {}
+            // An unreadable row (e.g. an unterminated quote running to the end).
+            Err(e) => return err(SampleErrorKind::BadCaption, e.to_string()),
+        }
+        let field = |i: usize| self.record.get(i).unwrap_or_default();
+        let image = field(self.image_column);
+        if image.is_empty() {
+            return err(SampleErrorKind::MissingImage, "empty image path".into());
+        }
+        let Ok(image) = std::str::from_utf8(image) else {
+            return err(SampleErrorKind::MissingImage, "image path is not UTF-8".into());
+        };
+        let Ok(caption) = std::str::from_utf8(field(self.caption_column)) else {
+            return err(SampleErrorKind::BadCaption, "caption is not UTF-8".into());
+        };
+        if caption.trim().is_empty() {
+            return err(SampleErrorKind::MissingCaption, format!("{image}: empty caption"));
+        }
+        Some(Ok(ImageTextPair {
+            image: ImageInput::File(self.base.join(image)),
+            caption: caption.trim().to_string(),
+            location,
+        }))
+    }
+}
+
+impl PairSource for CsvSource {
+    fn describe(&self) -> String {
+        format!("CSV {}", self.path.display())
+    }
+}
+
+/// Images under a folder (recursively, in sorted order), each captioned by the `.txt` file
+/// with the same stem beside it.
+pub struct FolderSource {
+    root: PathBuf,
+    items: std::vec::IntoIter<Result<(PathBuf, PathBuf), SampleError>>,
+}
+
+impl FolderSource {
+    pub fn open(root: &Path) -> Result<Self, DataError> {
+        if !root.is_dir() {
+            return Err(DataError::Config(format!(
+                "{}: not a directory",
+                root.display()
+            )));
+        }
+        let mut files = Vec::new();
+        collect_files(root, &mut files).map_err(|e| DataError::io(root, e))?;
+        files.sort();
+        let ext = |p: &Path| {
+            p.extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        let is_image = |p: &Path| IMAGE_EXTENSIONS.contains(&ext(p).as_str());
+        let mut items = Vec::new();
+        for file in &files {
+            let location = file.display().to_string();
+            if is_image(file) {
+                let caption = file.with_extension("txt");
+                items.push(if caption.is_file() {
+                    Ok((file.clone(), caption))
+                } else {
+                    Err(SampleError::new(
+                        SampleErrorKind::MissingCaption,
+                        location,
+                        "no .txt caption beside it",
+                    ))
+                });
+            } else if ext(file) == "txt"
+                && !IMAGE_EXTENSIONS
+                    .iter()
+                    .any(|e| file.with_extension(e).is_file() || file.with_extension(e.to_uppercase()).is_file())
+            {
+                items.push(Err(SampleError::new(
+                    SampleErrorKind::MissingImage,
+                    location,
+                    "caption without an image",
+                )));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            items: items.into_iter(),
+        })
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl Iterator for FolderSource {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.items.next()?.and_then(|(image, caption_path)| {
+            let location = image.display().to_string();
+            let bytes = std::fs::read(&caption_path).map_err(|e| {
+                SampleError::new(SampleErrorKind::MissingCaption, location.clone(), e.to_string())
+            })?;
+            let caption = String::from_utf8(bytes).map_err(|_| {
+                SampleError::new(SampleErrorKind::BadCaption, location.clone(), "caption is not UTF-8")
+            })?;
+            if caption.trim().is_empty() {
+                return Err(SampleError::new(SampleErrorKind::MissingCaption, location, "empty caption"));
+            }
+            Ok(ImageTextPair {
+                image: ImageInput::File(image),
+                caption: caption.trim().to_string(),
+                location,
+            })
+        }))
+    }
+}
+
+impl PairSource for FolderSource {
+    fn describe(&self) -> String {
+        format!("image folder {}", self.root.display())
+    }
+}

@@ -1,0 +1,337 @@
+//! The `[data]` config and the endless, shuffled, resumable stream it opens.
+//!
+//! A stream's position is the number of items (samples and skipped-sample errors) it has
+//! handed out. Everything upstream of the batcher is a deterministic function of the seed, so
+//! re-opening with the same config and skipping that many items continues exactly where a
+//! checkpoint left off, without decoding what it skips.
+
+use std::path::PathBuf;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::files::{CsvColumns, CsvSource, FolderSource};
+use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, TrainTransform};
+use crate::shapes::{ShapesDataset, Split};
+use crate::source::{ImageTextPair, PairSource, SampleError};
+use crate::webdataset::{TarSource, expand_shards, shards_for_rank};
+use crate::DataError;
+
+/// Where training pairs come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The built-in procedural shapes (no files).
+    #[default]
+    Shapes,
+    /// WebDataset tar shards (`path` = shard patterns).
+    Webdataset,
+    /// A CSV/TSV of image paths and captions (`path` = the file).
+    Csv,
+    /// A folder of images with `.txt` captions (`path` = the folder).
+    Folder,
+}
+
+/// One path or several (shard patterns).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Paths {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Paths {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Paths::One(p) => vec![p.clone()],
+            Paths::Many(ps) => ps.clone(),
+        }
+    }
+}
+
+/// The `[data]` table of a training config. Unknown keys are errors.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    #[serde(default)]
+    pub source: SourceKind,
+    /// Shard patterns (`data/{00000..00127}.tar`, globs), a CSV file or a folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<Paths>,
+    /// CSV column with the image path (open_clip's `--csv-img-key`).
+    #[serde(default = "default_img_key")]
+    pub csv_img_key: String,
+    /// CSV column with the caption (`--csv-caption-key`).
+    #[serde(default = "default_caption_key")]
+    pub csv_caption_key: String,
+    /// CSV field separator, one character (`--csv-separator`; tab by default).
+    #[serde(default = "default_separator")]
+    pub csv_separator: String,
+    /// Samples held for shuffling a stream (0: no shuffling). Shard order is also reshuffled
+    /// every epoch.
+    #[serde(default = "default_shuffle_buffer")]
+    pub shuffle_buffer: usize,
+    /// Augmentation of training images.
+    #[serde(default)]
+    pub train_transform: TrainTransform,
+    /// Threads decoding and transforming images (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
+    /// Batches prepared ahead of the training step.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// Images whose header declares more pixels are skipped unread (decompression bombs).
+    #[serde(default = "default_max_pixels")]
+    pub max_image_pixels: u64,
+    /// This process's rank and the number of ranks: shards are split so ranks see disjoint data.
+    #[serde(default)]
+    pub rank: usize,
+    #[serde(default = "default_world_size")]
+    pub world_size: usize,
+}
+
+fn default_img_key() -> String {
+    "filepath".into()
+}
+fn default_caption_key() -> String {
+    "title".into()
+}
+fn default_separator() -> String {
+    "\t".into()
+}
+fn default_shuffle_buffer() -> usize {
+    1000
+}
+fn default_prefetch() -> usize {
+    4
+}
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_IMAGE_PIXELS
+}
+fn default_world_size() -> usize {
+    1
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Shapes,
+            path: None,
+            csv_img_key: default_img_key(),
+            csv_caption_key: default_caption_key(),
+            csv_separator: default_separator(),
+            shuffle_buffer: default_shuffle_buffer(),
+            train_transform: TrainTransform::default(),
+            workers: 0,
+            prefetch: default_prefetch(),
+            max_image_pixels: default_max_pixels(),
+            rank: 0,
+            world_size: 1,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks keys against each other; returns (key, message) for the first problem.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.source != SourceKind::Shapes && self.path.is_none() {
+            return Err(("data.path", format!("required for source = {:?}", self.source)));
+        }
+        if self.csv_separator.len() != 1 {
+            return Err((
+                "data.csv_separator",
+                format!("must be one ASCII character, got {:?}", self.csv_separator),
+            ));
+        }
+        if self.world_size == 0 || self.rank >= self.world_size {
+            return Err((
+                "data.rank",
+                format!("must be below data.world_size ({})", self.world_size),
+            ));
+        }
+        if self.max_image_pixels == 0 {
+            return Err(("data.max_image_pixels", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    fn csv_columns(&self) -> CsvColumns {
+        CsvColumns {
+            image: self.csv_img_key.clone(),
+            caption: self.csv_caption_key.clone(),
+            separator: self.csv_separator.as_bytes()[0],
+        }
+    }
+
+    /// One pass over the data (epoch `epoch`: shard order shuffled by it), unshuffled within.
+    /// Missing shards, files, folders or CSV columns are errors here.
+    pub fn open_epoch(
+        &self,
+        seed: u64,
+        epoch: u64,
+        image_size: usize,
+    ) -> Result<Box<dyn PairSource>, DataError> {
+        let paths = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
+        Ok(match self.source {
+            SourceKind::Shapes => Box::new(
+                ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0),
+            ),
+            SourceKind::Webdataset => {
+                let mut shards = shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
+                if shards.is_empty() {
+                    return Err(DataError::Config(format!(
+                        "data.path: no shards for rank {} of {}",
+                        self.rank, self.world_size
+                    )));
+                }
+                shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
+                Box::new(TarSource::new(shards))
+            }
+            SourceKind::Csv => Box::new(CsvSource::open(&PathBuf::from(&paths[0]), &self.csv_columns())?),
+            SourceKind::Folder => Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?),
+        })
+    }
+
+    /// The endless training stream: epochs one after another, each through a shuffle buffer.
+    pub fn open_stream(&self, seed: u64, image_size: usize) -> Result<DataStream, DataError> {
+        let first = self.open_epoch(seed, 0, image_size)?;
+        let description = first.describe();
+        Ok(DataStream {
+            config: self.clone(),
+            seed,
+            image_size,
+            epoch: 0,
+            current: self.shuffled(first, seed, 0),
+            good_this_epoch: 0,
+            position: 0,
+            description,
+        })
+    }
+
+    fn shuffled(&self, source: Box<dyn PairSource>, seed: u64, epoch: u64) -> Box<dyn PairSource> {
+        if self.shuffle_buffer <= 1 || self.source == SourceKind::Shapes {
+            return source; // The procedural data is already random.
+        }
+        Box::new(ShuffleBuffer::new(source, self.shuffle_buffer, mix(seed ^ 0x5348_5546, epoch)))
+    }
+}
+
+/// SplitMix64 of two words: independent seeds for epochs and purposes.
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A stream shuffled through a buffer of `capacity` items, as WebDataset's `shuffle(n)`:
+/// each output is a uniformly random member of the buffer, replaced by the next input.
+pub struct ShuffleBuffer {
+    inner: Box<dyn PairSource>,
+    buffer: Vec<Result<ImageTextPair, SampleError>>,
+    capacity: usize,
+    rng: StdRng,
+}
+
+impl ShuffleBuffer {
+    pub fn new(inner: Box<dyn PairSource>, capacity: usize, seed: u64) -> Self {
+        Self {
+            inner,
+            buffer: Vec::with_capacity(capacity),
+            capacity,
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl Iterator for ShuffleBuffer {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.buffer.len() < self.capacity {
+            match self.inner.next() {
+                Some(item) => self.buffer.push(item),
+                None => break,
+            }
+        }
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let pick = self.rng.random_range(0..self.buffer.len());
+        Some(self.buffer.swap_remove(pick))
+    }
+}
+
+impl PairSource for ShuffleBuffer {
+    fn describe(&self) -> String {
+        format!("{}, shuffled in a buffer of {}", self.inner.describe(), self.capacity)
+    }
+}
+
+/// Epoch after epoch of a [`DataConfig`]'s data, counting the items it hands out.
+pub struct DataStream {
+    config: DataConfig,
+    seed: u64,
+    image_size: usize,
+    epoch: u64,
+    current: Box<dyn PairSource>,
+    good_this_epoch: u64,
+    position: u64,
+    description: String,
+}
+
+impl DataStream {
+    /// Items handed out so far (the resume position).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Skips `n` items, to continue from a recorded position. Nothing is decoded.
+    pub fn skip(&mut self, n: u64) {
+        if self.config.source == SourceKind::Shapes && n > 0 {
+            // Endless and indexed: jump without drawing the skipped pictures.
+            self.current.nth(n as usize - 1);
+            self.position += n;
+            return;
+        }
+        for _ in 0..n {
+            if self.next().is_none() {
+                break;
+            }
+        }
+    }
+}
+
+impl Iterator for DataStream {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(item) = self.current.next() {
+                self.position += 1;
+                self.good_this_epoch += item.is_ok() as u64;
+                return Some(item);
+            }
+            if self.good_this_epoch == 0 {
+                return None; // A whole epoch without one usable sample: stop, do not spin.
+            }
+            self.epoch += 1;
+            self.good_this_epoch = 0;
+            // The first epoch opened, so later ones do too unless files vanish mid-run.
+            let next = self.config.open_epoch(self.seed, self.epoch, self.image_size).ok()?;
+            self.current = self.config.shuffled(next, self.seed, self.epoch);
+        }
+    }
+}
+
+impl PairSource for DataStream {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}

@@ -1,0 +1,295 @@
+//! WebDataset tar shards, as img2dataset writes them: `{key}.jpg|png|webp` + `{key}.txt`
+//! (+ `{key}.json`), members of one sample adjacent. Streamed with the `tar` crate: nothing is
+//! unpacked to disk, so member paths are only ever names (and unsafe ones are refused anyway).
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use crate::DataError;
+use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+
+/// Image extensions, in the order a sample's image is preferred.
+const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
+const CAPTION_EXTENSIONS: [&str; 2] = ["txt", "caption"];
+
+/// Expands shard patterns to files: brace ranges and lists (`data/{00000..00127}.tar`,
+/// `{a,b}.tar`, as Python's braceexpand) and globs (`data/*.tar`). Every resulting path must
+/// exist: a missing shard is a start-up error, not a silently smaller dataset.
+pub fn expand_shards(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
+    let mut shards = Vec::new();
+    for pattern in patterns {
+        for expanded in expand_braces(pattern).map_err(DataError::Config)? {
+            if expanded.contains(['*', '?', '[']) {
+                let mut matches: Vec<PathBuf> = glob::glob(&expanded)
+                    .map_err(|e| DataError::Config(format!("shard pattern {expanded:?}: {e}")))?
+                    .filter_map(Result::ok)
+                    .collect();
+                if matches.is_empty() {
+                    return Err(DataError::Config(format!(
+                        "shard pattern {expanded:?} matches no files"
+                    )));
+                }
+                matches.sort();
+                shards.extend(matches);
+            } else {
+                let path = PathBuf::from(&expanded);
+                if !path.is_file() {
+                    return Err(DataError::Config(format!("shard {expanded}: no such file")));
+                }
+                shards.push(path);
+            }
+        }
+    }
+    if shards.is_empty() {
+        return Err(DataError::Config("no shards given".into()));
+    }
+    Ok(shards)
+}
+
+/// Brace expansion: `{00..03}` (zero-padded to the width of the bounds), `{a,b,c}`, nested
+/// and repeated.
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+    let Some(open) = pattern.find('{') else {
+        return Ok(vec![pattern.to_string()]);
+    };
+    // The matching close brace of the first open one.
+    let mut depth = 0;
+    let mut close = None;
+    for (i, c) in pattern[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(open + i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(|| format!("shard pattern {pattern:?}: unbalanced `{{`"))?;
+    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    let alternatives: Vec<String> = if let Some((a, b)) = body.split_once("..")
+        && !body.contains(',')
+    {
+        let (start, end) = (a.parse::<u64>(), b.parse::<u64>());
+        let (Ok(start), Ok(end)) = (start, end) else {
+            return Err(format!("shard pattern {pattern:?}: bad range {{{body}}}"));
+        };
+        if end < start {
+            return Err(format!("shard pattern {pattern:?}: empty range {{{body}}}"));
+        }
+        let width = if a.starts_with('0') && a.len() > 1 { a.len() } else { 0 };
+        (start..=end).map(|n| format!("{n:0width$}")).collect()
+    } else {
+        split_top_level(body)
+    };
+    let mut out = Vec::new();
+    for alternative in alternatives {
+        for rest in expand_braces(&format!("{head}{alternative}{tail}"))? {
+            out.push(rest);
+        }
+    }
+    Ok(out)
+}
+
+/// `a,{b,c},d` -> [`a`, `{b,c}`, `d`].
+fn split_top_level(body: &str) -> Vec<String> {
+    let (mut parts, mut current, mut depth) = (Vec::new(), String::new(), 0);
+    for c in body.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    parts.push(current);
+    parts
+}
+
+/// Shards `rank` of `world_size` reads: every `world_size`-th, so ranks see disjoint data.
+pub fn shards_for_rank(shards: &[PathBuf], rank: usize, world_size: usize) -> Vec<PathBuf> {
+    shards
+        .iter()
+        .skip(rank)
+        .step_by(world_size.max(1))
+        .cloned()
+        .collect()
+}
+
+/// WebDataset's key/extension split: the key is the member path up to the first `.` of its
+/// file name, the extension everything after it (`a/b.c.jpg` -> `a/b`, `c.jpg`).
+fn split_key(name: &str) -> (&str, &str) {
+    let base_start = name.rfind('/').map_or(0, |i| i + 1);
+    match name[base_start..].find('.') {
+        Some(dot) => (&name[..base_start + dot], &name[base_start + dot + 1..]),
+        None => (name, ""),
+    }
+}
+
+/// One sample's members as read so far.
+#[derive(Default)]
+struct Members {
+    key: String,
+    image: Option<Vec<u8>>,
+    caption: Option<Vec<u8>>,
+}
+
+/// Samples in flight between the shard-reading thread and the consumer.
+const READ_AHEAD: usize = 64;
+
+/// Streams the samples of a list of shards, in order. A background thread reads the tar
+/// files (sequential I/O overlapping with decoding and training) and hands over samples in
+/// order through a bounded channel; dropping the source stops it.
+pub struct TarSource {
+    receiver: Receiver<Result<ImageTextPair, SampleError>>,
+    description: String,
+}
+
+impl TarSource {
+    pub fn new(shards: Vec<PathBuf>) -> Self {
+        let description = format!("{} WebDataset shard(s)", shards.len());
+        let (sender, receiver) = sync_channel(READ_AHEAD);
+        std::thread::spawn(move || {
+            for shard in shards {
+                let keep_going = read_shard(&shard, &mut |item| sender.send(item).is_ok());
+                if !keep_going {
+                    return; // The consumer hung up.
+                }
+            }
+        });
+        Self {
+            receiver,
+            description,
+        }
+    }
+}
+
+impl Iterator for TarSource {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.receiver.recv().ok()
+    }
+}
+
+impl PairSource for TarSource {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+type Emit<'a> = dyn FnMut(Result<ImageTextPair, SampleError>) -> bool + 'a;
+
+/// Reads one shard, emitting samples and skipped-sample errors in order. An error mid-shard
+/// ends this shard only. Returns false when `emit` asked to stop.
+fn read_shard(path: &Path, emit: &mut Emit) -> bool {
+    let shard = path.display().to_string();
+    let bad_shard = |message: String| {
+        Err(SampleError::new(
+            SampleErrorKind::BadShard,
+            shard.clone(),
+            format!("truncated or corrupt tar ({message}); rest of the shard skipped"),
+        ))
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) => return emit(bad_shard(e.to_string())),
+    };
+    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let entries = match archive.entries() {
+        Ok(entries) => entries,
+        Err(e) => return emit(bad_shard(e.to_string())),
+    };
+    let mut pending = Members::default();
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return emit(bad_shard(e.to_string())),
+        };
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let unsafe_path = Path::new(&name)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if unsafe_path || kind.is_symlink() || kind.is_hard_link() {
+            let what = if unsafe_path { "absolute or `..` path" } else { "link" };
+            let error = SampleError::new(
+                SampleErrorKind::UnsafePath,
+                format!("{shard}:{name}"),
+                format!("{what}: member skipped"),
+            );
+            if !emit(Err(error)) {
+                return false;
+            }
+            continue;
+        }
+        let (key, ext) = split_key(&name);
+        let ext = ext.to_ascii_lowercase();
+        if key != pending.key {
+            let done = std::mem::take(&mut pending);
+            if let Some(item) = done.into_sample(&shard)
+                && !emit(item)
+            {
+                return false;
+            }
+            pending.key = key.to_string();
+        }
+        let is_image = IMAGE_EXTENSIONS.contains(&ext.as_str());
+        let is_caption = CAPTION_EXTENSIONS.contains(&ext.as_str());
+        if !(is_image && pending.image.is_none() || is_caption && pending.caption.is_none()) {
+            continue; // .json and other extras are not read.
+        }
+        let mut bytes = Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
+        if let Err(e) = entry.read_to_end(&mut bytes) {
+            return emit(bad_shard(format!("reading {name}: {e}")));
+        }
+        if is_image {
+            pending.image = Some(bytes);
+        } else {
+            pending.caption = Some(bytes);
+        }
+    }
+    match pending.into_sample(&shard) {
+        Some(item) => emit(item),
+        None => true,
+    }
+}
+
+impl Members {
+    /// The completed member group as a sample, or the reason it is not one.
+    fn into_sample(self, shard: &str) -> Option<Result<ImageTextPair, SampleError>> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let location = format!("{shard}:{}", self.key);
+        let err = |kind, message: &str| Some(Err(SampleError::new(kind, location.clone(), message)));
+        match (self.image, self.caption) {
+            (None, None) => None, // e.g. only a .json: not a sample.
+            (None, Some(_)) => err(SampleErrorKind::MissingImage, "caption without an image"),
+            (Some(_), None) => err(SampleErrorKind::MissingCaption, "image without a caption"),
+            (Some(image), Some(caption)) => match String::from_utf8(caption) {
+                Err(_) => err(SampleErrorKind::BadCaption, "caption is not UTF-8"),
+                Ok(caption) if caption.trim().is_empty() => {
+                    err(SampleErrorKind::MissingCaption, "empty caption")
+                }
+                Ok(caption) => Some(Ok(ImageTextPair {
+                    image: ImageInput::Encoded(image),
+                    caption: caption.trim().to_string(),
+                    location,
+                })),
+            },
+        }
+    }
+}

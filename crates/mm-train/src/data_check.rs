@@ -1,0 +1,79 @@
+//! `mm-train data-check`: one full pass over a dataset, every image decoded, counts printed.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use mm_data::{Batcher, ClipTokenizer, DataConfig, Paths, SampleErrorKind, SourceKind, TrainTransform};
+
+use crate::cli::DataCheckArgs;
+use crate::config::TrainConfig;
+
+/// The [data] table the arguments describe: the config's, or one inferred from the paths.
+fn data_config(args: &DataCheckArgs) -> Result<(DataConfig, usize)> {
+    if args.paths.is_empty() {
+        let Some(config) = &args.config else {
+            bail!("give dataset paths or --config");
+        };
+        let config = TrainConfig::load(config)?;
+        let image_size = match &config.model {
+            Some(spec) => spec.resolve()?.vision.image_size,
+            None => 224,
+        };
+        return Ok((config.data, image_size));
+    }
+    let first = Path::new(&args.paths[0]);
+    let ext = first
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let (source, separator) = if args.paths.len() == 1 && first.is_dir() {
+        (SourceKind::Folder, "\t")
+    } else if ext == "csv" {
+        (SourceKind::Csv, ",")
+    } else if ext == "tsv" {
+        (SourceKind::Csv, "\t")
+    } else {
+        (SourceKind::Webdataset, "\t")
+    };
+    let config = DataConfig {
+        source,
+        path: Some(Paths::Many(args.paths.clone())),
+        csv_img_key: args.csv_img_key.clone(),
+        csv_caption_key: args.csv_caption_key.clone(),
+        csv_separator: args.csv_separator.clone().unwrap_or(separator.into()),
+        max_image_pixels: args.max_image_pixels,
+        shuffle_buffer: 0,
+        ..DataConfig::default()
+    };
+    Ok((config, 224))
+}
+
+pub fn run(args: &DataCheckArgs) -> Result<()> {
+    let (config, image_size) = data_config(args)?;
+    if let Err((key, message)) = config.check() {
+        bail!("key `{key}`: {message}");
+    }
+    let mut source = config.open_epoch(0, 0, image_size)?;
+    if config.source == SourceKind::Shapes {
+        bail!("the built-in shapes data is endless and generated: nothing to check");
+    }
+    let batcher = Batcher::new(ClipTokenizer::openai(), image_size, 77)
+        .with_transform(TrainTransform::CenterCrop, 0)
+        .with_max_image_pixels(config.max_image_pixels);
+    println!("{}", source.describe());
+    let report = batcher.scan(source.as_mut(), args.examples);
+    let skipped: usize = report.skipped.values().sum();
+    println!("  usable samples   {:>9}", report.good);
+    println!("  skipped          {skipped:>9}");
+    for kind in SampleErrorKind::ALL {
+        let count = report.skipped.get(&kind).copied().unwrap_or(0);
+        println!("    {:<16} {count:>7}", kind.name());
+        for example in report.examples.get(&kind).into_iter().flatten() {
+            println!("      {}: {}", example.location, example.message);
+        }
+    }
+    if report.good == 0 {
+        bail!("no usable samples");
+    }
+    Ok(())
+}
