@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
+use mm_data::DataConfig;
 use mm_data::{Batcher, ClipTokenizer, ShapesDataset, Split};
 use mm_encoders::ClipConfig;
-use mm_data::DataConfig;
 use mm_train::config::{EvalConfig, ModelSpec, OptimConfig, ScheduleConfig};
 use mm_train::{Learner, TrainConfig};
 

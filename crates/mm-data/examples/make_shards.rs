@@ -12,9 +12,16 @@ use mm_data::{ShapesDataset, Split};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = PathBuf::from(args.next().ok_or("usage: make_shards OUT_DIR [SHARDS] [PER_SHARD] [SIZE] [SEED]")?);
+    let out = PathBuf::from(
+        args.next()
+            .ok_or("usage: make_shards OUT_DIR [SHARDS] [PER_SHARD] [SIZE] [SEED]")?,
+    );
     let mut number = |default: u64| -> Result<u64, Box<dyn std::error::Error>> {
-        Ok(args.next().map(|s| s.parse()).transpose()?.unwrap_or(default))
+        Ok(args
+            .next()
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
     };
     let (shards, per_shard, size, seed) = (number(4)?, number(200)?, number(96)?, number(0)?);
     std::fs::create_dir_all(&out)?;
@@ -33,7 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "{{\"key\": \"{key}\", \"caption\": {:?}, \"class\": {:?}, \"width\": {size}, \"height\": {size}}}",
                 sample.caption, names[sample.class]
             );
-            for (ext, bytes) in [("jpg", &jpeg[..]), ("txt", sample.caption.as_bytes()), ("json", json.as_bytes())] {
+            for (ext, bytes) in [
+                ("jpg", &jpeg[..]),
+                ("txt", sample.caption.as_bytes()),
+                ("json", json.as_bytes()),
+            ] {
                 let mut header = tar::Header::new_gnu();
                 header.set_size(bytes.len() as u64);
                 header.set_mode(0o644);

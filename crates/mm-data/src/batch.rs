@@ -119,14 +119,21 @@ impl Batcher {
 
     /// Everything one sample needs, written into its slot of the batch: pixels into `out`,
     /// token ids returned.
-    fn prepare(&self, pair: &ImageTextPair, index: u64, out: &mut [f32]) -> Result<Vec<u32>, SampleError> {
+    fn prepare(
+        &self,
+        pair: &ImageTextPair,
+        index: u64,
+        out: &mut [f32],
+    ) -> Result<Vec<u32>, SampleError> {
         let image = decode_input(&pair.image, &pair.location, self.max_image_pixels)?;
         let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
         self.transform
             .apply_into(&image, self.image_size, &mut rng, out);
         self.tokenizer
             .encode(&pair.caption, self.context_length)
-            .map_err(|e| SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string()))
+            .map_err(|e| {
+                SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string())
+            })
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -271,7 +278,12 @@ pub struct Prefetcher {
 
 impl Prefetcher {
     /// Starts filling a queue of up to `depth` batches from `stream`.
-    pub fn spawn(mut stream: DataStream, batcher: Batcher, batch_size: usize, depth: usize) -> Self {
+    pub fn spawn(
+        mut stream: DataStream,
+        batcher: Batcher,
+        batch_size: usize,
+        depth: usize,
+    ) -> Self {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
             let mut position = stream.position();

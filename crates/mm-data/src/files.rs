@@ -89,7 +89,8 @@ impl Iterator for CsvSource {
     fn next(&mut self) -> Option<Self::Item> {
         self.row += 1;
         let location = format!("{} row {}", self.path.display(), self.row);
-        let err = |kind, message: String| Some(Err(SampleError::new(kind, location.clone(), message)));
+        let err =
+            |kind, message: String| Some(Err(SampleError::new(kind, location.clone(), message)));
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => return None,
             Ok(true) => {}
@@ -102,13 +103,19 @@ impl Iterator for CsvSource {
             return err(SampleErrorKind::MissingImage, "empty image path".into());
         }
         let Ok(image) = std::str::from_utf8(image) else {
-            return err(SampleErrorKind::MissingImage, "image path is not UTF-8".into());
+            return err(
+                SampleErrorKind::MissingImage,
+                "image path is not UTF-8".into(),
+            );
         };
         let Ok(caption) = std::str::from_utf8(field(self.caption_column)) else {
             return err(SampleErrorKind::BadCaption, "caption is not UTF-8".into());
         };
         if caption.trim().is_empty() {
-            return err(SampleErrorKind::MissingCaption, format!("{image}: empty caption"));
+            return err(
+                SampleErrorKind::MissingCaption,
+                format!("{image}: empty caption"),
+            );
         }
         Some(Ok(ImageTextPair {
             image: ImageInput::File(self.base.join(image)),
@@ -163,9 +170,10 @@ impl FolderSource {
                     ))
                 });
             } else if ext(file) == "txt"
-                && !IMAGE_EXTENSIONS
-                    .iter()
-                    .any(|e| file.with_extension(e).is_file() || file.with_extension(e.to_uppercase()).is_file())
+                && !IMAGE_EXTENSIONS.iter().any(|e| {
+                    file.with_extension(e).is_file()
+                        || file.with_extension(e.to_uppercase()).is_file()
+                })
             {
                 items.push(Err(SampleError::new(
                     SampleErrorKind::MissingImage,
@@ -201,13 +209,25 @@ impl Iterator for FolderSource {
         Some(self.items.next()?.and_then(|(image, caption_path)| {
             let location = image.display().to_string();
             let bytes = std::fs::read(&caption_path).map_err(|e| {
-                SampleError::new(SampleErrorKind::MissingCaption, location.clone(), e.to_string())
+                SampleError::new(
+                    SampleErrorKind::MissingCaption,
+                    location.clone(),
+                    e.to_string(),
+                )
             })?;
             let caption = String::from_utf8(bytes).map_err(|_| {
-                SampleError::new(SampleErrorKind::BadCaption, location.clone(), "caption is not UTF-8")
+                SampleError::new(
+                    SampleErrorKind::BadCaption,
+                    location.clone(),
+                    "caption is not UTF-8",
+                )
             })?;
             if caption.trim().is_empty() {
-                return Err(SampleError::new(SampleErrorKind::MissingCaption, location, "empty caption"));
+                return Err(SampleError::new(
+                    SampleErrorKind::MissingCaption,
+                    location,
+                    "empty caption",
+                ));
             }
             Ok(ImageTextPair {
                 image: ImageInput::File(image),

@@ -22,5 +22,5 @@ pub use preprocess::{
 pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
 pub use source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
 pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
-pub use webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};
 pub use tokenizer::ClipTokenizer;
+pub use webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};

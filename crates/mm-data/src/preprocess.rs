@@ -9,8 +9,8 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
-use crate::source::{ImageInput, SampleError, SampleErrorKind};
 use crate::resample::resize_bicubic_pil;
+use crate::source::{ImageInput, SampleError, SampleErrorKind};
 
 /// Per-channel mean of OpenAI CLIP's training images (RGB).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -156,7 +156,13 @@ const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 
 impl TrainTransform {
     /// Applies the transform, drawing the crop from `rng`, and normalises into `out`.
-    pub fn apply_into(self, image: &DynamicImage, size: usize, rng: &mut impl Rng, out: &mut [f32]) {
+    pub fn apply_into(
+        self,
+        image: &DynamicImage,
+        size: usize,
+        rng: &mut impl Rng,
+        out: &mut [f32],
+    ) {
         match self {
             Self::CenterCrop => preprocess_into(image, size, out),
             Self::RandomResizedCrop => {
@@ -187,9 +193,15 @@ fn random_resized_crop_box(width: u32, height: u32, rng: &mut impl Rng) -> (u32,
     }
     let ratio = width as f64 / height as f64;
     let (w, h) = if ratio < CROP_RATIO.0 {
-        (width, ((width as f64 / CROP_RATIO.0).round() as u32).min(height))
+        (
+            width,
+            ((width as f64 / CROP_RATIO.0).round() as u32).min(height),
+        )
     } else if ratio > CROP_RATIO.1 {
-        (((height as f64 * CROP_RATIO.1).round() as u32).min(width), height)
+        (
+            ((height as f64 * CROP_RATIO.1).round() as u32).min(width),
+            height,
+        )
     } else {
         (width, height)
     };

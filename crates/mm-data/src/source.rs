@@ -87,7 +87,11 @@ pub struct SampleError {
 }
 
 impl SampleError {
-    pub fn new(kind: SampleErrorKind, location: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        kind: SampleErrorKind,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             kind,
             location: location.into(),

@@ -12,12 +12,12 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::DataError;
 use crate::files::{CsvColumns, CsvSource, FolderSource};
 use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, TrainTransform};
 use crate::shapes::{ShapesDataset, Split};
 use crate::source::{ImageTextPair, PairSource, SampleError};
 use crate::webdataset::{TarSource, expand_shards, shards_for_rank};
-use crate::DataError;
 
 /// Where training pairs come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,7 +137,10 @@ impl DataConfig {
     /// Checks keys against each other; returns (key, message) for the first problem.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if self.source != SourceKind::Shapes && self.path.is_none() {
-            return Err(("data.path", format!("required for source = {:?}", self.source)));
+            return Err((
+                "data.path",
+                format!("required for source = {:?}", self.source),
+            ));
         }
         if self.csv_separator.len() != 1 {
             return Err((
@@ -175,11 +178,12 @@ impl DataConfig {
     ) -> Result<Box<dyn PairSource>, DataError> {
         let paths = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
         Ok(match self.source {
-            SourceKind::Shapes => Box::new(
-                ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0),
-            ),
+            SourceKind::Shapes => {
+                Box::new(ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0))
+            }
             SourceKind::Webdataset => {
-                let mut shards = shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
+                let mut shards =
+                    shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
                 if shards.is_empty() {
                     return Err(DataError::Config(format!(
                         "data.path: no shards for rank {} of {}",
@@ -189,7 +193,10 @@ impl DataConfig {
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
                 Box::new(TarSource::new(shards))
             }
-            SourceKind::Csv => Box::new(CsvSource::open(&PathBuf::from(&paths[0]), &self.csv_columns())?),
+            SourceKind::Csv => Box::new(CsvSource::open(
+                &PathBuf::from(&paths[0]),
+                &self.csv_columns(),
+            )?),
             SourceKind::Folder => Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?),
         })
     }
@@ -214,7 +221,11 @@ impl DataConfig {
         if self.shuffle_buffer <= 1 || self.source == SourceKind::Shapes {
             return source; // The procedural data is already random.
         }
-        Box::new(ShuffleBuffer::new(source, self.shuffle_buffer, mix(seed ^ 0x5348_5546, epoch)))
+        Box::new(ShuffleBuffer::new(
+            source,
+            self.shuffle_buffer,
+            mix(seed ^ 0x5348_5546, epoch),
+        ))
     }
 }
 
@@ -266,7 +277,11 @@ impl Iterator for ShuffleBuffer {
 
 impl PairSource for ShuffleBuffer {
     fn describe(&self) -> String {
-        format!("{}, shuffled in a buffer of {}", self.inner.describe(), self.capacity)
+        format!(
+            "{}, shuffled in a buffer of {}",
+            self.inner.describe(),
+            self.capacity
+        )
     }
 }
 
@@ -293,7 +308,7 @@ impl DataStream {
     }
 
     /// Skips `n` items, to continue from a recorded position. Nothing is decoded.
-    pub fn skip(&mut self, n: u64) {
+    pub fn fast_forward(&mut self, n: u64) {
         if self.config.source == SourceKind::Shapes && n > 0 {
             // Endless and indexed: jump without drawing the skipped pictures.
             self.current.nth(n as usize - 1);
@@ -324,7 +339,10 @@ impl Iterator for DataStream {
             self.epoch += 1;
             self.good_this_epoch = 0;
             // The first epoch opened, so later ones do too unless files vanish mid-run.
-            let next = self.config.open_epoch(self.seed, self.epoch, self.image_size).ok()?;
+            let next = self
+                .config
+                .open_epoch(self.seed, self.epoch, self.image_size)
+                .ok()?;
             self.current = self.config.shuffled(next, self.seed, self.epoch);
         }
     }

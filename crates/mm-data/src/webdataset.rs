@@ -71,7 +71,11 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
         }
     }
     let close = close.ok_or_else(|| format!("shard pattern {pattern:?}: unbalanced `{{`"))?;
-    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    let (head, body, tail) = (
+        &pattern[..open],
+        &pattern[open + 1..close],
+        &pattern[close + 1..],
+    );
     let alternatives: Vec<String> = if let Some((a, b)) = body.split_once("..")
         && !body.contains(',')
     {
@@ -82,7 +86,11 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
         if end < start {
             return Err(format!("shard pattern {pattern:?}: empty range {{{body}}}"));
         }
-        let width = if a.starts_with('0') && a.len() > 1 { a.len() } else { 0 };
+        let width = if a.starts_with('0') && a.len() > 1 {
+            a.len()
+        } else {
+            0
+        };
         (start..=end).map(|n| format!("{n:0width$}")).collect()
     } else {
         split_top_level(body)
@@ -224,7 +232,11 @@ fn read_shard(path: &Path, emit: &mut Emit) -> bool {
             .components()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
         if unsafe_path || kind.is_symlink() || kind.is_hard_link() {
-            let what = if unsafe_path { "absolute or `..` path" } else { "link" };
+            let what = if unsafe_path {
+                "absolute or `..` path"
+            } else {
+                "link"
+            };
             let error = SampleError::new(
                 SampleErrorKind::UnsafePath,
                 format!("{shard}:{name}"),
@@ -251,7 +263,8 @@ fn read_shard(path: &Path, emit: &mut Emit) -> bool {
         if !(is_image && pending.image.is_none() || is_caption && pending.caption.is_none()) {
             continue; // .json and other extras are not read.
         }
-        let mut bytes = Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
+        let mut bytes =
+            Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
         if let Err(e) = entry.read_to_end(&mut bytes) {
             return emit(bad_shard(format!("reading {name}: {e}")));
         }
@@ -274,7 +287,8 @@ impl Members {
             return None;
         }
         let location = format!("{shard}:{}", self.key);
-        let err = |kind, message: &str| Some(Err(SampleError::new(kind, location.clone(), message)));
+        let err =
+            |kind, message: &str| Some(Err(SampleError::new(kind, location.clone(), message)));
         match (self.image, self.caption) {
             (None, None) => None, // e.g. only a .json: not a sample.
             (None, Some(_)) => err(SampleErrorKind::MissingImage, "caption without an image"),

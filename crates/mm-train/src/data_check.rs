@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use mm_data::{Batcher, ClipTokenizer, DataConfig, Paths, SampleErrorKind, SourceKind, TrainTransform};
+use mm_data::{
+    Batcher, ClipTokenizer, DataConfig, Paths, SampleErrorKind, SourceKind, TrainTransform,
+};
 
 use crate::cli::DataCheckArgs;
 use crate::config::TrainConfig;

@@ -12,7 +12,9 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::clip_loss;
-use mm_data::{Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, SampleErrorKind, ShapesDataset};
+use mm_data::{
+    Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, SampleErrorKind, ShapesDataset,
+};
 use mm_encoders::{ClipConfig, ClipModel};
 use serde_json::json;
 
@@ -127,7 +129,10 @@ impl SkipTally {
                 lines.push(format!("skipped sample: {error}"));
             }
             if *count == REPORTED_PER_KIND {
-                lines.push(format!("(further {} samples are counted, not listed)", error.kind));
+                lines.push(format!(
+                    "(further {} samples are counted, not listed)",
+                    error.kind
+                ));
             }
         }
         lines
