@@ -9,7 +9,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
-use crate::resample::resize_bicubic_pil;
+use crate::resample::{resize_bicubic_pil, resize_window_pil};
 use crate::source::{ImageInput, SampleError, SampleErrorKind};
 
 /// Per-channel mean of OpenAI CLIP's training images (RGB).
@@ -96,29 +96,31 @@ pub fn resize_center_crop(image: &DynamicImage, size: u32) -> RgbImage {
     let rgb = to_rgb(image);
     let (width, height) = rgb.dimensions();
     if width == size && height == size {
-        return rgb;
+        return rgb.into_owned();
     }
     // HF: the short side becomes `size`, the long side `int(size * long / short)`.
     let short = width.min(height) as u64;
     let scale = |side: u32| ((side as u64 * size as u64) / short).max(size as u64) as u32;
     let (new_w, new_h) = (scale(width), scale(height));
-    let resized = resize_bicubic_pil(&rgb, new_w, new_h);
     let (left, top) = ((new_w - size) / 2, (new_h - size) / 2);
-    image::imageops::crop_imm(&resized, left, top, size, size).to_image()
+    resize_window_pil(&rgb, new_w, new_h, (left, top, size, size))
 }
 
 /// RGB8 view of any image; alpha is composited onto white (HF `convert_rgb`), not dropped.
-fn to_rgb(image: &DynamicImage) -> RgbImage {
+fn to_rgb(image: &DynamicImage) -> Cow<'_, RgbImage> {
+    if let DynamicImage::ImageRgb8(rgb) = image {
+        return Cow::Borrowed(rgb);
+    }
     if !image.color().has_alpha() {
-        return image.to_rgb8();
+        return Cow::Owned(image.to_rgb8());
     }
     let rgba = image.to_rgba8();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+    Cow::Owned(RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let [r, g, b, a] = rgba.get_pixel(x, y).0;
         // PIL's alpha_composite over opaque white, in 8-bit.
         let over = |c: u8| ((c as u32 * a as u32 + 255 * (255 - a as u32) + 127) / 255) as u8;
         image::Rgb([over(r), over(g), over(b)])
-    })
+    }))
 }
 
 /// Writes `image` as CLIP-normalised CHW floats into `out` (length `3 * w * h`).
@@ -168,7 +170,7 @@ impl TrainTransform {
             Self::RandomResizedCrop => {
                 let rgb = to_rgb(image);
                 let (x, y, w, h) = random_resized_crop_box(rgb.width(), rgb.height(), rng);
-                let crop = image::imageops::crop_imm(&rgb, x, y, w, h).to_image();
+                let crop = image::imageops::crop_imm(&*rgb, x, y, w, h).to_image();
                 normalize_into(&resize_bicubic_pil(&crop, size as u32, size as u32), out);
             }
         }

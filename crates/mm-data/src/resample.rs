@@ -61,59 +61,101 @@ impl Coefficients {
     }
 }
 
-fn clip8(acc: i64) -> u8 {
+/// Pillow's `clip8`: drop the fixed-point fraction and clamp to a byte. Pillow accumulates in
+/// a C `int` starting from a rounding half; so does this.
+fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
 /// Resizes `image` to `width`×`height` exactly as `PIL.Image.resize(..., BICUBIC)` does.
 pub fn resize_bicubic_pil(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
-    let src = image.as_raw();
-    let round = 1i64 << (PRECISION_BITS - 1);
+    resize_window_pil(image, width, height, (0, 0, width, height))
+}
 
-    // Horizontal pass: [in_h, out_w, 3].
-    let horizontal = if out_w == in_w {
-        src.clone()
+/// The `(x, y, w, h)` window of `image` resized to `width`×`height` by Pillow's bicubic:
+/// identical to resizing everything and cropping, but only the window's pixels are computed
+/// (a centre crop of a 4:3 photo skips a quarter of the work).
+pub fn resize_window_pil(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    window: (u32, u32, u32, u32),
+) -> RgbImage {
+    let (in_w, in_h) = (image.width() as usize, image.height() as usize);
+    let (x0, y0, win_w, win_h) = (
+        window.0 as usize,
+        window.1 as usize,
+        window.2 as usize,
+        window.3 as usize,
+    );
+    assert!(x0 + win_w <= width as usize && y0 + win_h <= height as usize);
+    let src = image.as_raw();
+    let round = 1i32 << (PRECISION_BITS - 1);
+
+    // Rows the vertical pass will read, then the horizontal pass over just those rows:
+    // [rows, win_w, 3].
+    let vertical = (height as usize != in_h).then(|| Coefficients::new(in_h, height as usize));
+    let rows = match &vertical {
+        Some(v) => {
+            let taps = &v.taps[y0..y0 + win_h];
+            let first = taps.iter().map(|(start, _)| *start).min().unwrap_or(0);
+            let last = taps
+                .iter()
+                .map(|(start, w)| start + w.len())
+                .max()
+                .unwrap_or(0);
+            first..last
+        }
+        None => y0..y0 + win_h,
+    };
+    let stride = win_w * 3;
+    let horizontal: Vec<u8> = if width as usize == in_w {
+        rows.clone()
+            .flat_map(|y| &src[(y * in_w + x0) * 3..(y * in_w + x0 + win_w) * 3])
+            .copied()
+            .collect()
     } else {
-        let coeffs = Coefficients::new(in_w, out_w);
-        let mut out = vec![0u8; in_h * out_w * 3];
-        for y in 0..in_h {
+        let coeffs = Coefficients::new(in_w, width as usize);
+        let taps = &coeffs.taps[x0..x0 + win_w];
+        let mut out = vec![0u8; rows.len() * stride];
+        for (row_out, y) in out.chunks_exact_mut(stride).zip(rows.clone()) {
             let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
-            for (x, (xmin, weights)) in coeffs.taps.iter().enumerate() {
-                let mut acc = [round; 3];
-                for (i, &w) in weights.iter().enumerate() {
-                    let p = &row[(xmin + i) * 3..(xmin + i) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += p[c] as i64 * w as i64;
+            for (pixel, (start, weights)) in row_out.chunks_exact_mut(3).zip(taps) {
+                let (mut r, mut g, mut b) = (round, round, round);
+                for (p, &w) in row[start * 3..].chunks_exact(3).zip(weights) {
+                    r += p[0] as i32 * w;
+                    g += p[1] as i32 * w;
+                    b += p[2] as i32 * w;
+                }
+                pixel.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+            }
+        }
+        out
+    };
+
+    // Vertical pass, row by row with a whole-row accumulator (vectorises).
+    let pixels = match &vertical {
+        None => horizontal,
+        Some(coeffs) => {
+            let mut out = vec![0u8; win_h * stride];
+            let mut acc = vec![0i32; stride];
+            for (row_out, (start, weights)) in out
+                .chunks_exact_mut(stride)
+                .zip(&coeffs.taps[y0..y0 + win_h])
+            {
+                acc.fill(round);
+                for (k, &w) in weights.iter().enumerate() {
+                    let row = &horizontal[(start + k - rows.start) * stride..][..stride];
+                    for (a, &p) in acc.iter_mut().zip(row) {
+                        *a += p as i32 * w;
                     }
                 }
-                for c in 0..3 {
-                    out[(y * out_w + x) * 3 + c] = clip8(acc[c]);
+                for (o, &a) in row_out.iter_mut().zip(&acc) {
+                    *o = clip8(a);
                 }
             }
+            out
         }
-        out
     };
-
-    // Vertical pass: [out_h, out_w, 3].
-    let pixels = if out_h == in_h {
-        horizontal
-    } else {
-        let coeffs = Coefficients::new(in_h, out_h);
-        let stride = out_w * 3;
-        let mut out = vec![0u8; out_h * stride];
-        for (y, (ymin, weights)) in coeffs.taps.iter().enumerate() {
-            let dst = &mut out[y * stride..(y + 1) * stride];
-            for (i, value) in dst.iter_mut().enumerate() {
-                let mut acc = round;
-                for (k, &w) in weights.iter().enumerate() {
-                    acc += horizontal[(ymin + k) * stride + i] as i64 * w as i64;
-                }
-                *value = clip8(acc);
-            }
-        }
-        out
-    };
-    RgbImage::from_raw(width, height, pixels).expect("buffer sized width * height * 3")
+    RgbImage::from_raw(win_w as u32, win_h as u32, pixels).expect("buffer sized w * h * 3")
 }

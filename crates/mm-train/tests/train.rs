@@ -157,7 +157,12 @@ fn config_errors_name_the_file_and_key() {
 
 #[test]
 fn shipped_configs_parse() {
-    for name in ["tiny_shapes.toml", "clip_base.toml", "finetune_hf.toml"] {
+    for name in [
+        "tiny_shapes.toml",
+        "tiny_shards.toml",
+        "clip_base.toml",
+        "finetune_hf.toml",
+    ] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../configs")
             .join(name);
