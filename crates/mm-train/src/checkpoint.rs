@@ -75,6 +75,8 @@ pub struct CheckpointParts<'a> {
     pub train_config: Option<&'a TrainConfig>,
     pub tokenizer: &'a ClipTokenizer,
     pub state: &'a CheckpointState,
+    /// Optimiser state, for exact resumption of a training run.
+    pub optimizer: Option<&'a burn::optim::ModuleOptimizer>,
 }
 
 impl CheckpointParts<'_> {
@@ -99,6 +101,13 @@ impl CheckpointParts<'_> {
             &dir.join(TOKENIZER_FILE),
             self.tokenizer.to_json()?.as_bytes(),
         )?;
+        if let Some(optimizer) = self.optimizer {
+            let path = dir.join(crate::resume::OPTIMIZER_FILE);
+            optimizer
+                .save(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+            crate::resume::write_param_ids(dir, self.model)?;
+        }
         write_synced(
             &dir.join(STATE_FILE),
             serde_json::to_string_pretty(self.state)?.as_bytes(),
@@ -174,7 +183,8 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes all but the newest `keep` complete step directories.
+/// Removes all but the newest `keep` step directories and the one with the best held-out
+/// zero-shot accuracy so far.
 fn prune(root: &Path, keep: usize) -> Result<()> {
     let mut steps: Vec<PathBuf> = fs::read_dir(root)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -185,9 +195,22 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
         })
         .collect();
     steps.sort();
+    let accuracy = |dir: &PathBuf| -> Option<f64> {
+        let text = fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+        serde_json::from_str::<CheckpointState>(&text)
+            .ok()?
+            .zero_shot_accuracy
+    };
+    let best = steps
+        .iter()
+        .filter_map(|d| accuracy(d).map(|a| (a, d.clone())))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, d)| d);
     let excess = steps.len().saturating_sub(keep);
     for old in &steps[..excess] {
-        fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+        if Some(old) != best.as_ref() {
+            fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+        }
     }
     Ok(())
 }

@@ -108,6 +108,10 @@ pub struct TrainArgs {
     /// Override `device` (flex, wgpu, cuda, cuda:N).
     #[arg(long)]
     pub device: Option<String>,
+    /// Continue the run from a checkpoint: `latest` (the output_dir's newest good one), a run
+    /// directory, or a checkpoint directory.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// No progress bar (log lines go to stderr instead).
     #[arg(long)]
     pub no_progress: bool,
@@ -177,7 +181,14 @@ fn run_train(args: TrainArgs) -> Result<()> {
         args.config.display()
     ))?;
     let show_progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    learner::train(&config, show_progress)?;
+    let resume = args.resume.map(|r| {
+        if r.as_os_str() == "latest" {
+            config.output_dir.clone()
+        } else {
+            r
+        }
+    });
+    learner::train_from(&config, show_progress, resume.as_deref())?;
     Ok(())
 }
 

@@ -63,6 +63,7 @@ pub fn import(dir: &Path, out: &Path) -> Result<Checkpoint> {
             train_config: None,
             tokenizer: &ckpt.tokenizer,
             state: &ckpt.state,
+            optimizer: None,
         },
     )?;
     Ok(ckpt)

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -28,7 +28,7 @@ use crate::zero_shot::{ZeroShotClassifier, shapes_heldout_accuracy};
 #[derive(Debug, Clone)]
 pub struct TrainReport {
     pub steps: usize,
-    /// Loss of every step, in order.
+    /// Loss of every step this call ran, in order.
     pub losses: Vec<f32>,
     pub zero_shot_accuracy: f64,
     pub chance_accuracy: f64,
@@ -40,7 +40,7 @@ pub struct TrainReport {
 /// One optimisation step's model, optimiser and bookkeeping.
 pub struct Learner {
     pub model: ClipModel,
-    optim: ModuleOptimizer,
+    pub optim: ModuleOptimizer,
     config: TrainConfig,
 }
 
@@ -239,22 +239,108 @@ pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
     })
 }
 
-/// Trains as `config` says, evaluating and checkpointing along the way.
-pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
-    let run_dir = &config.output_dir;
-    let previous = run_dir.join("checkpoints");
-    if fs::read_dir(&previous).is_ok_and(|mut entries| entries.next().is_some()) {
+/// A run continued from a checkpoint of its own: where, and at which step and data position.
+pub struct Resumed {
+    pub start: StartingPoint,
+    pub state: CheckpointState,
+}
+
+/// Restores a run from `from`: a checkpoint directory, or a run directory whose newest
+/// complete checkpoint that loads is used (a corrupt or partial newest one is reported and
+/// the previous one tried). Model, optimiser moments, step and data position come back.
+pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
+    let candidates = if from.join(checkpoint::STATE_FILE).exists() {
+        vec![from.to_path_buf()]
+    } else {
+        crate::resume::candidates(from)
+    };
+    if candidates.is_empty() {
         bail!(
-            "{} holds checkpoints of an earlier run; choose another output_dir (--output-dir) or remove it",
-            previous.display()
+            "{}: no complete checkpoint with optimiser state to resume from",
+            from.display()
         );
     }
+    let mut failures: Vec<(PathBuf, anyhow::Error)> = Vec::new();
+    for dir in candidates {
+        match restore(config, &dir) {
+            Ok(resumed) => {
+                for (bad, error) in &failures {
+                    eprintln!("warning: skipped checkpoint {}: {error:#}", bad.display());
+                }
+                return Ok(resumed);
+            }
+            Err(error) => failures.push((dir, error)),
+        }
+    }
+    let (dir, error) = failures.remove(0);
+    Err(error.context(format!("resuming from {}", dir.display())))
+}
+
+fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
+    let device = parse_device(&config.device)?.autodiff();
+    let ckpt = checkpoint::load(dir, &device)?;
+    if let Some(spec) = &config.model {
+        let wanted = spec.resolve()?;
+        if wanted != ckpt.model_config {
+            bail!(
+                "{}: its model differs from the config's `model`",
+                dir.display()
+            );
+        }
+    }
+    let model = crate::resume::with_param_ids(ckpt.model, &crate::resume::read_param_ids(dir)?)?;
+    let mut learner = Learner::from_model(config, model);
+    let optimizer = dir.join(crate::resume::OPTIMIZER_FILE);
+    learner.optim = learner
+        .optim
+        .load(&optimizer)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", optimizer.display()))?;
+    Ok(Resumed {
+        start: StartingPoint {
+            model_config: ckpt.model_config,
+            learner,
+            tokenizer: ckpt.tokenizer,
+            description: format!("resumed from {} at step {}", dir.display(), ckpt.state.step),
+        },
+        state: ckpt.state,
+    })
+}
+
+/// Trains as `config` says, evaluating and checkpointing along the way.
+pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
+    train_from(config, show_progress, None)
+}
+
+/// [`train`], or with `resume`, continues a run from one of its checkpoints (see
+/// [`resume_point`]) so that the result is the one an uninterrupted run would have given.
+pub fn train_from(
+    config: &TrainConfig,
+    show_progress: bool,
+    resume: Option<&Path>,
+) -> Result<TrainReport> {
+    let run_dir = &config.output_dir;
+    let previous = run_dir.join("checkpoints");
+    let (start_point, first_step, data_position) = match resume {
+        Some(from) => {
+            let Resumed { start, state } = resume_point(config, from)?;
+            (start, state.step, state.data_position.unwrap_or(0))
+        }
+        None => {
+            if fs::read_dir(&previous).is_ok_and(|mut entries| entries.next().is_some()) {
+                bail!(
+                    "{} holds checkpoints of an earlier run; resume it (--resume latest), choose another output_dir (--output-dir) or remove it",
+                    previous.display()
+                );
+            }
+            (starting_point(config)?, 0, 0)
+        }
+    };
     let StartingPoint {
         model_config,
         mut learner,
         tokenizer,
         description: start,
-    } = starting_point(config)?;
+    } = start_point;
     fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
     let image_size = model_config.vision.image_size;
@@ -266,7 +352,8 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     .with_transform(config.data.train_transform, config.seed)
     .with_max_image_pixels(config.data.max_image_pixels)
     .with_workers(config.data.workers)?;
-    let stream = config.data.open_stream(config.seed, image_size)?;
+    let mut stream = config.data.open_stream(config.seed, image_size)?;
+    stream.fast_forward(data_position);
     let description = stream.describe();
     let mut batches = Prefetcher::spawn(
         stream,
@@ -320,11 +407,11 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
 
     let start = Instant::now();
     let mut train_seconds = 0.0;
-    let mut losses = Vec::with_capacity(steps);
+    let mut losses = Vec::with_capacity(steps - first_step.min(steps));
     let mut last_checkpoint = None;
     let mut accuracy = None;
     let mut skipped = SkipTally::default();
-    for step in 0..steps {
+    for step in first_step..steps {
         let Some(batch) = batches.next() else {
             bail!("the data source ended at step {step} (no usable samples in a whole pass?)");
         };
@@ -337,7 +424,7 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         losses.push(out.loss);
         let done = step + 1;
         let samples_per_sec =
-            (done * config.train.batch_size) as f64 / start.elapsed().as_secs_f64();
+            ((done - first_step) * config.train.batch_size) as f64 / start.elapsed().as_secs_f64();
         let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
         progress.set_message(format!(
             "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
@@ -384,6 +471,7 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
                 train_config: Some(config),
                 tokenizer: &tokenizer,
                 state: &state,
+                optimizer: Some(&learner.optim),
             };
             let dir = checkpoint::save(run_dir, &parts, config.train.keep_checkpoints)?;
             log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
@@ -397,7 +485,8 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
         losses,
         zero_shot_accuracy: accuracy.unwrap_or_default(),
         chance_accuracy: 1.0 / class_names.len() as f64,
-        samples_per_sec: (steps * config.train.batch_size) as f64 / train_seconds.max(1e-9),
+        samples_per_sec: ((steps - first_step.min(steps)) * config.train.batch_size) as f64
+            / train_seconds.max(1e-9),
         wall_seconds,
         checkpoint: last_checkpoint.expect("the last step always checkpoints"),
     };

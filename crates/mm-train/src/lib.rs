@@ -9,6 +9,7 @@ pub mod device;
 pub mod hf;
 pub mod learner;
 pub mod optim;
+pub mod resume;
 pub mod zero_shot;
 
 pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};

@@ -1,0 +1,90 @@
+//! Exact resumption: a run killed with SIGKILL and resumed ends with the same weights, bit for
+//! bit, as a run that was never interrupted.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use safetensors::SafeTensors;
+
+fn final_tensors(run: &Path, step: usize) -> Vec<(String, Vec<u8>)> {
+    let bytes =
+        std::fs::read(run.join(format!("checkpoints/step-{step:06}/model.safetensors"))).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect();
+    tensors.sort();
+    tensors
+}
+
+fn latest_step(run: &Path) -> Option<usize> {
+    let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
+    name.trim().strip_prefix("step-")?.parse().ok()
+}
+
+#[test]
+fn a_killed_run_resumes_to_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 60;
+    let config_for = |run: &Path| {
+        let mut config = common::tiny_config(run, steps);
+        config.train.checkpoint_every = 5;
+        config.train.keep_checkpoints = 3;
+        config.train.eval_every = 0;
+        config
+    };
+
+    // Uninterrupted reference.
+    let reference = dir.path().join("reference");
+    mm_train::train(&config_for(&reference), false).unwrap();
+
+    // The same run in a child process, killed (SIGKILL) once it has checkpointed step 10.
+    let run = dir.path().join("killed");
+    let config = config_for(&run);
+    let config_file = dir.path().join("run.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(["--config", config_file.to_str().unwrap(), "--no-progress"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while latest_step(&run).is_none_or(|s| s < 10) {
+        assert!(Instant::now() < deadline, "the child never reached step 10");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = latest_step(&run).unwrap();
+    assert!(killed_at < steps, "killed too late to test anything");
+
+    // A fresh start in the same directory is refused; resuming is not.
+    let err = mm_train::train(&config, false).err().unwrap().to_string();
+    assert!(err.contains("--resume latest"), "{err}");
+
+    // Break the newest checkpoint: resume must fall back to the previous good one.
+    let newest = run.join(format!("checkpoints/step-{killed_at:06}"));
+    let weights = newest.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
+
+    let report = mm_train::learner::train_from(&config, false, Some(&run)).unwrap();
+    assert_eq!(
+        report.losses.len(),
+        steps - (killed_at - 5),
+        "resumed from the checkpoint before the broken one"
+    );
+    assert!(
+        final_tensors(&reference, steps) == final_tensors(&run, steps),
+        "weights differ from the uninterrupted run"
+    );
+}
