@@ -44,6 +44,9 @@ fn main() {
             eval_every: 0,
             checkpoint_every: 0,
             keep_checkpoints: 1,
+            accum_freq: 1,
+            lock_image: false,
+            lock_text: false,
         },
         eval: EvalConfig::default(),
     };

@@ -85,9 +85,24 @@ pub struct ScheduleConfig {
     /// Checkpoint interval in steps (0: only at the end).
     #[serde(default)]
     pub checkpoint_every: usize,
-    /// Periodic checkpoints kept on disk (the newest ones).
+    /// Periodic checkpoints kept on disk (the newest ones, plus the best by zero-shot accuracy).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Micro-batches of `batch_size` accumulated into one optimiser step (open_clip's
+    /// `accum_freq`): the contrastive batch is `batch_size * accum_freq`.
+    #[serde(default = "default_accum_freq")]
+    pub accum_freq: usize,
+    /// Freeze the image tower and its projection (locked-image tuning, LiT): only the text
+    /// side and the temperature learn.
+    #[serde(default)]
+    pub lock_image: bool,
+    /// Freeze the text tower and its projection.
+    #[serde(default)]
+    pub lock_text: bool,
+}
+
+fn default_accum_freq() -> usize {
+    1
 }
 
 fn default_log_every() -> usize {
@@ -241,6 +256,15 @@ impl TrainConfig {
         let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
         if let Err((key, message)) = self.data.check() {
             return err(key, &message);
+        }
+        if self.train.lock_image && self.train.lock_text {
+            return err(
+                "train.lock_text",
+                "both towers locked: only logit_scale would train",
+            );
+        }
+        if self.train.accum_freq == 0 {
+            return err("train.accum_freq", "must be at least 1");
         }
         if self.train.steps == 0 {
             return err("train.steps", "must be positive");

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::clip_loss;
@@ -61,8 +61,17 @@ impl Learner {
         ))
     }
 
-    /// Trains `model` (on an autodiff device) from where it is.
-    pub fn from_model(config: &TrainConfig, model: ClipModel) -> Self {
+    /// Trains `model` (on an autodiff device) from where it is. Locked towers
+    /// (`train.lock_image` / `lock_text`) get no gradients, so the optimiser never moves them.
+    pub fn from_model(config: &TrainConfig, mut model: ClipModel) -> Self {
+        if config.train.lock_image {
+            model.vision_model = model.vision_model.no_grad();
+            model.visual_projection = model.visual_projection.no_grad();
+        }
+        if config.train.lock_text {
+            model.text_model = model.text_model.no_grad();
+            model.text_projection = model.text_projection.no_grad();
+        }
         let optim = clip_adamw(&config.optim, &model);
         Self {
             model,
@@ -79,15 +88,77 @@ impl Learner {
         clip_loss(image, text, self.model.logit_scale.val())
     }
 
-    /// Forward, backward and AdamW update on one batch at step `step` (from 0).
+    /// Loss and gradients of CLIP's loss over the concatenation of `micro_batches`, computed
+    /// one micro-batch at a time (open_clip's `accum_freq`): the features of every micro-batch
+    /// are first computed without keeping their graphs; then each micro-batch is re-encoded with
+    /// gradients and the loss taken over its fresh features joined with the others' cached
+    /// ones, so every sample still sees all `k * b` negatives. Summed over micro-batches these
+    /// gradients are those of the one big batch; `logit_scale` enters the graph only once (in
+    /// the first micro-batch), so its gradient is not counted `k` times.
+    pub fn gradients(&self, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
+        let device = self.model.logit_scale.val().device();
+        let encode = |batch: &ClipBatch| {
+            (
+                self.model.image_features(batch.pixels_tensor(&device)),
+                self.model.text_features(batch.input_ids_tensor(&device)),
+            )
+        };
+        if let [batch] = micro_batches {
+            let (image, text) = encode(batch);
+            let loss = clip_loss(image, text, self.model.logit_scale.val());
+            let value = loss.clone().into_scalar::<f32>();
+            return (
+                value,
+                GradientsParams::from_grads(loss.backward(), &self.model),
+            );
+        }
+        let cached: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
+            .iter()
+            .map(|batch| {
+                let (image, text) = encode(batch);
+                (image.detach(), text.detach())
+            })
+            .collect();
+        let mut accumulator = GradientsAccumulator::<ClipModel>::new();
+        let mut loss_value = 0.0;
+        for (j, batch) in micro_batches.iter().enumerate() {
+            let (image_j, text_j) = encode(batch);
+            let join = |fresh: Tensor<2>, pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
+                let parts: Vec<Tensor<2>> = cached
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| if i == j { fresh.clone() } else { pick(c) })
+                    .collect();
+                Tensor::cat(parts, 0)
+            };
+            let image = join(image_j, |c| c.0.clone());
+            let text = join(text_j, |c| c.1.clone());
+            let scale = self.model.logit_scale.val();
+            let scale = if j == 0 { scale } else { scale.detach() };
+            let loss = clip_loss(image, text, scale);
+            if j == 0 {
+                loss_value = loss.clone().into_scalar::<f32>();
+            }
+            accumulator.accumulate(
+                &self.model,
+                GradientsParams::from_grads(loss.backward(), &self.model),
+            );
+        }
+        (loss_value, accumulator.grads())
+    }
+
+    /// Forward, backward and AdamW update at step `step` (from 0) on one batch, or on
+    /// several micro-batches accumulated as one (see [`Learner::gradients`]).
     /// A non-finite loss is an error and leaves the model untouched.
-    pub fn step(&mut self, batch: &ClipBatch, step: usize) -> Result<StepOutput> {
-        let loss = self.loss(batch);
-        let loss_value = loss.clone().into_scalar::<f32>();
+    pub fn step_accumulated(
+        &mut self,
+        micro_batches: &[ClipBatch],
+        step: usize,
+    ) -> Result<StepOutput> {
+        let (loss_value, mut grads) = self.gradients(micro_batches);
         if !loss_value.is_finite() {
             bail!("step {step}: loss is {loss_value}; stopping (the last checkpoint is kept)");
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let grad_norm = self
             .config
             .optim
@@ -105,6 +176,11 @@ impl Learner {
             loss: loss_value,
             grad_norm,
         })
+    }
+
+    /// [`Learner::step_accumulated`] on a single batch.
+    pub fn step(&mut self, batch: &ClipBatch, step: usize) -> Result<StepOutput> {
+        self.step_accumulated(std::slice::from_ref(batch), step)
     }
 }
 
@@ -412,19 +488,25 @@ pub fn train_from(
     let mut accuracy = None;
     let mut skipped = SkipTally::default();
     for step in first_step..steps {
-        let Some(batch) = batches.next() else {
-            bail!("the data source ended at step {step} (no usable samples in a whole pass?)");
-        };
-        for line in skipped.add(&batch) {
-            log.say(&line)?;
+        let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
+        for _ in 0..config.train.accum_freq.max(1) {
+            let Some(batch) = batches.next() else {
+                bail!("the data source ended at step {step} (no usable samples in a whole pass?)");
+            };
+            for line in skipped.add(&batch) {
+                log.say(&line)?;
+            }
+            micro_batches.push(batch);
         }
+        let batch = micro_batches.last().expect("at least one micro-batch");
         let step_start = Instant::now();
-        let out = learner.step(&batch, step)?;
+        let out = learner.step_accumulated(&micro_batches, step)?;
         train_seconds += step_start.elapsed().as_secs_f64();
         losses.push(out.loss);
         let done = step + 1;
         let samples_per_sec =
-            ((done - first_step) * config.train.batch_size) as f64 / start.elapsed().as_secs_f64();
+            ((done - first_step) * config.train.batch_size * config.train.accum_freq) as f64
+                / start.elapsed().as_secs_f64();
         let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
         progress.set_message(format!(
             "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
@@ -485,7 +567,9 @@ pub fn train_from(
         losses,
         zero_shot_accuracy: accuracy.unwrap_or_default(),
         chance_accuracy: 1.0 / class_names.len() as f64,
-        samples_per_sec: ((steps - first_step.min(steps)) * config.train.batch_size) as f64
+        samples_per_sec: ((steps - first_step.min(steps))
+            * config.train.batch_size
+            * config.train.accum_freq) as f64
             / train_seconds.max(1e-9),
         wall_seconds,
         checkpoint: last_checkpoint.expect("the last step always checkpoints"),

@@ -1,0 +1,142 @@
+//! Gradient accumulation with cached features (open_clip's `accum_freq`) gives the gradient of
+//! the one big batch.
+
+mod common;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+use mm_data::{Batcher, ClipBatch, ClipTokenizer, ShapesDataset, Split};
+use mm_train::Learner;
+
+fn slice(batch: &ClipBatch, rows: std::ops::Range<usize>) -> ClipBatch {
+    let plane = 3 * batch.image_size * batch.image_size;
+    let ctx = batch.context_length;
+    ClipBatch {
+        batch_size: rows.len(),
+        pixels: batch.pixels[rows.start * plane..rows.end * plane].to_vec(),
+        input_ids: batch.input_ids[rows.start * ctx..rows.end * ctx].to_vec(),
+        captions: batch.captions[rows.clone()].to_vec(),
+        ..batch.clone()
+    }
+}
+
+/// Largest |a - b| over every parameter's gradient, and the largest |a|.
+fn compare(model: &impl Module, a: &GradientsParams, b: &GradientsParams) -> (f32, f32) {
+    struct Diff<'a> {
+        a: &'a GradientsParams,
+        b: &'a GradientsParams,
+        worst: f32,
+        scale: f32,
+        count: usize,
+    }
+    impl ModuleVisitor for Diff<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (Some(x), Some(y)) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id)) else {
+                panic!("a parameter has a gradient on one side only");
+            };
+            self.count += 1;
+            let diff = (x.clone() - y).abs().max().into_scalar::<f32>();
+            self.worst = self.worst.max(diff);
+            self.scale = self.scale.max(x.abs().max().into_scalar::<f32>());
+        }
+    }
+    let mut diff = Diff {
+        a,
+        b,
+        worst: 0.0,
+        scale: 0.0,
+        count: 0,
+    };
+    model.visit(&mut diff);
+    assert!(diff.count > 30, "only {} parameters compared", diff.count);
+    (diff.worst, diff.scale)
+}
+
+#[test]
+fn accumulated_micro_batches_give_the_big_batch_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::tiny_config(dir.path(), 1);
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
+    let learner = Learner::new(&config, &model_config).unwrap();
+    let batcher = Batcher::new(
+        ClipTokenizer::openai(),
+        model_config.vision.image_size,
+        model_config.text.context_length,
+    );
+    let mut source =
+        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
+    let big = batcher.next_batch(&mut source, &mut 0, 16).unwrap();
+    let micro: Vec<ClipBatch> = (0..4).map(|i| slice(&big, 4 * i..4 * (i + 1))).collect();
+
+    let (loss_big, grads_big) = learner.gradients(std::slice::from_ref(&big));
+    let (loss_acc, grads_acc) = learner.gradients(&micro);
+    assert!(
+        (loss_big - loss_acc).abs() < 1e-5,
+        "{loss_big} vs {loss_acc}"
+    );
+    let (worst, scale) = compare(&learner.model, &grads_big, &grads_acc);
+    println!("max |grad(16) - grad(4 x 4)| = {worst:.2e} (largest gradient {scale:.2e})");
+    assert!(worst <= 1e-5, "accumulated gradients differ by {worst}");
+
+    // Control: summing four independent 4-sample losses (negatives only within each
+    // micro-batch) is a different gradient, and the comparison sees it.
+    let mut naive = burn::optim::GradientsAccumulator::<mm_encoders::ClipModel>::new();
+    for batch in &micro {
+        naive.accumulate(
+            &learner.model,
+            learner.gradients(std::slice::from_ref(batch)).1,
+        );
+    }
+    let (worst_naive, _) = compare(&learner.model, &grads_big, &naive.grads());
+    assert!(
+        worst_naive > 1e-3,
+        "the control should differ, got {worst_naive}"
+    );
+}
+
+#[test]
+fn a_locked_image_tower_does_not_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(dir.path(), 3);
+    config.train.lock_image = true;
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
+    let mut learner = Learner::new(&config, &model_config).unwrap();
+    let batcher = Batcher::new(
+        ClipTokenizer::openai(),
+        model_config.vision.image_size,
+        model_config.text.context_length,
+    );
+    let mut source =
+        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
+    let snapshot = |model: &mm_encoders::ClipModel| {
+        (
+            model.vision_model.encoder.layers[0]
+                .mlp
+                .fc1
+                .weight
+                .val()
+                .into_data(),
+            model.visual_projection.weight.val().into_data(),
+            model.text_model.encoder.layers[0]
+                .mlp
+                .fc1
+                .weight
+                .val()
+                .into_data(),
+        )
+    };
+    let before = snapshot(&learner.model);
+    for step in 0..3 {
+        let batch = batcher.next_batch(&mut source, &mut 0, 16).unwrap();
+        learner.step(&batch, step).unwrap();
+    }
+    let after = snapshot(&learner.model);
+    assert_eq!(before.0, after.0, "locked vision weights moved");
+    assert_eq!(before.1, after.1, "locked visual projection moved");
+    assert_ne!(before.2, after.2, "the text tower should train");
+
+    config.train.lock_text = true;
+    let err = config.validate("run.toml").unwrap_err().to_string();
+    assert!(err.contains("key `train.lock_text`"), "{err}");
+}
