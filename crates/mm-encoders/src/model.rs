@@ -10,6 +10,9 @@ use crate::text::TextTransformer;
 use crate::transformer::linear;
 use crate::vision::VisionTransformer;
 
+/// Serialises model initialisations within the process (see [`ClipConfig::init_seeded`]).
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[derive(Module, Debug)]
 pub struct ClipModel {
     pub text_model: TextTransformer,
@@ -23,7 +26,22 @@ pub struct ClipModel {
 }
 
 impl ClipConfig {
+    /// A randomly initialised model (HF's init), drawing from `device`'s random generator.
     pub fn init(&self, device: &Device) -> ClipModel {
+        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        self.init_unlocked(device)
+    }
+
+    /// The same initialisation for every `seed`, even with other threads initialising models
+    /// at the same time: burn's generator is per device and global, so seeding and drawing
+    /// happen under one lock.
+    pub fn init_seeded(&self, device: &Device, seed: u64) -> ClipModel {
+        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        self.init_unlocked(device)
+    }
+
+    fn init_unlocked(&self, device: &Device) -> ClipModel {
         ClipModel {
             text_model: self.text.init(device),
             vision_model: self.vision.init(device),

@@ -54,10 +54,9 @@ impl Learner {
     /// A freshly initialised model on the autodiff version of the configured device.
     pub fn new(config: &TrainConfig, model_config: &ClipConfig) -> Result<Self> {
         let device = parse_device(&config.device)?;
-        device.seed(config.seed);
         Ok(Self::from_model(
             config,
-            model_config.init(&device.autodiff()),
+            model_config.init_seeded(&device.autodiff(), config.seed),
         ))
     }
 
@@ -235,9 +234,11 @@ impl SkipTally {
 }
 
 /// Appends human-readable lines to `train.log` and JSON records to `metrics.jsonl`.
+/// Also writes every metric to TensorBoard event files in the run directory.
 struct RunLog {
     text: File,
     metrics: File,
+    tensorboard: tensorboard_rs::summary_writer::SummaryWriter,
     progress: ProgressBar,
 }
 
@@ -254,6 +255,8 @@ impl RunLog {
         Ok(Self {
             text: open("train.log")?,
             metrics: open("metrics.jsonl")?,
+            // The directory exists (the writer would panic otherwise).
+            tensorboard: tensorboard_rs::summary_writer::SummaryWriter::new(run_dir),
             progress,
         })
     }
@@ -274,8 +277,36 @@ impl RunLog {
         Ok(())
     }
 
+    /// A JSON line in metrics.jsonl, and its numbers as TensorBoard scalars at its `step`:
+    /// `train/loss`, `train/lr`, ..., `eval/zero_shot_top1`, `data/skipped/<kind>`.
     fn record(&mut self, value: serde_json::Value) -> Result<()> {
         writeln!(self.metrics, "{value}")?;
+        let step = value["step"].as_u64().unwrap_or(0) as usize;
+        for (key, field) in value.as_object().into_iter().flatten() {
+            let group = match key.as_str() {
+                "step" => continue,
+                "zero_shot_top1" => "eval",
+                "skipped" => "data/skipped",
+                _ => "train",
+            };
+            match field {
+                serde_json::Value::Number(n) => {
+                    let tag = format!("{group}/{key}");
+                    self.tensorboard
+                        .add_scalar(&tag, n.as_f64().unwrap_or(f64::NAN) as f32, step);
+                }
+                serde_json::Value::Object(parts) => {
+                    for (kind, n) in parts {
+                        if let Some(n) = n.as_f64() {
+                            self.tensorboard
+                                .add_scalar(&format!("{group}/{kind}"), n as f32, step);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.tensorboard.flush();
         Ok(())
     }
 }
@@ -293,7 +324,6 @@ pub struct StartingPoint {
 pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
     if let Some(path) = &config.init_from {
         let device = parse_device(&config.device)?;
-        device.seed(config.seed);
         let ckpt = checkpoint::load(path, &device.autodiff())
             .with_context(|| format!("init_from = {}", path.display()))?;
         return Ok(StartingPoint {

@@ -41,6 +41,25 @@ fn a_tiny_run_lowers_the_loss_and_checkpoints() {
         metrics.lines().filter(|l| l.contains("\"loss\"")).count(),
         16
     );
+    // TensorBoard event file (read back by TensorBoard itself in scripts/read_tensorboard.py):
+    // TFRecord framing, 16 loss points and the eval scalar.
+    let events: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents.")
+        })
+        .collect();
+    assert_eq!(events.len(), 1);
+    let bytes = std::fs::read(&events[0]).unwrap();
+    let count = |tag: &[u8]| bytes.windows(tag.len()).filter(|w| *w == tag).count();
+    assert_eq!(count(b"train/loss"), 16);
+    assert!(count(b"eval/zero_shot_top1") >= 1);
+    let first_record = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert!(bytes.len() > 16 + first_record, "not TFRecord-framed");
 }
 
 #[test]
