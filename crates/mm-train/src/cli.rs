@@ -39,6 +39,30 @@ pub enum Command {
     ExportHf(ExportHfArgs),
     /// Read a dataset once, decoding every image, and count what is usable.
     DataCheck(DataCheckArgs),
+    /// Zero-shot, retrieval and linear-probe evaluation of a checkpoint; writes eval.json.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// An mm checkpoint, a run directory (its latest checkpoint), or an HF CLIP directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// A folder per class to classify (default: the built-in held-out shapes).
+    #[arg(long)]
+    pub folder: Option<PathBuf>,
+    /// Held-out images of the built-in data (also the probe's training-set size).
+    #[arg(long, default_value_t = 960)]
+    pub samples: usize,
+    /// Seed of the built-in data (default: the checkpoint's run seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Prompt template(s), ensembled (default: the run's eval templates).
+    #[arg(long = "template")]
+    pub templates: Vec<String>,
+    /// Where to write the JSON report (default: eval.json in the checkpoint directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -157,6 +181,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::DataCheck(args)) => crate::data_check::run(&args),
+        Some(Command::Eval(args)) => run_eval(args),
         Some(Command::ExportHf(args)) => {
             let ckpt = crate::hf::export(&args.checkpoint, &args.out)?;
             println!("exported {} to {}", ckpt.dir.display(), args.out.display());
@@ -189,6 +214,36 @@ fn run_train(args: TrainArgs) -> Result<()> {
         }
     });
     learner::train_from(&config, show_progress, resume.as_deref())?;
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> Result<()> {
+    let device = burn::tensor::Device::flex();
+    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let templates = if args.templates.is_empty() {
+        ckpt.templates()
+    } else {
+        args.templates.clone()
+    };
+    let seed = args
+        .seed
+        .or(ckpt.train_config.as_ref().map(|c| c.seed))
+        .unwrap_or(0);
+    let data = match &args.folder {
+        Some(folder) => crate::eval::EvalData::Folder(folder),
+        None => crate::eval::EvalData::Shapes {
+            seed,
+            samples: args.samples,
+        },
+    };
+    let report = crate::eval::evaluate(&ckpt, data, &templates, &device)?;
+    print!("{}", report.table());
+    let out = args.out.unwrap_or_else(|| ckpt.dir.join("eval.json"));
+    let tmp = out.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    println!("\nwrote {}", out.display());
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data_check;
 pub mod device;
+pub mod eval;
 pub mod hf;
 pub mod learner;
 pub mod optim;

@@ -1,0 +1,481 @@
+//! Evaluation suites: zero-shot classification (prompt ensembles, top-1/top-5, per class),
+//! image<->text retrieval (R@1/5/10, median rank) and a linear probe on frozen image
+//! embeddings. `mm-train eval` runs them on a checkpoint and writes `eval.json` beside it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, Param};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mm_contrastive::l2_normalize;
+use mm_data::{
+    ClipTokenizer, DEFAULT_MAX_IMAGE_PIXELS, ImageInput, ShapesDataset, Split, decode_input,
+    pixels_tensor, preprocess_into, token_ids_tensor,
+};
+use mm_encoders::ClipModel;
+use serde::Serialize;
+
+use crate::zero_shot::ZeroShotClassifier;
+
+/// Images encoded per forward pass.
+const BATCH: usize = 128;
+
+/// Images with class labels.
+pub struct LabelledImages {
+    pub images: Vec<ImageInput>,
+    pub labels: Vec<usize>,
+    pub class_names: Vec<String>,
+}
+
+impl LabelledImages {
+    /// The first `n` samples of a split of the built-in data, labelled by colour x shape.
+    pub fn shapes(dataset: &ShapesDataset, split: Split, n: usize) -> Self {
+        let (images, labels) = (0..n as u64)
+            .map(|i| {
+                let s = dataset.sample(split, i);
+                (
+                    ImageInput::Decoded(image::DynamicImage::ImageRgb8(s.image)),
+                    s.class,
+                )
+            })
+            .unzip();
+        Self {
+            images,
+            labels,
+            class_names: ShapesDataset::class_names(),
+        }
+    }
+
+    /// A folder per class (`root/golden_retriever/*.jpg`; `_` reads as a space in the class
+    /// name), as torchvision's ImageFolder.
+    pub fn from_folder(root: &Path) -> Result<Self> {
+        let mut classes: Vec<_> = std::fs::read_dir(root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            bail!("{}: no class folders", root.display());
+        }
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        for (label, dir) in classes.iter().enumerate() {
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                images.push(ImageInput::File(file));
+                labels.push(label);
+            }
+        }
+        let class_names = classes
+            .iter()
+            .map(|d| d.file_name().unwrap().to_string_lossy().replace('_', " "))
+            .collect();
+        Ok(Self {
+            images,
+            labels,
+            class_names,
+        })
+    }
+}
+
+/// L2-normalised image embeddings `[n, embed_dim]` through the eval transform. An image that
+/// cannot be read is an error naming it: an eval set must be what it claims to be.
+pub fn encode_images(
+    model: &ClipModel,
+    images: &[ImageInput],
+    image_size: usize,
+) -> Result<Tensor<2>> {
+    let device = model.logit_scale.val().device();
+    let plane = 3 * image_size * image_size;
+    let mut parts = Vec::new();
+    for chunk in images.chunks(BATCH) {
+        let mut pixels = vec![0.0; chunk.len() * plane];
+        for (i, (input, out)) in chunk.iter().zip(pixels.chunks_mut(plane)).enumerate() {
+            let image = decode_input(input, &format!("eval image {i}"), DEFAULT_MAX_IMAGE_PIXELS)?;
+            preprocess_into(&image, image_size, out);
+        }
+        parts.push(l2_normalize(
+            model.image_features(pixels_tensor(pixels, image_size, &device)),
+        ));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
+/// L2-normalised text embeddings `[n, embed_dim]`.
+pub fn encode_texts(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    texts: &[String],
+    context_length: usize,
+) -> Result<Tensor<2>> {
+    let device = model.logit_scale.val().device();
+    let mut parts = Vec::new();
+    for chunk in texts.chunks(BATCH) {
+        let ids = tokenizer.encode_batch(chunk, context_length)?;
+        parts.push(l2_normalize(model.text_features(token_ids_tensor(
+            &ids,
+            context_length,
+            &device,
+        ))));
+    }
+    Ok(Tensor::cat(parts, 0))
+}
+
+fn host(t: Tensor<2>) -> Result<(Vec<f32>, usize)> {
+    let cols = t.dims()[1];
+    let values = t
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading a tensor: {e:?}"))?;
+    Ok((values, cols))
+}
+
+/// 0-based rank of `row[target]` among `row` (how many score strictly higher).
+fn rank_of(row: &[f32], target: usize) -> usize {
+    row.iter().filter(|&&s| s > row[target]).count()
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClassAccuracy {
+    pub class: String,
+    pub images: usize,
+    pub top1: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ZeroShotReport {
+    pub images: usize,
+    pub classes: usize,
+    pub templates: usize,
+    pub top1: f64,
+    pub top5: f64,
+    /// Mean over classes of per-class top-1 (balanced accuracy).
+    pub mean_per_class: f64,
+    pub per_class: Vec<ClassAccuracy>,
+}
+
+/// Zero-shot classification of `images` (embeddings from [`encode_images`]) into the set's
+/// classes, text embeddings averaged over `templates` (OpenAI CLIP's prompt ensembling).
+pub fn zero_shot(
+    model: &ClipModel,
+    tokenizer: &ClipTokenizer,
+    context_length: usize,
+    image_embeddings: Tensor<2>,
+    set: &LabelledImages,
+    templates: &[String],
+) -> Result<ZeroShotReport> {
+    let classifier = ZeroShotClassifier::new(
+        model,
+        tokenizer,
+        &set.class_names,
+        templates,
+        context_length,
+    )?;
+    let (scores, n_classes) =
+        host(image_embeddings.matmul(classifier.class_embeddings.transpose()))?;
+    let mut per_class = vec![(0usize, 0usize); n_classes];
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for (row, &label) in scores.chunks(n_classes).zip(&set.labels) {
+        let rank = rank_of(row, label);
+        top1 += (rank == 0) as usize;
+        top5 += (rank < 5) as usize;
+        per_class[label].0 += 1;
+        per_class[label].1 += (rank == 0) as usize;
+    }
+    let n = set.labels.len().max(1) as f64;
+    let per_class: Vec<ClassAccuracy> = per_class
+        .iter()
+        .zip(&set.class_names)
+        .map(|(&(images, correct), class)| ClassAccuracy {
+            class: class.clone(),
+            images,
+            top1: correct as f64 / images.max(1) as f64,
+        })
+        .collect();
+    let present: Vec<&ClassAccuracy> = per_class.iter().filter(|c| c.images > 0).collect();
+    Ok(ZeroShotReport {
+        images: set.labels.len(),
+        classes: n_classes,
+        templates: templates.len(),
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        mean_per_class: present.iter().map(|c| c.top1).sum::<f64>() / present.len().max(1) as f64,
+        per_class,
+    })
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Recall {
+    pub r1: f64,
+    pub r5: f64,
+    pub r10: f64,
+    /// Median 1-based rank of the true match.
+    pub median_rank: f64,
+}
+
+impl Recall {
+    fn from_ranks(mut ranks: Vec<usize>) -> Self {
+        let n = ranks.len().max(1) as f64;
+        let at = |k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / n;
+        let (r1, r5, r10) = (at(1), at(5), at(10));
+        ranks.sort_unstable();
+        let m = ranks.len();
+        let median_rank = match m {
+            0 => f64::NAN,
+            _ if m % 2 == 1 => ranks[m / 2] as f64 + 1.0,
+            _ => (ranks[m / 2 - 1] + ranks[m / 2]) as f64 / 2.0 + 1.0,
+        };
+        Self {
+            r1,
+            r5,
+            r10,
+            median_rank,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RetrievalReport {
+    pub pairs: usize,
+    pub image_to_text: Recall,
+    pub text_to_image: Recall,
+}
+
+/// Retrieval between `n` images and their `n` captions (row i of each is a pair): for each
+/// image, the rank of its caption among all captions, and the other way round.
+pub fn retrieval(
+    image_embeddings: Tensor<2>,
+    text_embeddings: Tensor<2>,
+) -> Result<RetrievalReport> {
+    let (scores, n) = host(image_embeddings.matmul(text_embeddings.transpose()))?;
+    let image_to_text = (0..n)
+        .map(|i| rank_of(&scores[i * n..(i + 1) * n], i))
+        .collect();
+    let text_to_image = (0..n)
+        .map(|j| {
+            let column: Vec<f32> = (0..n).map(|i| scores[i * n + j]).collect();
+            rank_of(&column, j)
+        })
+        .collect();
+    Ok(RetrievalReport {
+        pairs: n,
+        image_to_text: Recall::from_ranks(image_to_text),
+        text_to_image: Recall::from_ranks(text_to_image),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LinearProbeReport {
+    pub train_images: usize,
+    pub val_images: usize,
+    pub train_accuracy: f64,
+    pub val_accuracy: f64,
+}
+
+/// Multinomial logistic regression on frozen embeddings.
+#[derive(Module, Debug)]
+struct Probe {
+    weight: Param<Tensor<2>>,
+    bias: Param<Tensor<1>>,
+}
+
+impl Probe {
+    fn logits(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight.val()) + self.bias.val().unsqueeze()
+    }
+}
+
+/// Linear probe: logistic regression (full batch, AdamW, decay 1e-4, 300 steps from zero) on
+/// `train` embeddings, accuracy on `val`. Deterministic.
+pub fn linear_probe(
+    train: (Tensor<2>, &[usize]),
+    val: (Tensor<2>, &[usize]),
+    classes: usize,
+    device: &Device,
+) -> Result<LinearProbeReport> {
+    let autodiff = device.clone().autodiff();
+    let to = |t: Tensor<2>, d: &Device| -> Result<Tensor<2>> {
+        let dims = t.dims();
+        let (values, _) = host(t)?;
+        Ok(Tensor::from_data(TensorData::new(values, dims), d))
+    };
+    let labels = |l: &[usize], d: &Device| {
+        Tensor::<1, Int>::from_data(
+            TensorData::new(l.iter().map(|&x| x as i64).collect::<Vec<_>>(), [l.len()]),
+            d,
+        )
+    };
+    let (x, y) = (to(train.0, &autodiff)?, labels(train.1, &autodiff));
+    let dim = x.dims()[1];
+    let mut probe = Probe {
+        weight: Param::from_tensor(Tensor::zeros([dim, classes], &autodiff)),
+        bias: Param::from_tensor(Tensor::zeros([classes], &autodiff)),
+    };
+    let mut optim = AdamWConfig::new().with_weight_decay(1e-4).init();
+    for _ in 0..300 {
+        let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&autodiff)
+            .forward(probe.logits(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &probe);
+        probe = optim.step(1e-2, probe, grads);
+    }
+    let accuracy = |probe: &Probe, x: Tensor<2>, labels: &[usize]| -> Result<f64> {
+        let predicted = probe
+            .logits(x)
+            .argmax(1)
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| anyhow::anyhow!("reading predictions: {e:?}"))?;
+        let correct = predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p as usize == **l)
+            .count();
+        Ok(correct as f64 / labels.len().max(1) as f64)
+    };
+    let probe = probe.valid();
+    Ok(LinearProbeReport {
+        train_images: train.1.len(),
+        val_images: val.1.len(),
+        train_accuracy: accuracy(&probe, to(x.detach(), device)?, train.1)?,
+        val_accuracy: accuracy(&probe, to(val.0, device)?, val.1)?,
+    })
+}
+
+/// Everything `mm-train eval` measures, as written to `eval.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub step: usize,
+    /// What the sets were (the built-in held-out split, or a folder).
+    pub dataset: String,
+    pub zero_shot: ZeroShotReport,
+    pub retrieval: Option<RetrievalReport>,
+    pub linear_probe: LinearProbeReport,
+}
+
+/// Which sets to evaluate on.
+pub enum EvalData<'a> {
+    /// The built-in shapes: zero-shot and retrieval on `samples` held-out images (with their
+    /// captions), linear probe trained on as many training-split images.
+    Shapes { seed: u64, samples: usize },
+    /// A folder per class: zero-shot on all images; linear probe trained on four of every five
+    /// images of each class and tested on the fifth. No captions, so no retrieval.
+    Folder(&'a Path),
+}
+
+/// Runs the suites on a loaded checkpoint.
+pub fn evaluate(
+    ckpt: &crate::Checkpoint,
+    data: EvalData,
+    templates: &[String],
+    device: &Device,
+) -> Result<EvalReport> {
+    let model = &ckpt.model;
+    let size = ckpt.model_config.vision.image_size;
+    let ctx = ckpt.model_config.text.context_length;
+    let (dataset, set, retrieval_report, probe) = match data {
+        EvalData::Shapes { seed, samples } => {
+            let shapes = ShapesDataset::new(seed, size as u32);
+            let set = LabelledImages::shapes(&shapes, Split::HeldOut, samples);
+            let captions: Vec<String> = (0..samples as u64)
+                .map(|i| shapes.sample(Split::HeldOut, i).caption)
+                .collect();
+            let images = encode_images(model, &set.images, size)?;
+            let texts = encode_texts(model, &ckpt.tokenizer, &captions, ctx)?;
+            let retrieval_report = retrieval(images.clone(), texts)?;
+            let train = LabelledImages::shapes(&shapes, Split::Train, samples);
+            let train_images = encode_images(model, &train.images, size)?;
+            let probe = linear_probe(
+                (train_images, &train.labels),
+                (images.clone(), &set.labels),
+                set.class_names.len(),
+                device,
+            )?;
+            let name = format!("built-in shapes, held-out split (seed {seed}), {samples} images");
+            (name, (set, images), Some(retrieval_report), probe)
+        }
+        EvalData::Folder(root) => {
+            let set = LabelledImages::from_folder(root)?;
+            let images = encode_images(model, &set.images, size)?;
+            let (train, val): (Vec<usize>, Vec<usize>) =
+                (0..set.labels.len()).partition(|i| i % 5 != 4);
+            let rows = |idx: &[usize]| {
+                let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+                images.clone().select(
+                    0,
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), device),
+                )
+            };
+            let labels = |idx: &[usize]| idx.iter().map(|&i| set.labels[i]).collect::<Vec<_>>();
+            let (train_labels, val_labels) = (labels(&train), labels(&val));
+            let probe = linear_probe(
+                (rows(&train), &train_labels),
+                (rows(&val), &val_labels),
+                set.class_names.len(),
+                device,
+            )?;
+            (root.display().to_string(), (set, images), None, probe)
+        }
+    };
+    let (set, images) = set;
+    Ok(EvalReport {
+        checkpoint: ckpt.dir.display().to_string(),
+        step: ckpt.state.step,
+        dataset,
+        zero_shot: zero_shot(model, &ckpt.tokenizer, ctx, images, &set, templates)?,
+        retrieval: retrieval_report,
+        linear_probe: probe,
+    })
+}
+
+impl EvalReport {
+    /// The report as a table for the terminal.
+    pub fn table(&self) -> String {
+        let pct = |x: f64| format!("{:6.2}%", 100.0 * x);
+        let mut out = format!(
+            "{} (step {})\n{}\n\n  zero-shot ({} images, {} classes, {} template(s))\n    top-1 {}   top-5 {}   mean per class {}\n",
+            self.checkpoint,
+            self.step,
+            self.dataset,
+            self.zero_shot.images,
+            self.zero_shot.classes,
+            self.zero_shot.templates,
+            pct(self.zero_shot.top1),
+            pct(self.zero_shot.top5),
+            pct(self.zero_shot.mean_per_class)
+        );
+        if let Some(r) = &self.retrieval {
+            out += &format!(
+                "  retrieval ({} pairs)      R@1      R@5     R@10   median rank\n",
+                r.pairs
+            );
+            for (name, recall) in [
+                ("image -> text", &r.image_to_text),
+                ("text -> image", &r.text_to_image),
+            ] {
+                out += &format!(
+                    "    {name}          {}  {}  {}   {}\n",
+                    pct(recall.r1),
+                    pct(recall.r5),
+                    pct(recall.r10),
+                    recall.median_rank
+                );
+            }
+        }
+        let p = &self.linear_probe;
+        out += &format!(
+            "  linear probe (train {}, val {})\n    val accuracy {}   train accuracy {}\n",
+            p.train_images,
+            p.val_images,
+            pct(p.val_accuracy),
+            pct(p.train_accuracy)
+        );
+        out
+    }
+}

@@ -1,0 +1,168 @@
+//! The evaluation suites: retrieval ranks, the linear probe, and `mm-train eval` end to end.
+
+mod common;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use mm_train::eval::{Recall, linear_probe, retrieval};
+
+fn matrix(rows: &[&[f32]], device: &Device) -> Tensor<2> {
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
+}
+
+#[test]
+fn retrieval_ranks_and_recalls() {
+    let device = Device::flex();
+    // Image i is most similar to text i except image 2, whose caption ranks third; text 2's
+    // image ranks second.
+    let images = matrix(
+        &[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], &[0.6, 0.5, 0.4]],
+        &device,
+    );
+    let texts = matrix(
+        &[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0], &[0.0, 0.0, 1.0]],
+        &device,
+    );
+    let report = retrieval(images, texts).unwrap();
+    assert_eq!(report.pairs, 3);
+    assert_eq!(
+        report.image_to_text,
+        Recall {
+            r1: 2.0 / 3.0,
+            r5: 1.0,
+            r10: 1.0,
+            median_rank: 1.0
+        }
+    );
+    // Text 2 scores 0 against images 0 and 1, 0.4 against image 2: rank 1.
+    assert_eq!(report.text_to_image.r1, 1.0);
+
+    // A perfect match everywhere.
+    let eye = matrix(&[&[1.0, 0.0], &[0.0, 1.0]], &device);
+    let report = retrieval(eye.clone(), eye).unwrap();
+    assert_eq!(report.image_to_text.median_rank, 1.0);
+}
+
+#[test]
+fn the_linear_probe_separates_separable_classes() {
+    let device = Device::flex();
+    // Three classes along three axes, with deterministic jitter.
+    let sample = |n: usize| {
+        let mut rows = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..n {
+            let class = i % 3;
+            let mut row = vec![0.05 * ((i * 7 % 11) as f32 / 11.0 - 0.5); 4];
+            row[class] += 1.0;
+            rows.extend(row);
+            labels.push(class);
+        }
+        (
+            Tensor::<2>::from_data(TensorData::new(rows, [n, 4]), &device),
+            labels,
+        )
+    };
+    let (train, train_labels) = sample(60);
+    let (val, val_labels) = sample(30);
+    let report = linear_probe((train, &train_labels), (val, &val_labels), 3, &device).unwrap();
+    assert_eq!(report.val_accuracy, 1.0);
+    assert_eq!(report.train_accuracy, 1.0);
+
+    // Labels unrelated to the features: the probe cannot beat chance by much on held-out data.
+    let (train, _) = sample(60);
+    let (val, _) = sample(30);
+    let shuffled: Vec<usize> = (0..60).map(|i| (i * 7 / 3) % 3).collect();
+    let shuffled_val: Vec<usize> = (0..30).map(|i| (i * 5 / 2) % 3).collect();
+    let report = linear_probe((train, &shuffled), (val, &shuffled_val), 3, &device).unwrap();
+    assert!(report.val_accuracy < 0.7, "{}", report.val_accuracy);
+}
+
+#[test]
+fn eval_command_writes_a_report_for_builtin_and_folder_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let report = mm_train::train(&common::tiny_config(&run, 4), false).unwrap();
+    let run_eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--samples",
+            "96",
+        ];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run_eval(&[]);
+    assert!(
+        stdout.contains("image -> text") && stdout.contains("linear probe"),
+        "{stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(report.checkpoint.join("eval.json")).unwrap(),
+    )
+    .unwrap();
+    let zs = &json["zero_shot"];
+    assert_eq!(zs["images"], 96);
+    assert_eq!(zs["per_class"].as_array().unwrap().len(), 48);
+    let per_class_images: u64 = zs["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["images"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_class_images, 96);
+    assert!(zs["top5"].as_f64().unwrap() >= zs["top1"].as_f64().unwrap());
+    for way in ["image_to_text", "text_to_image"] {
+        let r = &json["retrieval"][way];
+        let (r1, r5, r10) = (
+            r["r1"].as_f64().unwrap(),
+            r["r5"].as_f64().unwrap(),
+            r["r10"].as_f64().unwrap(),
+        );
+        assert!(r1 <= r5 && r5 <= r10 && r10 <= 1.0, "{r}");
+        assert!(r["median_rank"].as_f64().unwrap() >= 1.0);
+    }
+    assert_eq!(json["linear_probe"]["val_images"], 96);
+
+    // A folder per class: two classes of held-out shapes pictures.
+    let folder = dir.path().join("classes");
+    let data = mm_data::ShapesDataset::new(1, 16);
+    let mut counts = [0; 2];
+    for i in 0..400 {
+        let sample = data.sample(mm_data::Split::HeldOut, i);
+        let class = match sample.class {
+            0 => "red_circle",
+            1 => "red_square",
+            _ => continue,
+        };
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        sample
+            .image
+            .save(folder.join(class).join(format!("{i}.png")))
+            .unwrap();
+        counts[sample.class] += 1;
+    }
+    let out = dir.path().join("folder.json");
+    run_eval(&[
+        "--folder",
+        folder.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    assert_eq!(json["zero_shot"]["classes"], 2);
+    assert_eq!(json["zero_shot"]["per_class"][0]["class"], "red circle");
+    assert_eq!(json["zero_shot"]["images"], counts[0] + counts[1]);
+    assert!(json["retrieval"].is_null());
+}
