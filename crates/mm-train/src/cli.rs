@@ -41,6 +41,11 @@ pub enum Command {
     DataCheck(DataCheckArgs),
     /// Zero-shot, retrieval and linear-probe evaluation of a checkpoint; writes eval.json.
     Eval(EvalArgs),
+    /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
+    Report {
+        /// The run directory (with metrics.jsonl and checkpoints/).
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +187,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::DataCheck(args)) => crate::data_check::run(&args),
         Some(Command::Eval(args)) => run_eval(args),
+        Some(Command::Report { run_dir }) => {
+            let path = crate::report::write_report(&run_dir)?;
+            println!("wrote {}", path.display());
+            Ok(())
+        }
         Some(Command::ExportHf(args)) => {
             let ckpt = crate::hf::export(&args.checkpoint, &args.out)?;
             println!("exported {} to {}", ckpt.dir.display(), args.out.display());

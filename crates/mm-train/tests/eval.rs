@@ -166,3 +166,47 @@ fn eval_command_writes_a_report_for_builtin_and_folder_sets() {
     assert_eq!(json["zero_shot"]["images"], counts[0] + counts[1]);
     assert!(json["retrieval"].is_null());
 }
+
+#[test]
+fn report_renders_curves_eval_and_a_gallery() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut config = common::tiny_config(&run, 10);
+    config.train.eval_every = 5;
+    mm_train::train(&config, false).unwrap();
+    let before = mm_train::report::write_report(&run).unwrap();
+    let html = std::fs::read_to_string(&before).unwrap();
+    assert!(
+        html.contains("No eval.json yet"),
+        "eval section before `mm-train eval`"
+    );
+    assert_eq!(html.matches("<svg").count(), 6, "six charts");
+    assert!(html.contains("held-out zero-shot top-1"));
+    assert_eq!(
+        html.matches("data:image/png;base64,").count(),
+        4 + 3 * 3,
+        "gallery thumbnails"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args([
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--samples",
+            "48",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let html = std::fs::read_to_string(mm_train::report::write_report(&run).unwrap()).unwrap();
+    assert!(
+        html.contains("Evaluation (step 10)") && html.contains("median rank"),
+        "eval table"
+    );
+
+    let err = mm_train::report::write_report(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("metrics.jsonl: not a run directory"), "{err}");
+}

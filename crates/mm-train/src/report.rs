@@ -1,0 +1,257 @@
+//! `mm-train report RUN_DIR`: a self-contained HTML page (inline SVG charts, inline PNG
+//! thumbnails) to look at a run instead of reading its logs: loss, learning rate, temperature
+//! and throughput curves, held-out zero-shot accuracy over steps, the latest `eval.json`, and a
+//! retrieval gallery on held-out pictures of the built-in data.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use burn::tensor::Device;
+use mm_data::{ShapesDataset, Split};
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::checkpoint;
+use crate::eval::{LabelledImages, encode_images, encode_texts};
+
+/// One metric over steps, from metrics.jsonl.
+fn series(records: &[Value], key: &str) -> Vec<(f64, f64)> {
+    records
+        .iter()
+        .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+        .collect()
+}
+
+/// A line chart as an SVG string.
+fn chart(title: &str, points: &[(f64, f64)], color: &RGBColor) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (460, 240)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (x0, x1) = points
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (y0, y1) = points
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        // A flat or one-point series still gets a readable axis.
+        let pad = ((y1 - y0) * 0.05).max(y1.abs() * 0.05).max(1e-6);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(8)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(x0..x1.max(x0 + 1.0), (y0 - pad)..(y1 + pad))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if points.len() < 20 {
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
+}
+
+/// An RGB image as an inline PNG, scaled up `zoom` times (nearest neighbour: small pictures
+/// stay sharp).
+fn thumbnail(image: &image::RgbImage, zoom: u32) -> Result<String> {
+    let big = image::imageops::resize(
+        image,
+        image.width() * zoom,
+        image.height() * zoom,
+        image::imageops::FilterType::Nearest,
+    );
+    let mut png = Vec::new();
+    big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(format!(
+        "<img src=\"data:image/png;base64,{}\" width=\"{}\">",
+        base64::engine::general_purpose::STANDARD.encode(png),
+        big.width()
+    ))
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Retrieval on `n` held-out pictures of the built-in data: a few images with their top-3
+/// captions, and a few captions with their top-3 images. The true match is marked.
+fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
+    let size = ckpt.model_config.vision.image_size;
+    let shapes = ShapesDataset::new(seed, size as u32);
+    let set = LabelledImages::shapes(&shapes, Split::HeldOut, n);
+    let samples: Vec<_> = (0..n as u64)
+        .map(|i| shapes.sample(Split::HeldOut, i))
+        .collect();
+    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+    let images = encode_images(&ckpt.model, &set.images, size)?;
+    let texts = encode_texts(
+        &ckpt.model,
+        &ckpt.tokenizer,
+        &captions,
+        ckpt.model_config.text.context_length,
+    )?;
+    let scores = images
+        .matmul(texts.transpose())
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let top = |row: Vec<f32>| {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        order.truncate(3);
+        order
+    };
+    let zoom = (96 / size as u32).max(1);
+    let mut html = format!(
+        "<h2>Retrieval gallery</h2><p>{n} held-out pictures of the built-in data and their captions; ✔ marks the true match.</p><h3>Image → text</h3><table>"
+    );
+    for q in 0..4.min(n) {
+        let hits = top(scores[q * n..(q + 1) * n].to_vec());
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td><ol>",
+            thumbnail(&samples[q].image, zoom)?
+        );
+        for h in hits {
+            let mark = if h == q { " ✔" } else { "" };
+            let _ = write!(html, "<li>{}{mark}</li>", escape(&captions[h]));
+        }
+        html += "</ol></td></tr>";
+    }
+    html += "</table><h3>Text → image</h3><table>";
+    for q in (4..7).filter(|&q| q < n) {
+        let column: Vec<f32> = (0..n).map(|i| scores[i * n + q]).collect();
+        let _ = write!(
+            html,
+            "<tr><td class=\"query\">{}</td>",
+            escape(&captions[q])
+        );
+        for h in top(column) {
+            let mark = if h == q { "✔" } else { "" };
+            let _ = write!(
+                html,
+                "<td>{}<br>{mark}</td>",
+                thumbnail(&samples[h].image, zoom)?
+            );
+        }
+        html += "</tr>";
+    }
+    html += "</table>";
+    Ok(html)
+}
+
+/// Writes `RUN_DIR/report.html` (atomically) and returns its path.
+pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
+    let metrics_path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics_path)
+        .with_context(|| format!("{}: not a run directory", metrics_path.display()))?;
+    let records: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: invalid JSON line", metrics_path.display()))?;
+    if records.is_empty() {
+        bail!("{}: no metrics yet", metrics_path.display());
+    }
+    let device = Device::flex();
+    let ckpt = checkpoint::load(run_dir, &device)?;
+    let seed = ckpt.train_config.as_ref().map_or(0, |c| c.seed);
+
+    let mut html = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mm run report</title><style>\
+         body{font-family:sans-serif;margin:2em;max-width:1000px} .charts{display:flex;flex-wrap:wrap;gap:8px}\
+         table{border-collapse:collapse} td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}\
+         td.query{max-width:260px} ol{margin:0}</style></head><body>",
+    );
+    let _ = write!(
+        html,
+        "<h1>Run {}</h1><p>Latest checkpoint: {} (step {}). {} logged steps.</p>",
+        escape(&run_dir.display().to_string()),
+        escape(&ckpt.dir.display().to_string()),
+        ckpt.state.step,
+        records.iter().filter(|r| r.get("loss").is_some()).count()
+    );
+    html += "<h2>Training</h2><div class=\"charts\">";
+    for (key, title, color) in [
+        ("loss", "loss", BLUE),
+        ("zero_shot_top1", "held-out zero-shot top-1", GREEN),
+        ("lr", "learning rate", RED),
+        ("logit_scale", "logit scale (log of 1/temperature)", MAGENTA),
+        ("grad_norm", "gradient norm", CYAN),
+        ("samples_per_sec", "samples/s", BLACK),
+    ] {
+        let points = series(&records, key);
+        if !points.is_empty() {
+            html += &chart(title, &points, &color)?;
+        }
+    }
+    html += "</div>";
+
+    match std::fs::read_to_string(ckpt.dir.join("eval.json")) {
+        Ok(eval) => {
+            let eval: Value = serde_json::from_str(&eval).context("eval.json")?;
+            let pct = |v: &Value| {
+                v.as_f64()
+                    .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
+            };
+            let _ = write!(
+                html,
+                "<h2>Evaluation (step {})</h2><p>{}</p><table><tr><th>zero-shot top-1</th><th>top-5</th><th>mean per class</th><th>linear probe</th></tr><tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+                eval["step"],
+                escape(eval["dataset"].as_str().unwrap_or("")),
+                pct(&eval["zero_shot"]["top1"]),
+                pct(&eval["zero_shot"]["top5"]),
+                pct(&eval["zero_shot"]["mean_per_class"]),
+                pct(&eval["linear_probe"]["val_accuracy"]),
+            );
+            if eval["retrieval"].is_object() {
+                html += "<table><tr><th>retrieval</th><th>R@1</th><th>R@5</th><th>R@10</th><th>median rank</th></tr>";
+                for (name, key) in [
+                    ("image → text", "image_to_text"),
+                    ("text → image", "text_to_image"),
+                ] {
+                    let r = &eval["retrieval"][key];
+                    let _ = write!(
+                        html,
+                        "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        pct(&r["r1"]),
+                        pct(&r["r5"]),
+                        pct(&r["r10"]),
+                        r["median_rank"]
+                    );
+                }
+                html += "</table>";
+            }
+        }
+        Err(_) => {
+            html += "<h2>Evaluation</h2><p>No eval.json yet: run <code>mm-train eval --checkpoint RUN_DIR</code>.</p>"
+        }
+    }
+    html += &gallery(&ckpt, seed, 200)?;
+    html += "</body></html>\n";
+
+    let out = run_dir.join("report.html");
+    let tmp = run_dir.join(".report.html.tmp");
+    std::fs::write(&tmp, html).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
