@@ -1,7 +1,7 @@
 //! The two towers joined (HF `CLIPModel`): projections into a shared embedding space and the
 //! learnable temperature.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor};
 
@@ -38,7 +38,16 @@ impl ClipConfig {
     pub fn init_seeded(&self, device: &Device, seed: u64) -> ClipModel {
         let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(seed);
-        self.init_unlocked(device)
+        let model = self.init_unlocked(device);
+        // burn initialises parameters lazily, on first use: draw them now, under the lock.
+        struct Materialize;
+        impl ModuleVisitor for Materialize {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let _ = param.val();
+            }
+        }
+        model.visit(&mut Materialize);
+        model
     }
 
     fn init_unlocked(&self, device: &Device) -> ClipModel {

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::clip_loss;
 use mm_data::{
     Batcher, ClipBatch, ClipTokenizer, PairSource, Prefetcher, SampleErrorKind, ShapesDataset,
+    Split,
 };
 use mm_encoders::{ClipConfig, ClipModel};
 use serde_json::json;
@@ -21,8 +22,11 @@ use serde_json::json;
 use crate::checkpoint::{self, CheckpointParts, CheckpointState};
 use crate::config::TrainConfig;
 use crate::device::parse_device;
+use crate::eval::{
+    LabelledImages, RetrievalReport, ZeroShotReport, encode_images, encode_texts, retrieval,
+    zero_shot,
+};
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
-use crate::zero_shot::{ZeroShotClassifier, shapes_heldout_accuracy};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -285,7 +289,7 @@ impl RunLog {
         for (key, field) in value.as_object().into_iter().flatten() {
             let group = match key.as_str() {
                 "step" => continue,
-                "zero_shot_top1" => "eval",
+                k if k.starts_with("zero_shot") || k.starts_with("retrieval") => "eval",
                 "skipped" => "data/skipped",
                 _ => "train",
             };
@@ -492,23 +496,28 @@ pub fn train_from(
         run_dir.display()
     ))?;
 
-    let class_names = ShapesDataset::class_names();
-    let evaluate = |model: &ClipModel| -> Result<f64> {
+    // Periodic evaluation on held-out pictures of the built-in data: zero-shot and retrieval
+    // (the full suites, with a linear probe, are `mm-train eval`).
+    let heldout = config.eval.heldout_samples;
+    let heldout_set = LabelledImages::shapes(&dataset, Split::HeldOut, heldout);
+    let heldout_captions: Vec<String> = (0..heldout as u64)
+        .map(|i| dataset.sample(Split::HeldOut, i).caption)
+        .collect();
+    let chance = 1.0 / heldout_set.class_names.len() as f64;
+    let evaluate = |model: &ClipModel| -> Result<(ZeroShotReport, RetrievalReport)> {
         let model = model.valid();
-        let classifier = ZeroShotClassifier::new(
+        let ctx = model_config.text.context_length;
+        let images = encode_images(&model, &heldout_set.images, image_size)?;
+        let texts = encode_texts(&model, &tokenizer, &heldout_captions, ctx)?;
+        let zs = zero_shot(
             &model,
             &tokenizer,
-            &class_names,
+            ctx,
+            images.clone(),
+            &heldout_set,
             &config.eval.templates,
-            model_config.text.context_length,
         )?;
-        shapes_heldout_accuracy(
-            &model,
-            &classifier,
-            &dataset,
-            image_size,
-            config.eval.heldout_samples,
-        )
+        Ok((zs, retrieval(images, texts)?))
     };
 
     let start = Instant::now();
@@ -560,14 +569,21 @@ pub fn train_from(
             }))?;
         }
         if every(config.train.eval_every) || done == steps {
-            let acc = evaluate(&learner.model)?;
-            accuracy = Some(acc);
+            let (zs, ret) = evaluate(&learner.model)?;
+            accuracy = Some(zs.top1);
             log.say(&format!(
-                "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%)",
-                100.0 * acc,
-                100.0 / class_names.len() as f64
+                "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%",
+                100.0 * zs.top1,
+                100.0 * chance,
+                100.0 * zs.top5,
+                100.0 * ret.image_to_text.r1,
+                100.0 * ret.text_to_image.r1
             ))?;
-            log.record(json!({"step": done, "zero_shot_top1": acc}))?;
+            log.record(json!({
+                "step": done, "zero_shot_top1": zs.top1, "zero_shot_top5": zs.top5,
+                "retrieval_image_to_text_r1": ret.image_to_text.r1,
+                "retrieval_text_to_image_r1": ret.text_to_image.r1,
+            }))?;
         }
         if every(config.train.checkpoint_every) || done == steps {
             let state = CheckpointState {
@@ -596,7 +612,7 @@ pub fn train_from(
         steps,
         losses,
         zero_shot_accuracy: accuracy.unwrap_or_default(),
-        chance_accuracy: 1.0 / class_names.len() as f64,
+        chance_accuracy: chance,
         samples_per_sec: ((steps - first_step.min(steps))
             * config.train.batch_size
             * config.train.accum_freq) as f64

@@ -4,15 +4,9 @@
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
-use image::DynamicImage;
 use mm_contrastive::{MAX_LOGIT_SCALE, l2_normalize};
-use mm_data::{
-    ClipTokenizer, ShapesDataset, Split, pixels_tensor, preprocess_into, token_ids_tensor,
-};
+use mm_data::{ClipTokenizer, token_ids_tensor};
 use mm_encoders::ClipModel;
-
-/// Images encoded per forward pass during evaluation.
-const EVAL_BATCH: usize = 128;
 
 /// Normalised text embeddings of each class, averaged over prompt templates.
 pub struct ZeroShotClassifier {
@@ -68,39 +62,4 @@ impl ZeroShotClassifier {
             1,
         )
     }
-}
-
-/// Top-1 accuracy on the first `samples` held-out images of the built-in shapes data.
-pub fn shapes_heldout_accuracy(
-    model: &ClipModel,
-    classifier: &ZeroShotClassifier,
-    dataset: &ShapesDataset,
-    image_size: usize,
-    samples: usize,
-) -> Result<f64> {
-    let device = model.logit_scale.val().device();
-    let plane = 3 * image_size * image_size;
-    let mut correct = 0usize;
-    for start in (0..samples).step_by(EVAL_BATCH) {
-        let end = (start + EVAL_BATCH).min(samples);
-        let mut pixels = vec![0.0; (end - start) * plane];
-        let mut labels = Vec::with_capacity(end - start);
-        for (i, out) in (start..end).zip(pixels.chunks_mut(plane)) {
-            let sample = dataset.sample(Split::HeldOut, i as u64);
-            preprocess_into(&DynamicImage::ImageRgb8(sample.image), image_size, out);
-            labels.push(sample.class);
-        }
-        let predicted = classifier
-            .probabilities(model, pixels_tensor(pixels, image_size, &device))
-            .argmax(1)
-            .into_data()
-            .try_into_vec_as::<i64>()
-            .map_err(|e| anyhow::anyhow!("reading predictions: {e:?}"))?;
-        correct += predicted
-            .iter()
-            .zip(&labels)
-            .filter(|(p, l)| **p as usize == **l)
-            .count();
-    }
-    Ok(correct as f64 / samples.max(1) as f64)
 }

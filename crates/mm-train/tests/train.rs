@@ -13,8 +13,10 @@ fn a_tiny_run_lowers_the_loss_and_checkpoints() {
     assert_eq!(report.losses.len(), 80);
     let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len() as f32;
     let (first, last) = (mean(&report.losses[..5]), mean(&report.losses[75..]));
-    // ln(16) = 2.77 is the loss of an untrained model on a batch of 16.
-    assert!((first - 16f32.ln()).abs() < 0.3, "initial loss {first}");
+    // ln(16) = 2.77 is chance on a batch of 16; an untrained model (random embeddings scaled by
+    // 1/0.07) starts near it.
+    let initial = report.losses[0];
+    assert!((initial - 16f32.ln()).abs() < 0.5, "initial loss {initial}");
     assert!(last < first - 0.3, "loss did not fall: {first} -> {last}");
     assert!(report.losses.iter().all(|l| l.is_finite()));
 
