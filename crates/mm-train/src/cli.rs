@@ -54,8 +54,27 @@ pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// A folder per class to classify (default: the built-in held-out shapes).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "labels_csv")]
     pub folder: Option<PathBuf>,
+    /// A CSV/TSV of labelled images to classify (columns --csv-img-key, --csv-label-key).
+    #[arg(long)]
+    pub labels_csv: Option<PathBuf>,
+    /// Image-caption pairs for retrieval: shard patterns, a .csv/.tsv, or a folder with .txt
+    /// captions (default: the built-in held-out pairs, when classifying the built-in set).
+    #[arg(long, num_args = 1..)]
+    pub pairs: Vec<String>,
+    /// CSV column with image paths (--labels-csv, --pairs).
+    #[arg(long, default_value = "filepath")]
+    pub csv_img_key: String,
+    /// CSV column with labels (--labels-csv).
+    #[arg(long, default_value = "label")]
+    pub csv_label_key: String,
+    /// CSV column with captions (--pairs).
+    #[arg(long, default_value = "title")]
+    pub csv_caption_key: String,
+    /// CSV separator (default: `,` for .csv, tab otherwise).
+    #[arg(long)]
+    pub csv_separator: Option<String>,
     /// Held-out images of the built-in data (also the probe's training-set size).
     #[arg(long, default_value_t = 960)]
     pub samples: usize,
@@ -239,14 +258,53 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .seed
         .or(ckpt.train_config.as_ref().map(|c| c.seed))
         .unwrap_or(0);
-    let data = match &args.folder {
-        Some(folder) => crate::eval::EvalData::Folder(folder),
-        None => crate::eval::EvalData::Shapes {
+    let separator = |path: &Path| {
+        let default = if path.extension().is_some_and(|e| e == "csv") {
+            ","
+        } else {
+            "\t"
+        };
+        args.csv_separator.clone().unwrap_or(default.into())
+    };
+    let data = match (&args.folder, &args.labels_csv) {
+        (Some(folder), _) => crate::eval::EvalData::Labelled {
+            set: crate::eval::LabelledImages::from_folder(folder)?,
+            name: folder.display().to_string(),
+        },
+        (None, Some(csv)) => crate::eval::EvalData::Labelled {
+            set: crate::eval::LabelledImages::from_csv(
+                csv,
+                &args.csv_img_key,
+                &args.csv_label_key,
+                separator(csv).as_bytes()[0],
+            )?,
+            name: csv.display().to_string(),
+        },
+        (None, None) => crate::eval::EvalData::Shapes {
             seed,
             samples: args.samples,
         },
     };
-    let report = crate::eval::evaluate(&ckpt, data, &templates, &device)?;
+    let pairs = if args.pairs.is_empty() {
+        None
+    } else {
+        let config = crate::data_check::infer_source(
+            &args.pairs,
+            &args.csv_img_key,
+            &args.csv_caption_key,
+            args.csv_separator.clone(),
+            mm_data::DEFAULT_MAX_IMAGE_PIXELS,
+        );
+        if let Err((key, message)) = config.check() {
+            bail!("--pairs: {key}: {message}");
+        }
+        Some(crate::eval::PairedSet::from_source(
+            &config,
+            args.samples,
+            ckpt.model_config.vision.image_size,
+        )?)
+    };
+    let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, &device)?;
     print!("{}", report.table());
     let out = args.out.unwrap_or_else(|| ckpt.dir.join("eval.json"));
     let tmp = out.with_extension("json.tmp");

@@ -23,12 +23,31 @@ fn data_config(args: &DataCheckArgs) -> Result<(DataConfig, usize)> {
         };
         return Ok((config.data, image_size));
     }
-    let first = Path::new(&args.paths[0]);
+    let config = infer_source(
+        &args.paths,
+        &args.csv_img_key,
+        &args.csv_caption_key,
+        args.csv_separator.clone(),
+        args.max_image_pixels,
+    );
+    Ok((config, 224))
+}
+
+/// The [data] table for paths given on a command line: one folder is an image folder, a .csv
+/// (`,`) or .tsv (tab) file a CSV source, anything else WebDataset shard patterns.
+pub fn infer_source(
+    paths: &[String],
+    csv_img_key: &str,
+    csv_caption_key: &str,
+    csv_separator: Option<String>,
+    max_image_pixels: u64,
+) -> DataConfig {
+    let first = Path::new(&paths[0]);
     let ext = first
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let (source, separator) = if args.paths.len() == 1 && first.is_dir() {
+    let (source, separator) = if paths.len() == 1 && first.is_dir() {
         (SourceKind::Folder, "\t")
     } else if ext == "csv" {
         (SourceKind::Csv, ",")
@@ -37,17 +56,16 @@ fn data_config(args: &DataCheckArgs) -> Result<(DataConfig, usize)> {
     } else {
         (SourceKind::Webdataset, "\t")
     };
-    let config = DataConfig {
+    DataConfig {
         source,
-        path: Some(Paths::Many(args.paths.clone())),
-        csv_img_key: args.csv_img_key.clone(),
-        csv_caption_key: args.csv_caption_key.clone(),
-        csv_separator: args.csv_separator.clone().unwrap_or(separator.into()),
-        max_image_pixels: args.max_image_pixels,
+        path: Some(Paths::Many(paths.to_vec())),
+        csv_img_key: csv_img_key.into(),
+        csv_caption_key: csv_caption_key.into(),
+        csv_separator: csv_separator.unwrap_or(separator.into()),
+        max_image_pixels,
         shuffle_buffer: 0,
         ..DataConfig::default()
-    };
-    Ok((config, 224))
+    }
 }
 
 pub fn run(args: &DataCheckArgs) -> Result<()> {

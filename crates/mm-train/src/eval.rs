@@ -83,6 +83,93 @@ impl LabelledImages {
     }
 }
 
+impl LabelledImages {
+    /// A CSV/TSV of (image path, label) rows; paths relative to the file, classes in sorted
+    /// order of their labels.
+    pub fn from_csv(path: &Path, image_key: &str, label_key: &str, separator: u8) -> Result<Self> {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(separator)
+            .from_path(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let headers = reader.headers()?.clone();
+        let column = |key: &str| {
+            headers.iter().position(|h| h == key).with_context(|| {
+                format!(
+                    "{}: no column `{key}`; the header has {:?}",
+                    path.display(),
+                    headers.iter().collect::<Vec<_>>()
+                )
+            })
+        };
+        let (image_col, label_col) = (column(image_key)?, column(label_key)?);
+        let base = path.parent().unwrap_or(Path::new(""));
+        let mut rows = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let record = record.with_context(|| format!("{} row {}", path.display(), i + 1))?;
+            let field = |c: usize| record.get(c).unwrap_or("").trim().to_string();
+            rows.push((base.join(field(image_col)), field(label_col)));
+        }
+        let mut class_names: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+        class_names.sort();
+        class_names.dedup();
+        if class_names.is_empty() {
+            bail!("{}: no rows", path.display());
+        }
+        let (images, labels) = rows
+            .into_iter()
+            .map(|(p, l)| {
+                (
+                    ImageInput::File(p),
+                    class_names.binary_search(&l).expect("collected above"),
+                )
+            })
+            .unzip();
+        Ok(Self {
+            images,
+            labels,
+            class_names,
+        })
+    }
+}
+
+/// Image-caption pairs for retrieval.
+pub struct PairedSet {
+    pub images: Vec<ImageInput>,
+    pub captions: Vec<String>,
+    pub name: String,
+}
+
+impl PairedSet {
+    /// The first `n` usable pairs of a data source (shards, CSV or folder), in order; skipped
+    /// samples are counted in the name.
+    pub fn from_source(config: &mm_data::DataConfig, n: usize, image_size: usize) -> Result<Self> {
+        let mut source = config.open_epoch(0, 0, image_size)?;
+        let name = source.describe();
+        let (mut images, mut captions, mut skipped) = (Vec::new(), Vec::new(), 0);
+        for item in source.as_mut() {
+            match item {
+                Ok(pair) => {
+                    images.push(pair.image);
+                    captions.push(pair.caption);
+                }
+                Err(_) => skipped += 1,
+            }
+            if images.len() == n {
+                break;
+            }
+        }
+        if images.is_empty() {
+            bail!("{name}: no usable image-caption pairs");
+        }
+        let name = format!("{name}: first {} pairs ({skipped} skipped)", images.len());
+        Ok(Self {
+            images,
+            captions,
+            name,
+        })
+    }
+}
+
 /// L2-normalised image embeddings `[n, embed_dim]` through the eval transform. An image that
 /// cannot be read is an error naming it: an eval set must be what it claims to be.
 pub fn encode_images(
@@ -354,41 +441,51 @@ pub struct EvalReport {
     pub step: usize,
     /// What the sets were (the built-in held-out split, or a folder).
     pub dataset: String,
+    /// The retrieval pairs, when not those of `dataset`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval_dataset: Option<String>,
     pub zero_shot: ZeroShotReport,
     pub retrieval: Option<RetrievalReport>,
     pub linear_probe: LinearProbeReport,
 }
 
 /// Which sets to evaluate on.
-pub enum EvalData<'a> {
+pub enum EvalData {
     /// The built-in shapes: zero-shot and retrieval on `samples` held-out images (with their
     /// captions), linear probe trained on as many training-split images.
     Shapes { seed: u64, samples: usize },
-    /// A folder per class: zero-shot on all images; linear probe trained on four of every five
-    /// images of each class and tested on the fifth. No captions, so no retrieval.
-    Folder(&'a Path),
+    /// A labelled set (folder per class or CSV): zero-shot on all images; linear probe trained
+    /// on four of every five images and tested on the fifth.
+    Labelled { set: LabelledImages, name: String },
 }
 
-/// Runs the suites on a loaded checkpoint.
+/// Runs the suites on a loaded checkpoint. Retrieval runs on `pairs` if given, else on the
+/// built-in held-out pairs when `data` is the built-in set.
 pub fn evaluate(
     ckpt: &crate::Checkpoint,
     data: EvalData,
+    pairs: Option<PairedSet>,
     templates: &[String],
     device: &Device,
 ) -> Result<EvalReport> {
     let model = &ckpt.model;
     let size = ckpt.model_config.vision.image_size;
     let ctx = ckpt.model_config.text.context_length;
-    let (dataset, set, retrieval_report, probe) = match data {
+    let retrieve = |images: Option<Tensor<2>>, pairs: &PairedSet| -> Result<RetrievalReport> {
+        let images = match images {
+            Some(images) => images,
+            None => encode_images(model, &pairs.images, size)?,
+        };
+        retrieval(
+            images,
+            encode_texts(model, &ckpt.tokenizer, &pairs.captions, ctx)?,
+        )
+    };
+    let (dataset, set, images, probe, builtin_pairs) = match data {
         EvalData::Shapes { seed, samples } => {
             let shapes = ShapesDataset::new(seed, size as u32);
             let set = LabelledImages::shapes(&shapes, Split::HeldOut, samples);
-            let captions: Vec<String> = (0..samples as u64)
-                .map(|i| shapes.sample(Split::HeldOut, i).caption)
-                .collect();
             let images = encode_images(model, &set.images, size)?;
-            let texts = encode_texts(model, &ckpt.tokenizer, &captions, ctx)?;
-            let retrieval_report = retrieval(images.clone(), texts)?;
             let train = LabelledImages::shapes(&shapes, Split::Train, samples);
             let train_images = encode_images(model, &train.images, size)?;
             let probe = linear_probe(
@@ -398,10 +495,12 @@ pub fn evaluate(
                 device,
             )?;
             let name = format!("built-in shapes, held-out split (seed {seed}), {samples} images");
-            (name, (set, images), Some(retrieval_report), probe)
+            let captions: Vec<String> = (0..samples as u64)
+                .map(|i| shapes.sample(Split::HeldOut, i).caption)
+                .collect();
+            (name, set, images, probe, Some(captions))
         }
-        EvalData::Folder(root) => {
-            let set = LabelledImages::from_folder(root)?;
+        EvalData::Labelled { set, name } => {
             let images = encode_images(model, &set.images, size)?;
             let (train, val): (Vec<usize>, Vec<usize>) =
                 (0..set.labels.len()).partition(|i| i % 5 != 4);
@@ -420,14 +519,22 @@ pub fn evaluate(
                 set.class_names.len(),
                 device,
             )?;
-            (root.display().to_string(), (set, images), None, probe)
+            (name, set, images, probe, None)
         }
     };
-    let (set, images) = set;
+    let retrieval_report = match (&pairs, builtin_pairs) {
+        (Some(pairs), _) => Some(retrieve(None, pairs)?),
+        (None, Some(captions)) => Some(retrieval(
+            images.clone(),
+            encode_texts(model, &ckpt.tokenizer, &captions, ctx)?,
+        )?),
+        (None, None) => None,
+    };
     Ok(EvalReport {
         checkpoint: ckpt.dir.display().to_string(),
         step: ckpt.state.step,
         dataset,
+        retrieval_dataset: pairs.map(|p| p.name),
         zero_shot: zero_shot(model, &ckpt.tokenizer, ctx, images, &set, templates)?,
         retrieval: retrieval_report,
         linear_probe: probe,
@@ -451,6 +558,9 @@ impl EvalReport {
             pct(self.zero_shot.mean_per_class)
         );
         if let Some(r) = &self.retrieval {
+            if let Some(name) = &self.retrieval_dataset {
+                out += &format!("  retrieval set: {name}\n");
+            }
             out += &format!(
                 "  retrieval ({} pairs)      R@1      R@5     R@10   median rank\n",
                 r.pairs

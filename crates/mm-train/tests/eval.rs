@@ -165,6 +165,48 @@ fn eval_command_writes_a_report_for_builtin_and_folder_sets() {
     assert_eq!(json["zero_shot"]["per_class"][0]["class"], "red circle");
     assert_eq!(json["zero_shot"]["images"], counts[0] + counts[1]);
     assert!(json["retrieval"].is_null());
+
+    // The same images as a labelled CSV, plus retrieval on the shipped shards.
+    let mut csv = String::from("filepath,label\n");
+    for class in ["red_circle", "red_square"] {
+        let mut files: Vec<_> = std::fs::read_dir(folder.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        for file in files {
+            csv += &format!("classes/{class}/{file},{}\n", class.replace('_', " "));
+        }
+    }
+    std::fs::write(dir.path().join("labels.csv"), csv).unwrap();
+    let shards = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../assets/shards/shapes-{00000..00003}.tar");
+    let out2 = dir.path().join("csv.json");
+    run_eval(&[
+        "--labels-csv",
+        dir.path().join("labels.csv").to_str().unwrap(),
+        "--pairs",
+        shards.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let from_csv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2).unwrap()).unwrap();
+    assert_eq!(
+        from_csv["zero_shot"]["top1"], json["zero_shot"]["top1"],
+        "CSV and folder are the same set"
+    );
+    assert_eq!(
+        from_csv["zero_shot"]["per_class"],
+        json["zero_shot"]["per_class"]
+    );
+    assert_eq!(from_csv["retrieval"]["pairs"], 96);
+    assert!(
+        from_csv["retrieval_dataset"]
+            .as_str()
+            .unwrap()
+            .contains("4 WebDataset shard(s): first 96 pairs (0 skipped)")
+    );
 }
 
 #[test]
