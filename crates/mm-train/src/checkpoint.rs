@@ -298,3 +298,41 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         state,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_best() {
+        let dir = tempfile::tempdir().unwrap();
+        for (step, accuracy) in [
+            (100, Some(0.2)),
+            (200, Some(0.5)),
+            (300, Some(0.3)),
+            (400, None),
+        ] {
+            let step_dir = dir.path().join(format!("step-{step:06}"));
+            fs::create_dir(&step_dir).unwrap();
+            let state = CheckpointState {
+                step,
+                loss: Some(1.0),
+                zero_shot_accuracy: accuracy,
+                imported_from: None,
+                data_position: None,
+            };
+            fs::write(
+                step_dir.join(STATE_FILE),
+                serde_json::to_string(&state).unwrap(),
+            )
+            .unwrap();
+        }
+        prune(dir.path(), 2).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["step-000200", "step-000300", "step-000400"]);
+    }
+}
