@@ -47,6 +47,7 @@ fn main() {
             accum_freq: 1,
             lock_image: false,
             lock_text: false,
+            precision: Default::default(),
         },
         eval: EvalConfig::default(),
     };

@@ -99,6 +99,10 @@ pub struct ScheduleConfig {
     /// Freeze the text tower and its projection.
     #[serde(default)]
     pub lock_text: bool,
+    /// Compute dtype of forward and backward: `fp32`, or `bf16` / `fp16` with fp32 master
+    /// weights and optimiser.
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
 }
 
 fn default_accum_freq() -> usize {
@@ -296,8 +300,19 @@ impl TrainConfig {
                 &format!("template {t:?} has no `{{}}` for the class name"),
             );
         }
-        crate::device::parse_device(&self.device)
+        let device = crate::device::parse_device(&self.device)
             .map_err(|e| ConfigError::new(origin, "device", e.to_string()))?;
+        if let Some(dtype) = self.train.precision.half()
+            && !device.supports_dtype(dtype)
+        {
+            return err(
+                "train.precision",
+                &format!(
+                    "device `{}` cannot compute in {dtype:?}; use fp32",
+                    self.device
+                ),
+            );
+        }
         Ok(())
     }
 }

@@ -99,57 +99,82 @@ impl Learner {
     /// gradients are those of the one big batch; `logit_scale` enters the graph only once (in
     /// the first micro-batch), so its gradient is not counted `k` times.
     pub fn gradients(&self, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
-        let device = self.model.logit_scale.val().device();
-        let encode = |batch: &ClipBatch| {
-            (
-                self.model.image_features(batch.pixels_tensor(&device)),
-                self.model.text_features(batch.input_ids_tensor(&device)),
-            )
-        };
-        if let [batch] = micro_batches {
-            let (image, text) = encode(batch);
-            let loss = clip_loss(image, text, self.model.logit_scale.val());
-            let value = loss.clone().into_scalar::<f32>();
-            return (
-                value,
-                GradientsParams::from_grads(loss.backward(), &self.model),
-            );
-        }
-        let cached: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
-            .iter()
-            .map(|batch| {
-                let (image, text) = encode(batch);
-                (image.detach(), text.detach())
-            })
-            .collect();
-        let mut accumulator = GradientsAccumulator::<ClipModel>::new();
-        let mut loss_value = 0.0;
-        for (j, batch) in micro_batches.iter().enumerate() {
-            let (image_j, text_j) = encode(batch);
-            let join = |fresh: Tensor<2>, pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
-                let parts: Vec<Tensor<2>> = cached
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| if i == j { fresh.clone() } else { pick(c) })
-                    .collect();
-                Tensor::cat(parts, 0)
-            };
-            let image = join(image_j, |c| c.0.clone());
-            let text = join(text_j, |c| c.1.clone());
-            let scale = self.model.logit_scale.val();
-            let scale = if j == 0 { scale } else { scale.detach() };
-            let loss = clip_loss(image, text, scale);
-            if j == 0 {
-                loss_value = loss.clone().into_scalar::<f32>();
+        let half = self.config.train.precision.half();
+        let half_model;
+        let model = match half {
+            Some(dtype) => {
+                half_model = crate::precision::half_copy(&self.model, dtype);
+                &half_model
             }
-            accumulator.accumulate(
-                &self.model,
-                GradientsParams::from_grads(loss.backward(), &self.model),
-            );
+            None => &self.model,
+        };
+        let (loss, mut grads) = contrastive_gradients(model, micro_batches);
+        if half.is_some() {
+            crate::precision::grads_to_f32(&self.model, &mut grads);
         }
-        (loss_value, accumulator.grads())
+        (loss, grads)
     }
+}
 
+/// [`Learner::gradients`] for `model` in whatever dtype its parameters are: encoders run in
+/// that dtype, features and loss in fp32.
+fn contrastive_gradients(model: &ClipModel, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
+    let dtype = model.logit_scale.val().dtype();
+    let device = model.logit_scale.val().device();
+    let fp32 = burn::tensor::FloatDType::F32;
+    let encode = |batch: &ClipBatch| {
+        (
+            model
+                .image_features(batch.pixels_tensor(&device).cast(dtype))
+                .cast(fp32),
+            model
+                .text_features(batch.input_ids_tensor(&device))
+                .cast(fp32),
+        )
+    };
+    let logit_scale = || model.logit_scale.val().cast(fp32);
+    if let [batch] = micro_batches {
+        let (image, text) = encode(batch);
+        let loss = clip_loss(image, text, logit_scale());
+        let value = loss.clone().into_scalar::<f32>();
+        return (value, GradientsParams::from_grads(loss.backward(), model));
+    }
+    let cached: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
+        .iter()
+        .map(|batch| {
+            let (image, text) = encode(batch);
+            (image.detach(), text.detach())
+        })
+        .collect();
+    let mut accumulator = GradientsAccumulator::<ClipModel>::new();
+    let mut loss_value = 0.0;
+    for (j, batch) in micro_batches.iter().enumerate() {
+        let (image_j, text_j) = encode(batch);
+        let join = |fresh: Tensor<2>, pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
+            let parts: Vec<Tensor<2>> = cached
+                .iter()
+                .enumerate()
+                .map(|(i, c)| if i == j { fresh.clone() } else { pick(c) })
+                .collect();
+            Tensor::cat(parts, 0)
+        };
+        let image = join(image_j, |c| c.0.clone());
+        let text = join(text_j, |c| c.1.clone());
+        let scale = if j == 0 {
+            logit_scale()
+        } else {
+            logit_scale().detach()
+        };
+        let loss = clip_loss(image, text, scale);
+        if j == 0 {
+            loss_value = loss.clone().into_scalar::<f32>();
+        }
+        accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+    }
+    (loss_value, accumulator.grads())
+}
+
+impl Learner {
     /// Forward, backward and AdamW update at step `step` (from 0) on one batch, or on
     /// several micro-batches accumulated as one (see [`Learner::gradients`]).
     /// A non-finite loss is an error and leaves the model untouched.

@@ -10,6 +10,7 @@ pub mod eval;
 pub mod hf;
 pub mod learner;
 pub mod optim;
+pub mod precision;
 pub mod report;
 pub mod resume;
 pub mod zero_shot;

@@ -140,3 +140,53 @@ fn a_locked_image_tower_does_not_move() {
     let err = config.validate("run.toml").unwrap_err().to_string();
     assert!(err.contains("key `train.lock_text`"), "{err}");
 }
+
+#[test]
+fn bf16_steps_keep_fp32_master_weights_and_track_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(dir.path(), 20);
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
+    let batcher = Batcher::new(
+        ClipTokenizer::openai(),
+        model_config.vision.image_size,
+        model_config.text.context_length,
+    );
+    let mut source =
+        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
+    let batches: Vec<ClipBatch> = (0..20)
+        .map(|_| batcher.next_batch(&mut source, &mut 0, 16).unwrap())
+        .collect();
+
+    let fp32 = Learner::new(&config, &model_config).unwrap();
+    config.train.precision = mm_train::precision::Precision::Bf16;
+    config.validate("test").unwrap();
+    // The same model (weights and parameter ids) trained in bf16: gradients approximate fp32's.
+    let mut bf16 = Learner::from_model(&config, fp32.model.clone());
+    let (loss32, grads32) = fp32.gradients(std::slice::from_ref(&batches[0]));
+    let (loss16, grads16) = bf16.gradients(std::slice::from_ref(&batches[0]));
+    assert!((loss32 - loss16).abs() < 0.05, "{loss32} vs {loss16}");
+    let (worst, scale) = compare(&fp32.model, &grads32, &grads16);
+    assert!(
+        worst < 0.05 * scale,
+        "bf16 gradients off by {worst} (scale {scale})"
+    );
+
+    let mut losses = Vec::new();
+    for (step, batch) in batches.iter().enumerate() {
+        losses.push(bf16.step(batch, step).unwrap().loss);
+    }
+    let dtype = bf16.model.text_model.encoder.layers[0]
+        .mlp
+        .fc1
+        .weight
+        .val()
+        .dtype();
+    assert_eq!(dtype, burn::tensor::DType::F32, "master weights stay fp32");
+    let mean = |l: &[f32]| l.iter().sum::<f32>() / l.len() as f32;
+    println!(
+        "bf16 losses: {:.3} (first 5) -> {:.3} (last 5)",
+        mean(&losses[..5]),
+        mean(&losses[15..])
+    );
+    assert!(mean(&losses[15..]) < mean(&losses[..5]) - 0.2, "{losses:?}");
+}
