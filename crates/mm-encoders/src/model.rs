@@ -38,19 +38,24 @@ impl ClipConfig {
     pub fn init_seeded(&self, device: &Device, seed: u64) -> ClipModel {
         let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         device.seed(seed);
-        let model = self.init_unlocked(device);
-        // burn initialises parameters lazily, on first use: draw them now, under the lock.
+        self.init_unlocked(device)
+    }
+
+    /// Builds the model and draws every parameter now: burn initialises lazily, on first use,
+    /// which would draw from the generator outside the lock.
+    fn init_unlocked(&self, device: &Device) -> ClipModel {
         struct Materialize;
         impl ModuleVisitor for Materialize {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 let _ = param.val();
             }
         }
+        let model = self.build(device);
         model.visit(&mut Materialize);
         model
     }
 
-    fn init_unlocked(&self, device: &Device) -> ClipModel {
+    fn build(&self, device: &Device) -> ClipModel {
         ClipModel {
             text_model: self.text.init(device),
             vision_model: self.vision.init(device),

@@ -6,7 +6,7 @@ mod common;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
-use mm_data::{Batcher, ClipBatch, ClipTokenizer, ShapesDataset, Split};
+use mm_data::ClipBatch;
 use mm_train::Learner;
 
 fn slice(batch: &ClipBatch, rows: std::ops::Range<usize>) -> ClipBatch {
@@ -59,14 +59,7 @@ fn accumulated_micro_batches_give_the_big_batch_gradient() {
     let config = common::tiny_config(dir.path(), 1);
     let model_config = config.model.as_ref().unwrap().resolve().unwrap();
     let learner = Learner::new(&config, &model_config).unwrap();
-    let batcher = Batcher::new(
-        ClipTokenizer::openai(),
-        model_config.vision.image_size,
-        model_config.text.context_length,
-    );
-    let mut source =
-        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
-    let big = batcher.next_batch(&mut source, &mut 0, 16).unwrap();
+    let big = common::shapes_batches(&model_config, 1).remove(0);
     let micro: Vec<ClipBatch> = (0..4).map(|i| slice(&big, 4 * i..4 * (i + 1))).collect();
 
     let (loss_big, grads_big) = learner.gradients(std::slice::from_ref(&big));
@@ -102,13 +95,6 @@ fn a_locked_image_tower_does_not_move() {
     config.train.lock_image = true;
     let model_config = config.model.as_ref().unwrap().resolve().unwrap();
     let mut learner = Learner::new(&config, &model_config).unwrap();
-    let batcher = Batcher::new(
-        ClipTokenizer::openai(),
-        model_config.vision.image_size,
-        model_config.text.context_length,
-    );
-    let mut source =
-        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
     let snapshot = |model: &mm_encoders::ClipModel| {
         (
             model.vision_model.encoder.layers[0]
@@ -127,9 +113,8 @@ fn a_locked_image_tower_does_not_move() {
         )
     };
     let before = snapshot(&learner.model);
-    for step in 0..3 {
-        let batch = batcher.next_batch(&mut source, &mut 0, 16).unwrap();
-        learner.step(&batch, step).unwrap();
+    for (step, batch) in common::shapes_batches(&model_config, 3).iter().enumerate() {
+        learner.step(batch, step).unwrap();
     }
     let after = snapshot(&learner.model);
     assert_eq!(before.0, after.0, "locked vision weights moved");
@@ -146,16 +131,7 @@ fn bf16_steps_keep_fp32_master_weights_and_track_fp32() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::tiny_config(dir.path(), 20);
     let model_config = config.model.as_ref().unwrap().resolve().unwrap();
-    let batcher = Batcher::new(
-        ClipTokenizer::openai(),
-        model_config.vision.image_size,
-        model_config.text.context_length,
-    );
-    let mut source =
-        ShapesDataset::new(5, model_config.vision.image_size as u32).source(Split::Train, 0);
-    let batches: Vec<ClipBatch> = (0..20)
-        .map(|_| batcher.next_batch(&mut source, &mut 0, 16).unwrap())
-        .collect();
+    let batches = common::shapes_batches(&model_config, 20);
 
     let fp32 = Learner::new(&config, &model_config).unwrap();
     config.train.precision = mm_train::precision::Precision::Bf16;

@@ -2,19 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn mm_train(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::mm_train;
 
 fn assert_one_line_error(stderr: &str, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -2,8 +2,9 @@
 
 mod common;
 
+use common::mm_train;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -46,18 +47,6 @@ fn shards_with_bad_samples(dir: &Path) -> Vec<String> {
             .to_string(),
         bad.display().to_string(),
     ]
-}
-
-fn mm_train(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -91,16 +91,9 @@ fn eval_command_writes_a_report_for_builtin_and_folder_sets() {
             "96",
         ];
         args.extend_from_slice(extra);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, stdout, stderr) = common::mm_train(&args);
+        assert!(ok, "{stderr}");
+        stdout
     };
     let stdout = run_eval(&[]);
     assert!(
@@ -230,17 +223,14 @@ fn report_renders_curves_eval_and_a_gallery() {
         "gallery thumbnails"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args([
-            "eval",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            "--samples",
-            "48",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (ok, _, stderr) = common::mm_train(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--samples",
+        "48",
+    ]);
+    assert!(ok, "{stderr}");
     let html = std::fs::read_to_string(mm_train::report::write_report(&run).unwrap()).unwrap();
     assert!(
         html.contains("Evaluation (step 10)") && html.contains("median rank"),

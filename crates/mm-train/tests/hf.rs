@@ -3,25 +3,14 @@
 
 mod common;
 
+use common::mm_train;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hf")
-}
-
-fn mm_train(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn path(p: &Path) -> &str {

@@ -44,3 +44,34 @@ pub fn tiny_config(output_dir: &Path, steps: usize) -> TrainConfig {
     );
     TrainConfig::from_toml(&text, "test config").unwrap()
 }
+
+/// Runs the `mm-train` binary: (success, stdout, stderr).
+#[allow(dead_code)] // Not every test binary runs the CLI.
+pub fn mm_train(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `n` successive batches of 16 training pictures of the built-in data (seed 5), preprocessed
+/// for `model`.
+#[allow(dead_code)]
+pub fn shapes_batches(model: &mm_encoders::ClipConfig, n: usize) -> Vec<mm_data::ClipBatch> {
+    let size = model.vision.image_size;
+    let batcher = mm_data::Batcher::new(
+        mm_data::ClipTokenizer::openai(),
+        size,
+        model.text.context_length,
+    );
+    let mut source = mm_data::ShapesDataset::new(5, size as u32).source(mm_data::Split::Train, 0);
+    let mut position = 0;
+    (0..n)
+        .map(|_| batcher.next_batch(&mut source, &mut position, 16).unwrap())
+        .collect()
+}
