@@ -155,10 +155,7 @@ pub fn save(run_dir: &Path, parts: &CheckpointParts, keep: usize) -> Result<Path
         return Ok(dir); // This step is already saved (e.g. final step == periodic step).
     }
     write_dir_atomically(&dir, |tmp| parts.write_into(tmp))?;
-    let latest_tmp = root.join(format!(".{LATEST}.tmp"));
-    write_synced(&latest_tmp, name.as_bytes())?;
-    fs::rename(&latest_tmp, root.join(LATEST))?;
-    sync_dir(&root);
+    write_file_atomically(&root.join(LATEST), name.as_bytes())?;
     prune(&root, keep.max(1))?;
     Ok(dir)
 }
@@ -166,6 +163,22 @@ pub fn save(run_dir: &Path, parts: &CheckpointParts, keep: usize) -> Result<Path
 /// Writes a stand-alone checkpoint directory at `out` (which must not exist).
 pub fn save_to(out: &Path, parts: &CheckpointParts) -> Result<()> {
     write_dir_atomically(out, |tmp| parts.write_into(tmp))
+}
+
+/// Replaces the file `path` with `bytes` all at once: written and synced under a hidden
+/// temporary name beside it, then renamed, so readers see the old or the new file, never half.
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?
+        .to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

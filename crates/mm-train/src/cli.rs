@@ -307,10 +307,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, &device)?;
     print!("{}", report.table());
     let out = args.out.unwrap_or_else(|| ckpt.dir.join("eval.json"));
-    let tmp = out.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&report)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    checkpoint::write_file_atomically(&out, json.as_bytes())?;
     println!("\nwrote {}", out.display());
     Ok(())
 }

@@ -471,16 +471,6 @@ pub fn evaluate(
     let model = &ckpt.model;
     let size = ckpt.model_config.vision.image_size;
     let ctx = ckpt.model_config.text.context_length;
-    let retrieve = |images: Option<Tensor<2>>, pairs: &PairedSet| -> Result<RetrievalReport> {
-        let images = match images {
-            Some(images) => images,
-            None => encode_images(model, &pairs.images, size)?,
-        };
-        retrieval(
-            images,
-            encode_texts(model, &ckpt.tokenizer, &pairs.captions, ctx)?,
-        )
-    };
     let (dataset, set, images, probe, builtin_pairs) = match data {
         EvalData::Shapes { seed, samples } => {
             let shapes = ShapesDataset::new(seed, size as u32);
@@ -523,7 +513,10 @@ pub fn evaluate(
         }
     };
     let retrieval_report = match (&pairs, builtin_pairs) {
-        (Some(pairs), _) => Some(retrieve(None, pairs)?),
+        (Some(pairs), _) => Some(retrieval(
+            encode_images(model, &pairs.images, size)?,
+            encode_texts(model, &ckpt.tokenizer, &pairs.captions, ctx)?,
+        )?),
         (None, Some(captions)) => Some(retrieval(
             images.clone(),
             encode_texts(model, &ckpt.tokenizer, &captions, ctx)?,

@@ -250,8 +250,6 @@ pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
     html += "</body></html>\n";
 
     let out = run_dir.join("report.html");
-    let tmp = run_dir.join(".report.html.tmp");
-    std::fs::write(&tmp, html).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    checkpoint::write_file_atomically(&out, html.as_bytes())?;
     Ok(out)
 }
