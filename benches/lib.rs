@@ -1,1 +1,85 @@
-//! Benchmarks live in `benches/benches/`; this crate has no library code.
+//! Shared pieces of the benchmarks in `benches/benches/`: issue 7's fixed shapes and the
+//! synthetic batch both the side-by-side and the step-breakdown benchmarks feed.
+
+use mm_data::ClipBatch;
+use mm_encoders::{ClipConfig, from_toml_str};
+use mm_train::TrainConfig;
+
+/// issue 7's benchmark shape.
+pub const BENCH_SHAPE: &str = r#"
+embed_dim = 128
+[vision]
+image_size = 96
+patch_size = 16
+width = 192
+layers = 6
+heads = 3
+intermediate_size = 768
+activation = "quick_gelu"
+[text]
+context_length = 32
+vocab_size = 49408
+width = 128
+layers = 4
+heads = 2
+intermediate_size = 512
+activation = "quick_gelu"
+"#;
+
+/// `bench` (the shape above, batch 64) or `vit-b-32` (batch 32): model and batch size.
+pub fn shape(name: &str) -> (ClipConfig, usize) {
+    match name {
+        "bench" => (
+            from_toml_str::<ClipConfig>(BENCH_SHAPE, "bench shape").unwrap(),
+            64,
+        ),
+        "vit-b-32" => (ClipConfig::preset("vit-b-32").unwrap(), 32),
+        other => panic!("unknown shape {other} (bench, vit-b-32)"),
+    }
+}
+
+/// The first argument that is not a flag (cargo passes `--bench`), or `default`.
+pub fn shape_arg(default: &str) -> String {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| default.into())
+}
+
+/// Synthetic inputs of `model`'s shapes: pixels in [-1, 1], ids with start/end tokens.
+pub fn synthetic_batch(model: &ClipConfig, batch: usize) -> ClipBatch {
+    let (size, ctx) = (model.vision.image_size, model.text.context_length);
+    let pixels: Vec<f32> = (0..batch * 3 * size * size)
+        .map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0)
+        .collect();
+    let mut ids: Vec<u32> = (0..batch * ctx)
+        .map(|i| (1 + i * 104_729 % 49_000) as u32)
+        .collect();
+    for row in ids.chunks_mut(ctx) {
+        row[0] = 49406;
+        row[ctx - 1] = 49407;
+    }
+    ClipBatch {
+        batch_size: batch,
+        image_size: size,
+        context_length: ctx,
+        pixels,
+        input_ids: ids,
+        captions: vec![String::new(); batch],
+        skipped: Default::default(),
+        errors: Vec::new(),
+        stream_position: 0,
+    }
+}
+
+/// The training settings both sides use: AdamW (lr 1e-4, weight decay 0.1), clipping at 1.
+pub fn train_config(batch: usize) -> TrainConfig {
+    TrainConfig::from_toml(
+        &format!(
+            "output_dir = \"{}\"\nmodel = \"tiny\"\n[optim]\nlr = 1e-4\nweight_decay = 0.1\ngrad_clip_norm = 1.0\n[train]\nsteps = 1000\nbatch_size = {batch}\n",
+            std::env::temp_dir().join("mm-bench-step").display()
+        ),
+        "bench",
+    )
+    .unwrap()
+}

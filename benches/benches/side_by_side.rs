@@ -11,30 +11,8 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use mm_data::ClipBatch;
-use mm_encoders::{ClipConfig, from_toml_str};
-use mm_train::{Learner, TrainConfig};
-
-/// issue 7's benchmark shape.
-const BENCH_SHAPE: &str = r#"
-embed_dim = 128
-[vision]
-image_size = 96
-patch_size = 16
-width = 192
-layers = 6
-heads = 3
-intermediate_size = 768
-activation = "quick_gelu"
-[text]
-context_length = 32
-vocab_size = 49408
-width = 128
-layers = 4
-heads = 2
-intermediate_size = 512
-activation = "quick_gelu"
-"#;
+use mm_benches::{shape_arg, synthetic_batch, train_config};
+use mm_train::Learner;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> f64 {
@@ -60,54 +38,11 @@ fn rate(batch: usize, warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let shape = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .unwrap_or_else(|| "bench".into());
-    let (model_config, batch) = match shape.as_str() {
-        "bench" => (
-            from_toml_str::<ClipConfig>(BENCH_SHAPE, "bench shape").unwrap(),
-            64,
-        ),
-        "vit-b-32" => (ClipConfig::preset("vit-b-32").unwrap(), 32),
-        other => panic!("unknown shape {other} (bench, vit-b-32)"),
-    };
+    let shape = shape_arg("bench");
+    let (model_config, batch) = mm_benches::shape(&shape);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (size, ctx) = (
-        model_config.vision.image_size,
-        model_config.text.context_length,
-    );
-
-    // Synthetic inputs: pixels in [-1, 1], ids with start/end tokens.
-    let pixels: Vec<f32> = (0..batch * 3 * size * size)
-        .map(|i| ((i * 7919 % 2001) as f32 / 1000.0) - 1.0)
-        .collect();
-    let mut ids: Vec<u32> = (0..batch * ctx)
-        .map(|i| (1 + i * 104_729 % 49_000) as u32)
-        .collect();
-    for row in ids.chunks_mut(ctx) {
-        row[0] = 49406;
-        row[ctx - 1] = 49407;
-    }
-    let batch_data = ClipBatch {
-        batch_size: batch,
-        image_size: size,
-        context_length: ctx,
-        pixels,
-        input_ids: ids,
-        captions: vec![String::new(); batch],
-        skipped: Default::default(),
-        errors: Vec::new(),
-        stream_position: 0,
-    };
-    let config = TrainConfig::from_toml(
-        &format!(
-            "output_dir = \"{}\"\nmodel = \"tiny\"\n[optim]\nlr = 1e-4\nweight_decay = 0.1\ngrad_clip_norm = 1.0\n[train]\nsteps = 1000\nbatch_size = {batch}\n",
-            std::env::temp_dir().join("mm-side-by-side").display()
-        ),
-        "bench",
-    )
-    .unwrap();
+    let batch_data = synthetic_batch(&model_config, batch);
+    let config = train_config(batch);
     let iters = 10;
     let mut learner = Learner::new(&config, &model_config).unwrap();
     let mut step = 0;

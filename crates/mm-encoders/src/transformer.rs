@@ -86,10 +86,18 @@ pub struct Encoder {
 
 impl Encoder {
     /// `[batch, seq, width]` -> `[batch, seq, width]`.
+    ///
+    /// Inside, hidden states are `[batch * seq, width]` matrices: every projection is then one
+    /// 2-D GEMM (and its backward two more) instead of `batch` small ones, whose weight
+    /// gradients autodiff would have to sum afterwards.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, width] = hidden.dims();
         self.layers
             .iter()
-            .fold(hidden, |hidden, layer| layer.forward(hidden))
+            .fold(hidden.reshape([batch * seq, width]), |hidden, layer| {
+                layer.forward(hidden, seq)
+            })
+            .reshape([batch, seq, width])
     }
 }
 
@@ -103,8 +111,12 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let hidden = hidden.clone() + self.self_attn.forward(self.layer_norm1.forward(hidden));
+    /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
+    pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
+        let hidden = hidden.clone()
+            + self
+                .self_attn
+                .forward(self.layer_norm1.forward(hidden), seq);
         hidden.clone() + self.mlp.forward(self.layer_norm2.forward(hidden))
     }
 }
@@ -121,10 +133,12 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, width] = hidden.dims();
+    /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
+    pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
+        let [rows, width] = hidden.dims();
+        let batch = rows / seq;
         let head_dim = width / self.num_heads;
-        let heads = |x: Tensor<3>| {
+        let heads = |x: Tensor<2>| {
             x.reshape([batch, seq, self.num_heads, head_dim])
                 .swap_dims(1, 2)
         };
@@ -138,7 +152,7 @@ impl Attention {
             is_causal: self.causal,
         };
         let context = attention(q, k, v, None, None, options);
-        let context = context.swap_dims(1, 2).reshape([batch, seq, width]);
+        let context = context.swap_dims(1, 2).reshape([rows, width]);
         self.out_proj.forward(context)
     }
 }
@@ -153,7 +167,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+    pub fn forward<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         let hidden = self.fc1.forward(hidden);
         let hidden = match self.activation {
             Activation::QuickGelu => hidden.clone() * sigmoid(hidden.mul_scalar(1.702)),
