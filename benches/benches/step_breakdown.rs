@@ -2,8 +2,9 @@
 //!
 //! `cargo bench -p mm-benches --bench step_breakdown [-- bench|vit-b-32]`: image-tower forward,
 //! text-tower forward, loss, backward, gradient clipping and the AdamW update, each timed
-//! alone (Flex computes eagerly, so each phase's work is done when it returns), as ms per
-//! step and share of the step. Prints a table; asserts nothing.
+//! alone (Flex computes eagerly, so each phase's work is done when it returns), as the median
+//! ms per step over 15 steps (this 2-core VM's timings vary by ~10% run to run) and share of
+//! the step. Prints a table; asserts nothing.
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,8 @@ fn main() {
     let config = train_config(batch);
     let mut learner = Learner::new(&config, &model_config).unwrap();
     let device = Device::flex().autodiff();
-    let (warmup, iters) = (3, 10);
-    let mut totals = [Duration::ZERO; PHASES.len()];
+    let (warmup, iters) = (3, 15);
+    let mut samples: Vec<[Duration; PHASES.len()]> = Vec::new();
     for step in 0..warmup + iters {
         let mut times = [Duration::ZERO; PHASES.len()];
         let mut clock = Instant::now();
@@ -57,15 +58,22 @@ fn main() {
         learner.model = learner.optim.step(1e-4, model, grads);
         lap(5);
         if step >= warmup {
-            for (total, t) in totals.iter_mut().zip(times) {
-                *total += t;
-            }
+            samples.push(times);
         }
     }
-    let step_ms: f64 = totals.iter().map(|t| t.as_secs_f64()).sum::<f64>() * 1e3 / iters as f64;
-    println!("shape {shape}, batch {batch}, fp32, Flex; mean of {iters} steps");
-    for (name, total) in PHASES.iter().zip(totals) {
-        let ms = total.as_secs_f64() * 1e3 / iters as f64;
+    let median_ms = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2] * 1e3
+    };
+    let mut steps: Vec<f64> = samples
+        .iter()
+        .map(|t| t.iter().map(Duration::as_secs_f64).sum())
+        .collect();
+    let step_ms = median_ms(&mut steps);
+    println!("shape {shape}, batch {batch}, fp32, Flex; median of {iters} steps");
+    for (phase, name) in PHASES.iter().enumerate() {
+        let mut times: Vec<f64> = samples.iter().map(|t| t[phase].as_secs_f64()).collect();
+        let ms = median_ms(&mut times);
         println!("{name:<16} {ms:>9.1} ms {:>6.1}%", 100.0 * ms / step_ms);
     }
     println!(

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+pub mod fused;
 pub mod hf;
 pub mod model;
 pub mod text;

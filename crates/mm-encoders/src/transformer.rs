@@ -6,12 +6,11 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::Activation;
+use crate::fused::{attention, quick_gelu};
 
 /// Shape of one tower's transformer; both towers build from this one config.
 #[derive(Config, Debug)]
@@ -145,13 +144,7 @@ impl Attention {
         let q = heads(self.q_proj.forward(hidden.clone()));
         let k = heads(self.k_proj.forward(hidden.clone()));
         let v = heads(self.v_proj.forward(hidden));
-        // burn's attention op: softmax(QKᵀ/√d)V, fused where the backend has a kernel.
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: self.causal,
-        };
-        let context = attention(q, k, v, None, None, options);
+        let context = attention(q, k, v, self.causal);
         let context = context.swap_dims(1, 2).reshape([rows, width]);
         self.out_proj.forward(context)
     }
@@ -170,7 +163,7 @@ impl Mlp {
     pub fn forward<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
         let hidden = self.fc1.forward(hidden);
         let hidden = match self.activation {
-            Activation::QuickGelu => hidden.clone() * sigmoid(hidden.mul_scalar(1.702)),
+            Activation::QuickGelu => quick_gelu(hidden),
             Activation::Gelu => gelu(hidden),
         };
         self.fc2.forward(hidden)

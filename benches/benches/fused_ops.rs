@@ -1,0 +1,72 @@
+//! mm's fused Flex kernels against the burn ops they replace, forward + backward, on the
+//! benchmark shape's tensors (`cargo bench -p mm-benches --bench fused_ops`). Prints ms per
+//! call and the ratio; asserts nothing.
+
+use std::time::Instant;
+
+use burn::tensor::activation::sigmoid;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+use mm_encoders::fused;
+
+fn time_ms(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+/// Forward and backward of `f` on fresh leaves of `inputs`' values.
+fn fwd_bwd<const N: usize>(inputs: &[Tensor<4>; N], f: &dyn Fn([Tensor<4>; N]) -> Tensor<4>) {
+    let leaves = inputs.clone().map(|x| x.detach().require_grad());
+    let grads = f(leaves.clone()).sum().backward();
+    for leaf in leaves {
+        let _ = leaf.grad(&grads).unwrap();
+    }
+}
+
+fn report(name: &str, ours: f64, burn: f64) {
+    println!(
+        "{name:<44} mm {ours:>7.2} ms  burn {burn:>7.2} ms  {:>5.2}x",
+        burn / ours
+    );
+}
+
+fn main() {
+    let device = Device::flex().autodiff();
+    let normal = Distribution::Normal(0.0, 1.0);
+    for (name, [batch, heads, seq, dim], causal) in [
+        ("attention image [64, 3, 37, 64]", [64, 3, 37, 64], false),
+        (
+            "attention text  [64, 2, 32, 64], causal",
+            [64, 2, 32, 64],
+            true,
+        ),
+    ] {
+        // q, k, v as the encoder makes them: [batch, seq, heads, dim] viewed as [b, h, s, d].
+        let qkv = [(); 3].map(|_| {
+            Tensor::<4>::random([batch, seq, heads, dim], normal.clone(), &device).swap_dims(1, 2)
+        });
+        let ours = time_ms(20, || {
+            fwd_bwd(&qkv, &|[q, k, v]| fused::attention(q, k, v, causal))
+        });
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let burn = time_ms(20, || {
+            fwd_bwd(&qkv, &|[q, k, v]| attention(q, k, v, None, None, options))
+        });
+        report(name, ours, burn);
+    }
+    let x = [Tensor::<4>::random([1, 64, 37, 768], normal, &device)];
+    let ours = time_ms(20, || fwd_bwd(&x, &|[x]| fused::quick_gelu(x)));
+    let burn = time_ms(20, || {
+        fwd_bwd(&x, &|[x]| x.clone() * sigmoid(x.mul_scalar(1.702)))
+    });
+    report("quick_gelu [64 * 37, 768]", ours, burn);
+}

@@ -1,0 +1,116 @@
+//! mm's fused Flex kernels against the burn ops they replace: values and gradients within 1e-5.
+
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Distribution, Tensor};
+use mm_encoders::fused::quick_gelu;
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    let a = a.into_data().try_to_vec::<f32>().unwrap();
+    let b = b.into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Values spanning where QuickGELU saturates both ways (|1.702 x| past 88 too), and a
+/// transposed view so the non-contiguous path runs.
+fn inputs(device: &Device) -> Tensor<2> {
+    let x = Tensor::<2>::random([300, 257], Distribution::Normal(0.0, 4.0), device);
+    let extremes = Tensor::<2>::from_floats(
+        [
+            [-200.0; 257],
+            [-60.0; 257],
+            [0.0; 257],
+            [60.0; 257],
+            [200.0; 257],
+        ],
+        device,
+    );
+    Tensor::cat(vec![x, extremes], 0).transpose()
+}
+
+#[test]
+fn quick_gelu_matches_burn_ops_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    let x = inputs(&device);
+    let reference = |x: Tensor<2>| x.clone() * sigmoid(x.mul_scalar(1.702));
+
+    let forward = max_diff(quick_gelu(x.clone()), reference(x.clone()));
+
+    // Gradients against a non-uniform upstream gradient, so every element's scale differs.
+    let upstream = Tensor::<2>::random(x.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let grad_of = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+        let x = x.clone().detach().require_grad();
+        let grads = (f(x.clone()) * upstream.clone()).sum().backward();
+        x.grad(&grads).unwrap()
+    };
+    let fused_grad = grad_of(&|x| quick_gelu(x));
+    let reference_grad = grad_of(&reference);
+    let backward = max_diff(fused_grad.clone(), reference_grad);
+    println!("quick_gelu: forward max diff {forward:.2e}, gradient max diff {backward:.2e}");
+    assert!(forward <= 1e-5, "forward differs by {forward}");
+    assert!(backward <= 1e-5, "gradient differs by {backward}");
+    assert!(!fused_grad.is_nan().any().into_scalar::<bool>());
+}
+
+#[test]
+fn quick_gelu_without_autodiff_and_in_bf16_uses_the_right_path() {
+    let device = Device::flex();
+    let x = inputs(&device);
+    let reference = x.clone() * sigmoid(x.clone().mul_scalar(1.702));
+    assert!(max_diff(quick_gelu(x.clone()), reference.clone()) <= 1e-5);
+    // Half precision falls back to burn's ops (the kernel is f32-only).
+    let half =
+        quick_gelu(x.cast(burn::tensor::FloatDType::BF16)).cast(burn::tensor::FloatDType::F32);
+    assert!(max_diff(half, reference) <= 2.0);
+}
+
+/// q, k, v laid out as the encoder makes them (`[batch, seq, heads, dim]` seen as
+/// `[batch, heads, seq, dim]`), against burn's attention, causal or not.
+#[test]
+fn attention_matches_burn_forward_and_backward() {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    let device = Device::flex().autodiff();
+    let [batch, heads, seq, dim] = [3, 2, 7, 8];
+    for causal in [false, true] {
+        let qkv: [Tensor<4>; 3] = [(); 3].map(|_| {
+            Tensor::<4>::random(
+                [batch, seq, heads, dim],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            )
+            .swap_dims(1, 2)
+        });
+        let upstream =
+            Tensor::<4>::random([batch, heads, seq, dim], Distribution::Default, &device);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
+        let run = |fused: bool| {
+            let leaves = qkv.clone().map(|x| x.detach().require_grad());
+            let [q, k, v] = leaves.clone();
+            let out = if fused {
+                mm_encoders::fused::attention(q, k, v, causal)
+            } else {
+                attention(q, k, v, None, None, options)
+            };
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            (out, leaves.map(|x| x.grad(&grads).unwrap()))
+        };
+        let (out, grads) = run(true);
+        let (want, want_grads) = run(false);
+        let forward = max_diff(out, want);
+        let backward = grads
+            .into_iter()
+            .zip(want_grads)
+            .map(|(a, b)| max_diff(a, b))
+            .fold(0.0, f32::max);
+        println!("attention (causal {causal}): forward {forward:.2e}, gradients {backward:.2e}");
+        assert!(forward <= 1e-5 && backward <= 1e-5);
+    }
+}
