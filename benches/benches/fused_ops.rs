@@ -46,12 +46,17 @@ fn main() {
             true,
         ),
     ] {
-        // q, k, v as the encoder makes them: [batch, seq, heads, dim] viewed as [b, h, s, d].
-        let qkv = [(); 3].map(|_| {
-            Tensor::<4>::random([batch, seq, heads, dim], normal.clone(), &device).swap_dims(1, 2)
-        });
+        let width = heads * dim;
+        let qkv = [Tensor::<4>::random(
+            [1, 1, batch * seq, 3 * width],
+            normal,
+            &device,
+        )];
+        let as_rows = |x: Tensor<4>| x.reshape([batch * seq, 3 * width]);
         let ours = time_ms(20, || {
-            fwd_bwd(&qkv, &|[q, k, v]| fused::attention(q, k, v, causal))
+            fwd_bwd(&qkv, &|[qkv]| {
+                fused::attention(as_rows(qkv), seq, heads, causal).unsqueeze::<4>()
+            })
         });
         let options = AttentionModuleOptions {
             scale: None,
@@ -59,7 +64,19 @@ fn main() {
             is_causal: causal,
         };
         let burn = time_ms(20, || {
-            fwd_bwd(&qkv, &|[q, k, v]| attention(q, k, v, None, None, options))
+            fwd_bwd(&qkv, &|[qkv]| {
+                // The encoder's layout before this op: q, k, v split and heads permuted.
+                let qkv = as_rows(qkv);
+                let part = |i: usize| {
+                    qkv.clone()
+                        .slice([0..batch * seq, i * width..(i + 1) * width])
+                        .reshape([batch, seq, heads, dim])
+                        .swap_dims(1, 2)
+                };
+                attention(part(0), part(1), part(2), None, None, options)
+                    .swap_dims(1, 2)
+                    .reshape([1, 1, batch * seq, width])
+            })
         });
         report(name, ours, burn);
     }

@@ -15,12 +15,12 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::flex::FlexTensor;
+use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
 use rayon::prelude::*;
 
 mod attention;
@@ -42,24 +42,36 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
 }
 
-/// `softmax(q kᵀ / √head_dim) v` over `[batch, heads, seq, head_dim]`, causal or not (burn's
-/// `attention` with default options).
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    if on_flex(&q) && [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32) {
-        Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_attention(
-            q.into_dispatch(),
-            k.into_dispatch(),
-            v.into_dispatch(),
+/// Multi-head self-attention from packed projections: `qkv` is `[batch * seq, 3 * width]`
+/// (each row q | k | v, heads side by side within each), the result `[batch * seq, width]`
+/// rows of `softmax(q kᵀ / √head_dim) v`, causal or not.
+pub fn attention(qkv: Tensor<2>, seq: usize, heads: usize, causal: bool) -> Tensor<2> {
+    let [rows, cols] = qkv.dims();
+    let width = cols / 3;
+    if on_flex(&qkv) && qkv.dtype() == DType::F32 {
+        return Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_attention(
+            qkv.into_dispatch(),
+            rows / seq,
+            seq,
+            heads,
             causal,
-        ))
-    } else {
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: causal,
-        };
-        burn::tensor::module::attention(q, k, v, None, None, options)
+        ));
     }
+    let (batch, head_dim) = (rows / seq, width / heads);
+    let part = |i: usize| {
+        qkv.clone()
+            .slice([0..rows, i * width..(i + 1) * width])
+            .reshape([batch, seq, heads, head_dim])
+            .swap_dims(1, 2)
+    };
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
+    burn::tensor::module::attention(part(0), part(1), part(2), None, None, options)
+        .swap_dims(1, 2)
+        .reshape([rows, width])
 }
 
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
@@ -71,11 +83,12 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 pub trait FusedOps: Backend {
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `softmax(q kᵀ / √d) v` for `[batch, heads, seq, head_dim]` q, k, v (any strides).
+    /// See [`attention`].
     fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
+        batch: usize,
+        seq: usize,
+        heads: usize,
         causal: bool,
     ) -> FloatTensor<Self>;
 }
@@ -85,8 +98,14 @@ impl FusedOps for Flex {
         quick_gelu_forward(x)
     }
 
-    fn fused_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
-        attention::forward(&q, &k, &v, causal).0
+    fn fused_attention(
+        qkv: FlexTensor,
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        causal: bool,
+    ) -> FlexTensor {
+        attention::forward(&qkv, attention::Heads::new(&qkv, batch, seq, heads, causal)).0
     }
 }
 
@@ -126,52 +145,48 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         }
     }
 
-    /// Keeps q, k, v, the output and each row's log-sum-exp (not the probabilities, which the
-    /// backward pass recomputes head by head).
+    /// Keeps the packed input, the output and each row's log-sum-exp (not the probabilities,
+    /// which the backward pass recomputes head by head).
     fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        qkv: FloatTensor<Self>,
+        batch: usize,
+        seq: usize,
+        heads: usize,
         causal: bool,
     ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Attention;
 
-        impl Backward<Flex, 3> for Attention {
+        impl Backward<Flex, 1> for Attention {
             type State = attention::Saved;
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 3>,
+                ops: Ops<Self::State, 1>,
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [node_q, node_k, node_v] = ops.parents;
-                let grad = grads.consume::<Flex>(&ops.node);
-                let [dq, dk, dv] = attention::backward(&ops.state, &grad);
-                for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
-                    if let Some(node) = node {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
+                let saved = ops.state;
+                unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                    attention::backward(&saved, &grad)
+                });
             }
         }
 
         let prepared = Attention
-            .prepare::<C>([q.node(), k.node(), v.node()])
+            .prepare::<C>([qkv.node()])
             .compute_bound()
             .stateful();
-        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-        let (out, lse) = attention::forward(&q, &k, &v, causal);
+        let qkv = qkv.into_primitive();
+        let shape = attention::Heads::new(&qkv, batch, seq, heads, causal);
+        let (out, lse) = attention::forward(&qkv, shape);
         match prepared {
             OpsKind::Tracked(prep) => {
                 let saved = attention::Saved {
-                    q,
-                    k,
-                    v,
+                    qkv,
                     out: out.clone(),
                     lse,
-                    causal,
+                    shape,
                 };
                 prep.finish(saved, out)
             }
@@ -182,37 +197,62 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
 
 fn quick_gelu_forward(x: FlexTensor) -> FlexTensor {
     let x = contiguous(x);
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
     let n = x.layout().num_elements();
-    let (src, dst) = (&x.storage::<f32>()[..n], &mut out.storage_mut::<f32>()[..n]);
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(dst, src)| {
-            for (y, &x) in dst.iter_mut().zip(src) {
-                *y = x * sigmoid_f32(QUICK_GELU_SLOPE * x);
-            }
-        });
-    out
+    let x_values = &x.storage::<f32>()[..n];
+    Output::map(x.layout().shape().clone(), x_values, x_values, |x, _| {
+        x * sigmoid_f32(QUICK_GELU_SLOPE * x)
+    })
 }
 
 /// `grad * d/dx quick_gelu(x)` = `grad * (s + 1.702 x s (1 - s))`, `s = sigmoid(1.702 x)`.
 fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let x = contiguous(x);
-    let mut grad = contiguous(grad);
+    let (x, grad) = (contiguous(x), contiguous(grad));
     let n = x.layout().num_elements();
-    let (src, dst) = (
-        &x.storage::<f32>()[..n],
-        &mut grad.storage_mut::<f32>()[..n],
-    );
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
-        .for_each(|(grad, x)| {
-            for (g, &x) in grad.iter_mut().zip(x) {
-                let s = sigmoid_f32(QUICK_GELU_SLOPE * x);
-                *g *= s + QUICK_GELU_SLOPE * x * s * (1.0 - s);
-            }
-        });
-    grad
+    let (x_values, grad_values) = (&x.storage::<f32>()[..n], &grad.storage::<f32>()[..n]);
+    Output::map(x.layout().shape().clone(), x_values, grad_values, |x, g| {
+        let s = sigmoid_f32(QUICK_GELU_SLOPE * x);
+        g * (s + QUICK_GELU_SLOPE * x * s * (1.0 - s))
+    })
+}
+
+/// A new contiguous f32 tensor written in place by a kernel: no zero-fill, no copy (Flex's
+/// `FlexTensor::empty` zeroes its buffer and may copy it again to align it).
+struct Output {
+    data: Vec<f32>,
+    shape: Shape,
+}
+
+impl Output {
+    fn new(shape: Shape) -> Self {
+        Self {
+            data: Vec::with_capacity(shape.num_elements()),
+            shape,
+        }
+    }
+
+    /// `f(a[i], b[i])` for every element, in parallel chunks.
+    fn map(shape: Shape, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
+        let mut out = Self::new(shape);
+        out.data.spare_capacity_mut()[..a.len()]
+            .par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(out, (a, b))| {
+                for (out, (&a, &b)) in out.iter_mut().zip(a.iter().zip(b)) {
+                    out.write(f(a, b));
+                }
+            });
+        // SAFETY: every element was written.
+        unsafe { out.finish() }
+    }
+
+    /// # Safety
+    /// Every element must have been written.
+    unsafe fn finish(mut self) -> FlexTensor {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.data.set_len(self.shape.num_elements()) };
+        let layout = Layout::contiguous(self.shape);
+        FlexTensor::new(Bytes::from_elems(self.data), layout, DType::F32)
+    }
 }
 
 fn contiguous(x: FlexTensor) -> FlexTensor {

@@ -67,49 +67,47 @@ fn quick_gelu_without_autodiff_and_in_bf16_uses_the_right_path() {
     assert!(max_diff(half, reference) <= 2.0);
 }
 
-/// q, k, v laid out as the encoder makes them (`[batch, seq, heads, dim]` seen as
-/// `[batch, heads, seq, dim]`), against burn's attention, causal or not.
+/// Packed q|k|v rows (what the encoder's one projection GEMM makes) against burn's attention
+/// on the q, k and v split out of them, causal or not, forward and backward.
 #[test]
 fn attention_matches_burn_forward_and_backward() {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
     let device = Device::flex().autodiff();
     let [batch, heads, seq, dim] = [3, 2, 7, 8];
+    let width = heads * dim;
     for causal in [false, true] {
-        let qkv: [Tensor<4>; 3] = [(); 3].map(|_| {
-            Tensor::<4>::random(
-                [batch, seq, heads, dim],
-                Distribution::Normal(0.0, 2.0),
-                &device,
-            )
-            .swap_dims(1, 2)
-        });
-        let upstream =
-            Tensor::<4>::random([batch, heads, seq, dim], Distribution::Default, &device);
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: causal,
-        };
-        let run = |fused: bool| {
-            let leaves = qkv.clone().map(|x| x.detach().require_grad());
-            let [q, k, v] = leaves.clone();
-            let out = if fused {
-                mm_encoders::fused::attention(q, k, v, causal)
-            } else {
-                attention(q, k, v, None, None, options)
+        let qkv = Tensor::<2>::random(
+            [batch * seq, 3 * width],
+            Distribution::Normal(0.0, 2.0),
+            &device,
+        );
+        let upstream = Tensor::<2>::random([batch * seq, width], Distribution::Default, &device);
+        let reference = |qkv: Tensor<2>| {
+            let part = |i: usize| {
+                qkv.clone()
+                    .slice([0..batch * seq, i * width..(i + 1) * width])
+                    .reshape([batch, seq, heads, dim])
+                    .swap_dims(1, 2)
             };
-            let grads = (out.clone() * upstream.clone()).sum().backward();
-            (out, leaves.map(|x| x.grad(&grads).unwrap()))
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: causal,
+            };
+            attention(part(0), part(1), part(2), None, None, options)
+                .swap_dims(1, 2)
+                .reshape([batch * seq, width])
         };
-        let (out, grads) = run(true);
-        let (want, want_grads) = run(false);
-        let forward = max_diff(out, want);
-        let backward = grads
-            .into_iter()
-            .zip(want_grads)
-            .map(|(a, b)| max_diff(a, b))
-            .fold(0.0, f32::max);
+        let run = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let leaf = qkv.clone().detach().require_grad();
+            let out = f(leaf.clone());
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            (out, leaf.grad(&grads).unwrap())
+        };
+        let (out, grad) = run(&|qkv| mm_encoders::fused::attention(qkv, seq, heads, causal));
+        let (want, want_grad) = run(&reference);
+        let (forward, backward) = (max_diff(out, want), max_diff(grad, want_grad));
         println!("attention (causal {causal}): forward {forward:.2e}, gradients {backward:.2e}");
         assert!(forward <= 1e-5 && backward <= 1e-5);
     }

@@ -1,119 +1,143 @@
-//! Scaled dot-product attention on Flex, forward and backward, one (batch, head) at a time.
+//! Multi-head self-attention on Flex from packed q|k|v rows, forward and backward, one
+//! (sequence, head) at a time.
 //!
 //! burn's autodiff runs attention as a dozen tensor ops (transpose, two batched matmuls, scale,
 //! mask, max, subtract, exp, sum, divide), each allocating a `[batch, heads, seq, seq]` tensor
-//! and recording a node, and the heads are permuted into contiguous copies around it. Here each
-//! head is three small GEMMs forward and six backward (gemm crate, the kernel Flex itself
-//! uses), reading q, k, v and writing outputs through their strides. Outputs are laid out as
-//! `[batch, seq, heads, head_dim]` and returned as `[batch, heads, seq, head_dim]` views, so the
-//! caller's merge of the heads back into rows is free. The backward pass recomputes each head's
-//! probabilities from q, k and the saved log-sum-exp rather than keeping them.
+//! and recording a node, around permuted copies of q, k and v. Here the input is the output of
+//! one q|k|v projection, `[batch * seq, 3 * width]`; each head reads its q, k and v through
+//! strides, runs three small GEMMs forward and six backward (the gemm crate, Flex's own
+//! kernel), and writes its slice of `[batch * seq, width]` rows (forward) or of the packed
+//! q|k|v gradient (backward) in place, so nothing is permuted or copied. The backward pass
+//! recomputes each head's probabilities from q, k and the saved log-sum-exp rather than
+//! keeping them.
 
-use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::exp_f32;
+use super::{Output, exp_f32};
 
 /// What the backward pass needs from the forward one.
 #[derive(Debug, Clone)]
 pub struct Saved {
-    pub q: FlexTensor,
-    pub k: FlexTensor,
-    pub v: FlexTensor,
+    pub qkv: FlexTensor,
     pub out: FlexTensor,
     /// `[batch * heads * seq]` log-sum-exp of each row of scaled scores.
     pub lse: FlexTensor,
+    pub shape: Heads,
+}
+
+/// How `[batch * seq, width]` rows split into sequences and heads.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
     pub causal: bool,
 }
 
-/// A `[batch, heads, seq, head_dim]` f32 tensor's storage and element strides.
-#[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    strides: [isize; 4],
+impl Heads {
+    /// The split of `qkv` (`[batch * seq, 3 * heads * head_dim]`) into heads.
+    pub fn new(qkv: &FlexTensor, batch: usize, seq: usize, heads: usize, causal: bool) -> Self {
+        let shape = qkv.layout().shape();
+        assert_eq!(
+            shape.num_dims(),
+            2,
+            "packed q|k|v must be [rows, 3 * width]"
+        );
+        assert_eq!(shape[0], batch * seq, "rows must be batch * seq");
+        assert_eq!(
+            shape[1] % (3 * heads),
+            0,
+            "3 * width must split into 3 x heads"
+        );
+        Self {
+            batch,
+            seq,
+            heads,
+            head_dim: shape[1] / (3 * heads),
+            causal,
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Number of keys query row `i` attends to.
+    fn visible(&self, i: usize) -> usize {
+        if self.causal { i + 1 } else { self.seq }
+    }
 }
 
-// The pointers are only read (inputs) or written at disjoint (batch, head) blocks (outputs).
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
+/// One `seq x head_dim` matrix inside a row-major `[batch * seq, cols]` buffer: base pointer of
+/// the buffer, its row stride, and the column where this head's block starts.
+#[derive(Clone, Copy)]
+struct Rows {
+    ptr: *mut f32,
+    row_stride: isize,
+    col_stride: isize,
+}
 
-impl View {
+// Inputs are only read; outputs are written at disjoint (sequence, head) blocks.
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// The 2-D tensor's storage as rows (any strides).
     fn of(tensor: &FlexTensor) -> Self {
-        Self::at(tensor, tensor.storage::<f32>().as_ptr())
-    }
-
-    /// A view whose pointer may be written through (it comes from a unique borrow).
-    fn of_mut(tensor: &mut FlexTensor) -> Self {
-        let ptr = tensor.storage_mut::<f32>().as_mut_ptr();
-        Self::at(tensor, ptr)
-    }
-
-    fn at(tensor: &FlexTensor, storage: *const f32) -> Self {
         assert_eq!(tensor.dtype(), DType::F32, "fused attention takes f32");
         let layout = tensor.layout();
-        assert_eq!(
-            layout.num_dims(),
-            4,
-            "attention inputs are [batch, heads, seq, dim]"
-        );
+        assert_eq!(layout.num_dims(), 2, "fused attention takes [rows, cols]");
         let strides = layout.strides();
+        let storage = tensor.storage::<f32>().as_ptr();
         Self {
             // SAFETY: start_offset is inside the storage Flex allocated for this layout.
-            ptr: unsafe { storage.add(layout.start_offset()) },
-            strides: [strides[0], strides[1], strides[2], strides[3]],
+            ptr: unsafe { storage.add(layout.start_offset()) as *mut f32 },
+            row_stride: strides[0],
+            col_stride: strides[1],
         }
     }
 
-    /// Pointer to element (b, h, 0, 0).
-    fn head(&self, b: usize, h: usize) -> *const f32 {
-        // SAFETY: callers pass b < batch and h < heads of the viewed tensor.
-        unsafe {
-            self.ptr
-                .offset(b as isize * self.strides[0] + h as isize * self.strides[1])
+    /// Start of row `r`.
+    fn row(&self, r: usize) -> *mut f32 {
+        // SAFETY: callers pass a row inside the buffer.
+        unsafe { self.ptr.offset(r as isize * self.row_stride) }
+    }
+
+    /// The `seq x head_dim` block of sequence `b`, starting at column `col`.
+    fn block(&self, shape: &Heads, b: usize, col: usize) -> (*mut f32, isize, isize) {
+        let offset = (b * shape.seq) as isize * self.row_stride + col as isize * self.col_stride;
+        // SAFETY: callers pass b < batch and col + head_dim <= the buffer's columns.
+        (
+            unsafe { self.ptr.offset(offset) },
+            self.row_stride,
+            self.col_stride,
+        )
+    }
+}
+
+impl Output {
+    fn rows(&mut self) -> Rows {
+        let cols = self.shape[1];
+        Rows {
+            ptr: self.data.as_mut_ptr(),
+            row_stride: cols as isize,
+            col_stride: 1,
         }
     }
-
-    fn row_stride(&self) -> isize {
-        self.strides[2]
-    }
-
-    fn col_stride(&self) -> isize {
-        self.strides[3]
-    }
 }
 
-/// A fresh `[batch, heads, seq, dim]` tensor stored as `[batch, seq, heads, dim]`, and its view.
-fn heads_major_output(dims: [usize; 4]) -> (FlexTensor, View) {
-    let [batch, heads, seq, dim] = dims;
-    let storage = FlexTensor::empty(Shape::new([batch, seq, heads, dim]), DType::F32);
-    let strides = vec![
-        (seq * heads * dim) as isize,
-        dim as isize,
-        (heads * dim) as isize,
-        1,
-    ];
-    let mut tensor = storage.with_layout(Layout::new(Shape::new(dims), strides, 0));
-    let view = View::of_mut(&mut tensor);
-    (tensor, view)
-}
-
-fn dims(tensor: &FlexTensor) -> [usize; 4] {
-    let shape = tensor.layout().shape();
-    [shape[0], shape[1], shape[2], shape[3]]
-}
-
-/// `dst = beta * lhs · rhs` (`read_dst`: `dst += ...`) for row-major-described operands:
+/// `dst = beta * lhs · rhs` (`read_dst`: `dst += ...`) for operands given as
 /// `(pointer, row stride, column stride)`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: (*mut f32, isize, isize),
     lhs: (*const f32, isize, isize),
     rhs: (*const f32, isize, isize),
     beta: f32,
-    read_dst: bool,
 ) {
     // SAFETY: the caller guarantees every pointer addresses its (m|k) x (k|n) block.
     unsafe {
@@ -124,7 +148,7 @@ unsafe fn matmul(
             dst.0,
             dst.2,
             dst.1,
-            read_dst,
+            false,
             lhs.0,
             lhs.2,
             lhs.1,
@@ -141,83 +165,78 @@ unsafe fn matmul(
     }
 }
 
-/// Number of keys row `i` attends to.
-fn visible(i: usize, seq: usize, causal: bool) -> usize {
-    if causal { i + 1 } else { seq }
+fn transposed((ptr, rows, cols): (*mut f32, isize, isize)) -> (*const f32, isize, isize) {
+    (ptr, cols, rows)
 }
 
-/// `scores = scale * q kᵀ` for one head, into a `seq x seq` row-major buffer.
+fn constant((ptr, rows, cols): (*mut f32, isize, isize)) -> (*const f32, isize, isize) {
+    (ptr, rows, cols)
+}
+
+/// Runs `head` for every (sequence, head) pair in parallel, with two `seq x seq` scratch
+/// buffers per worker.
+fn for_each_head(shape: &Heads, head: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync) {
+    let seq = shape.seq;
+    (0..shape.batch * shape.heads)
+        .into_par_iter()
+        .for_each_init(
+            || (vec![0.0f32; seq * seq], vec![0.0f32; seq * seq]),
+            |(a, b), bh| head(bh / shape.heads, bh % shape.heads, a, b),
+        );
+}
+
+/// `scores = scale * q kᵀ` for one head into a `seq x seq` row-major buffer.
 fn scaled_scores(
+    shape: &Heads,
     scores: &mut [f32],
-    q: *const f32,
-    k: *const f32,
-    views: (&View, &View),
-    seq: usize,
-    dim: usize,
-    scale: f32,
+    q: (*mut f32, isize, isize),
+    k: (*mut f32, isize, isize),
 ) {
-    let (qv, kv) = views;
-    // SAFETY: q and k point at one head of their views; scores holds seq * seq floats.
+    let seq = shape.seq;
+    // SAFETY: q and k are one head's blocks; scores holds seq * seq floats.
     unsafe {
         matmul(
-            (seq, seq, dim),
+            (seq, seq, shape.head_dim),
             (scores.as_mut_ptr(), seq as isize, 1),
-            (q, qv.row_stride(), qv.col_stride()),
-            (k, kv.col_stride(), kv.row_stride()),
-            scale,
-            false,
+            constant(q),
+            transposed(k),
+            (shape.head_dim as f32).powf(-0.5),
         );
     }
 }
 
-/// Forward: the output (a `[batch, heads, seq, dim]` view of `[batch, seq, heads, dim]`
-/// storage) and the per-row log-sum-exp.
-pub fn forward(
-    q: &FlexTensor,
-    k: &FlexTensor,
-    v: &FlexTensor,
-    causal: bool,
-) -> (FlexTensor, FlexTensor) {
-    let [batch, heads, seq, dim] = dims(q);
-    assert_eq!(dims(k), [batch, heads, seq, dim], "k must match q");
-    assert_eq!(dims(v), [batch, heads, seq, dim], "v must match q");
-    let scale = (dim as f32).powf(-0.5);
-    let (qv, kv, vv) = (View::of(q), View::of(k), View::of(v));
-    let (out, ov) = heads_major_output([batch, heads, seq, dim]);
-    let mut lse = FlexTensor::empty(Shape::new([batch * heads * seq]), DType::F32);
-    lse.storage_mut::<f32>()[..batch * heads * seq]
-        .par_chunks_mut(seq)
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; seq * seq],
-            |scores, (bh, lse)| {
-                let (b, h) = (bh / heads, bh % heads);
-                scaled_scores(
-                    scores,
-                    qv.head(b, h),
-                    kv.head(b, h),
-                    (&qv, &kv),
-                    seq,
-                    dim,
-                    scale,
-                );
-                for (i, (row, lse)) in scores.chunks_mut(seq).zip(lse.iter_mut()).enumerate() {
-                    *lse = softmax_row(row, visible(i, seq, causal));
-                }
-                // SAFETY: this task alone writes head (b, h) of `out`.
-                unsafe {
-                    matmul(
-                        (seq, dim, seq),
-                        (ov.head(b, h) as *mut f32, ov.row_stride(), ov.col_stride()),
-                        (scores.as_ptr(), seq as isize, 1),
-                        (vv.head(b, h), vv.row_stride(), vv.col_stride()),
-                        1.0,
-                        false,
-                    );
-                }
-            },
-        );
-    (out, lse)
+/// Forward: `[batch * seq, width]` attention outputs (heads side by side, as the output
+/// projection takes them) and each row's log-sum-exp.
+pub fn forward(qkv: &FlexTensor, shape: Heads) -> (FlexTensor, FlexTensor) {
+    let (seq, dim, width) = (shape.seq, shape.head_dim, shape.width());
+    let input = Rows::of(qkv);
+    let mut out = Output::new(Shape::new([shape.batch * seq, width]));
+    let out_rows = out.rows();
+    let mut lse = Output::new(Shape::new([shape.batch * shape.heads, seq]));
+    let lse_rows = lse.rows();
+    for_each_head(&shape, |b, h, scores, _| {
+        let q = input.block(&shape, b, h * dim);
+        let k = input.block(&shape, b, width + h * dim);
+        let v = input.block(&shape, b, 2 * width + h * dim);
+        scaled_scores(&shape, scores, q, k);
+        // SAFETY: this task alone writes row b * heads + h of `lse`.
+        let lse = unsafe { std::slice::from_raw_parts_mut(lse_rows.row(b * shape.heads + h), seq) };
+        for (i, (row, lse)) in scores.chunks_mut(seq).zip(lse).enumerate() {
+            *lse = softmax_row(row, shape.visible(i));
+        }
+        // SAFETY: this task alone writes head h's columns of sequence b's rows of `out`.
+        unsafe {
+            matmul(
+                (seq, dim, seq),
+                out_rows.block(&shape, b, h * dim),
+                (scores.as_ptr(), seq as isize, 1),
+                constant(v),
+                1.0,
+            );
+        }
+    });
+    // SAFETY: every (sequence, head) block of both outputs was written above.
+    unsafe { (out.finish(), lse.finish()) }
 }
 
 /// Softmax of `row[..visible]` in place (the rest set to 0); returns the row's log-sum-exp.
@@ -235,115 +254,71 @@ fn softmax_row(row: &mut [f32], visible: usize) -> f32 {
     max + sum.ln()
 }
 
-/// Backward: gradients of q, k and v (same layout as the forward output) given the
-/// output's gradient.
-pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> [FlexTensor; 3] {
-    let [batch, heads, seq, dim] = dims(&saved.q);
+/// Backward: the gradient of the packed q|k|v rows, `[batch * seq, 3 * width]`, given the
+/// gradient of the forward output.
+pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
+    let shape = saved.shape;
+    let (seq, dim, width) = (shape.seq, shape.head_dim, shape.width());
     let scale = (dim as f32).powf(-0.5);
-    let (qv, kv, vv, ov) = (
-        View::of(&saved.q),
-        View::of(&saved.k),
-        View::of(&saved.v),
-        View::of(&saved.out),
+    let (input, out, grad) = (
+        Rows::of(&saved.qkv),
+        Rows::of(&saved.out),
+        Rows::of(grad_out),
     );
-    let gv = View::of(grad_out);
-    let lse = &saved.lse.storage::<f32>()[..batch * heads * seq];
-    let (dq, dqv) = heads_major_output([batch, heads, seq, dim]);
-    let (dk, dkv) = heads_major_output([batch, heads, seq, dim]);
-    let (dv, dvv) = heads_major_output([batch, heads, seq, dim]);
-    (0..batch * heads).into_par_iter().for_each_init(
-        || (vec![0.0f32; seq * seq], vec![0.0f32; seq * seq]),
-        |(p, dp), bh| {
-            let (b, h) = (bh / heads, bh % heads);
-            let (q, k, v, o, g) = (
-                qv.head(b, h),
-                kv.head(b, h),
-                vv.head(b, h),
-                ov.head(b, h),
-                gv.head(b, h),
+    let lse = &saved.lse.storage::<f32>()[..shape.batch * shape.heads * seq];
+    let mut dqkv = Output::new(Shape::new([shape.batch * seq, 3 * width]));
+    let d = dqkv.rows();
+    for_each_head(&shape, |b, h, p, dp| {
+        let [q, k, v] = [0, 1, 2].map(|part| input.block(&shape, b, part * width + h * dim));
+        let [dq, dk, dv] = [0, 1, 2].map(|part| d.block(&shape, b, part * width + h * dim));
+        let (o, g) = (
+            out.block(&shape, b, h * dim),
+            grad.block(&shape, b, h * dim),
+        );
+        // The probabilities again, from the scores and the saved log-sum-exp.
+        scaled_scores(&shape, p, q, k);
+        let lse = &lse[(b * shape.heads + h) * seq..][..seq];
+        for (i, row) in p.chunks_mut(seq).enumerate() {
+            let (live, masked) = row.split_at_mut(shape.visible(i));
+            live.iter_mut().for_each(|x| *x = exp_f32(*x - lse[i]));
+            masked.fill(0.0);
+        }
+        // SAFETY: reads stay inside this head's blocks; this task alone writes head h's
+        // columns of sequence b's rows of the q|k|v gradient.
+        unsafe {
+            // dP = dO vᵀ, dV = Pᵀ dO
+            let pt = (p.as_ptr(), 1, seq as isize);
+            matmul(
+                (seq, seq, dim),
+                (dp.as_mut_ptr(), seq as isize, 1),
+                constant(g),
+                transposed(v),
+                1.0,
             );
-            // Probabilities again, from the scores and the saved log-sum-exp.
-            scaled_scores(p, q, k, (&qv, &kv), seq, dim, scale);
-            let lse = &lse[bh * seq..(bh + 1) * seq];
-            for (i, row) in p.chunks_mut(seq).enumerate() {
-                let (live, masked) = row.split_at_mut(visible(i, seq, saved.causal));
-                live.iter_mut().for_each(|x| *x = exp_f32(*x - lse[i]));
-                masked.fill(0.0);
+            matmul((seq, dim, seq), dv, pt, constant(g), 1.0);
+        }
+        // dS = P ⊙ (dP - rowsum(dP ⊙ P)), where rowsum(dP ⊙ P) = dO · O for each row.
+        for (i, (p, ds)) in p.chunks(seq).zip(dp.chunks_mut(seq)).enumerate() {
+            let at = |(ptr, rs, cs): (*mut f32, isize, isize), j: usize| {
+                // SAFETY: i < seq and j < head_dim inside this head's block.
+                unsafe { *ptr.offset(i as isize * rs + j as isize * cs) }
+            };
+            let dot: f32 = (0..dim).map(|j| at(g, j) * at(o, j)).sum();
+            for (ds, &p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - dot);
             }
-            // SAFETY: reads stay inside heads (b, h) of the saved tensors; this task alone
-            // writes head (b, h) of dq, dk and dv.
-            unsafe {
-                // dP = dO vᵀ
-                matmul(
-                    (seq, seq, dim),
-                    (dp.as_mut_ptr(), seq as isize, 1),
-                    (g, gv.row_stride(), gv.col_stride()),
-                    (v, vv.col_stride(), vv.row_stride()),
-                    1.0,
-                    false,
-                );
-                // dV = Pᵀ dO
-                matmul(
-                    (seq, dim, seq),
-                    (
-                        dvv.head(b, h) as *mut f32,
-                        dvv.row_stride(),
-                        dvv.col_stride(),
-                    ),
-                    (p.as_ptr(), 1, seq as isize),
-                    (g, gv.row_stride(), gv.col_stride()),
-                    1.0,
-                    false,
-                );
-            }
-            // dS = P ⊙ (dP - rowsum(dO ⊙ O)); rowsum(dP ⊙ P) equals dO · O per row.
-            for i in 0..seq {
-                let mut dot = 0.0;
-                for d in 0..dim {
-                    // SAFETY: i < seq and d < dim inside head (b, h).
-                    unsafe {
-                        dot += *g
-                            .offset(i as isize * gv.row_stride() + d as isize * gv.col_stride())
-                            * *o.offset(
-                                i as isize * ov.row_stride() + d as isize * ov.col_stride(),
-                            );
-                    }
-                }
-                let (p, dp) = (&p[i * seq..(i + 1) * seq], &mut dp[i * seq..(i + 1) * seq]);
-                for (ds, &p) in dp.iter_mut().zip(p) {
-                    *ds = p * (*ds - dot);
-                }
-            }
-            // SAFETY: as above.
-            unsafe {
-                // dQ = scale * dS k
-                matmul(
-                    (seq, dim, seq),
-                    (
-                        dqv.head(b, h) as *mut f32,
-                        dqv.row_stride(),
-                        dqv.col_stride(),
-                    ),
-                    (dp.as_ptr(), seq as isize, 1),
-                    (k, kv.row_stride(), kv.col_stride()),
-                    scale,
-                    false,
-                );
-                // dK = scale * dSᵀ q
-                matmul(
-                    (seq, dim, seq),
-                    (
-                        dkv.head(b, h) as *mut f32,
-                        dkv.row_stride(),
-                        dkv.col_stride(),
-                    ),
-                    (dp.as_ptr(), 1, seq as isize),
-                    (q, qv.row_stride(), qv.col_stride()),
-                    scale,
-                    false,
-                );
-            }
-        },
-    );
-    [dq, dk, dv]
+        }
+        // SAFETY: as above.
+        unsafe {
+            // dQ = scale * dS k, dK = scale * dSᵀ q
+            let (ds, dst) = (
+                (dp.as_ptr(), seq as isize, 1),
+                (dp.as_ptr(), 1, seq as isize),
+            );
+            matmul((seq, dim, seq), dq, ds, constant(k), scale);
+            matmul((seq, dim, seq), dk, dst, constant(q), scale);
+        }
+    });
+    // SAFETY: every (sequence, head) block of q, k and v's columns was written above.
+    unsafe { dqkv.finish() }
 }
