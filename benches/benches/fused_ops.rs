@@ -86,4 +86,9 @@ fn main() {
         fwd_bwd(&x, &|[x]| x.clone() * sigmoid(x.mul_scalar(1.702)))
     });
     report("quick_gelu [64 * 37, 768]", ours, burn);
+    let norm = burn::nn::LayerNormConfig::new(192).init(&device);
+    let x = [Tensor::<4>::random([1, 1, 64 * 37, 192], normal, &device)];
+    let ours = time_ms(20, || fwd_bwd(&x, &|[x]| fused::layer_norm(&norm, 1e-5, x)));
+    let burn = time_ms(20, || fwd_bwd(&x, &|[x]| norm.forward(x)));
+    report("layer_norm [64 * 37, 192]", ours, burn);
 }

@@ -18,12 +18,14 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
+use burn::nn::LayerNorm;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, DType, Shape, Tensor};
 use rayon::prelude::*;
 
 mod attention;
+mod layer_norm;
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;
@@ -40,6 +42,25 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         x.clone() * sigmoid(x.mul_scalar(QUICK_GELU_SLOPE))
     }
+}
+
+/// `norm`'s LayerNorm over the last dimension of `x` (its epsilon is `eps`: burn keeps it
+/// private).
+pub fn layer_norm<const D: usize>(norm: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    let beta = match &norm.beta {
+        Some(beta) if on_flex(&x) && x.dtype() == DType::F32 => beta.val(),
+        _ => return norm.forward(x),
+    };
+    let dims = x.dims();
+    let width = dims[D - 1];
+    let rows = x.shape().num_elements() / width;
+    let out = <burn::backend::Dispatch as FusedOps>::fused_layer_norm(
+        x.reshape([rows, width]).into_dispatch(),
+        norm.gamma.val().into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    );
+    Tensor::<2>::from_dispatch(out).reshape(dims)
 }
 
 /// Multi-head self-attention from packed projections: `qkv` is `[batch * seq, 3 * width]`
@@ -83,6 +104,14 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 pub trait FusedOps: Backend {
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// See [`layer_norm`]; `x` is `[rows, width]`.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+
     /// See [`attention`].
     fn fused_attention(
         qkv: FloatTensor<Self>,
@@ -96,6 +125,16 @@ pub trait FusedOps: Backend {
 impl FusedOps for Flex {
     fn quick_gelu(x: FlexTensor) -> FlexTensor {
         quick_gelu_forward(x)
+    }
+
+    fn fused_layer_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        eps: f64,
+    ) -> FlexTensor {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), contiguous(beta));
+        layer_norm::forward(&x, &gamma, &beta, eps).0
     }
 
     fn fused_attention(
@@ -142,6 +181,51 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(state, quick_gelu_forward(x.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(quick_gelu_forward(x.into_primitive())),
+        }
+    }
+
+    /// Keeps the input, the gain and each row's mean and 1/std.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl Backward<Flex, 3> for LayerNorm {
+            type State = layer_norm::Saved;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let grad = contiguous(grads.consume::<Flex>(&ops.node));
+                let gradients = layer_norm::backward(&ops.state, &grad);
+                for (node, grad) in ops.parents.into_iter().zip(gradients) {
+                    if let Some(node) = node {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let prepared = LayerNorm
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma, beta) = (
+            contiguous(x.into_primitive()),
+            contiguous(gamma.into_primitive()),
+            contiguous(beta.into_primitive()),
+        );
+        let (out, stats) = layer_norm::forward(&x, &gamma, &beta, eps);
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish(layer_norm::Saved { x, gamma, stats }, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 

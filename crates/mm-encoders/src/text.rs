@@ -6,6 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::TextConfig;
+use crate::fused;
 use crate::hf::LEGACY_EOS_TOKEN_ID;
 use crate::transformer::{Encoder, layer_norm, normal};
 use crate::vision::TowerOutput;
@@ -22,6 +23,8 @@ pub struct TextTransformer {
     pub encoder: Encoder,
     pub final_layer_norm: LayerNorm,
     pub eos_token_id: u32,
+    /// The final norm's epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
+    pub layer_norm_eps: f64,
 }
 
 impl TextConfig {
@@ -38,6 +41,7 @@ impl TextConfig {
             encoder: self.transformer().init(device),
             final_layer_norm: layer_norm(self.width, self.layer_norm_eps, device),
             eos_token_id: self.eos_token_id,
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -61,7 +65,8 @@ impl TextTransformer {
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> TowerOutput {
         let eot = eot_index(input_ids.clone(), self.eos_token_id);
         let hidden = self.encoder.forward(self.embeddings.forward(input_ids));
-        let last_hidden_state = self.final_layer_norm.forward(hidden);
+        let last_hidden_state =
+            fused::layer_norm(&self.final_layer_norm, self.layer_norm_eps, hidden);
         let [batch, seq, width] = last_hidden_state.dims();
         // Row `b * seq + eot[b]` of the flattened states is sequence b's end-of-text token.
         let device = last_hidden_state.device();

@@ -10,7 +10,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::Activation;
-use crate::fused::{attention, quick_gelu};
+use crate::fused::{attention, layer_norm as fused_layer_norm, quick_gelu};
 
 /// Shape of one tower's transformer; both towers build from this one config.
 #[derive(Config, Debug)]
@@ -73,6 +73,7 @@ impl TransformerConfig {
                 activation: self.activation,
             },
             layer_norm2: layer_norm(w, self.layer_norm_eps, device),
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -107,6 +108,8 @@ pub struct EncoderLayer {
     pub layer_norm1: LayerNorm,
     pub mlp: Mlp,
     pub layer_norm2: LayerNorm,
+    /// Both norms' epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
+    pub layer_norm_eps: f64,
 }
 
 impl EncoderLayer {
@@ -115,8 +118,12 @@ impl EncoderLayer {
         let hidden = hidden.clone()
             + self
                 .self_attn
-                .forward(self.layer_norm1.forward(hidden), seq);
-        hidden.clone() + self.mlp.forward(self.layer_norm2.forward(hidden))
+                .forward(self.norm(&self.layer_norm1, hidden), seq);
+        hidden.clone() + self.mlp.forward(self.norm(&self.layer_norm2, hidden))
+    }
+
+    fn norm(&self, norm: &LayerNorm, hidden: Tensor<2>) -> Tensor<2> {
+        fused_layer_norm(norm, self.layer_norm_eps, hidden)
     }
 }
 

@@ -7,6 +7,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::VisionConfig;
+use crate::fused;
 use crate::transformer::{Encoder, layer_norm, normal};
 
 #[derive(Module, Debug)]
@@ -23,6 +24,8 @@ pub struct VisionTransformer {
     pub pre_layrnorm: LayerNorm,
     pub encoder: Encoder,
     pub post_layernorm: LayerNorm,
+    /// Both norms' epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
+    pub layer_norm_eps: f64,
 }
 
 impl VisionConfig {
@@ -44,6 +47,7 @@ impl VisionConfig {
             pre_layrnorm: layer_norm(w, self.layer_norm_eps, device),
             encoder: self.transformer().init(device),
             post_layernorm: layer_norm(w, self.layer_norm_eps, device),
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 }
@@ -77,7 +81,8 @@ pub struct TowerOutput {
 
 impl VisionTransformer {
     pub fn forward(&self, pixels: Tensor<4>) -> TowerOutput {
-        let hidden = self.pre_layrnorm.forward(self.embeddings.forward(pixels));
+        let embeddings = self.embeddings.forward(pixels);
+        let hidden = fused::layer_norm(&self.pre_layrnorm, self.layer_norm_eps, embeddings);
         let last_hidden_state = self.encoder.forward(hidden);
         let [batch, _, width] = last_hidden_state.dims();
         let class_token = last_hidden_state
@@ -86,7 +91,7 @@ impl VisionTransformer {
             .reshape([batch, width]);
         TowerOutput {
             last_hidden_state,
-            pooled: self.post_layernorm.forward(class_token),
+            pooled: fused::layer_norm(&self.post_layernorm, self.layer_norm_eps, class_token),
         }
     }
 }

@@ -112,3 +112,52 @@ fn attention_matches_burn_forward_and_backward() {
         assert!(forward <= 1e-5 && backward <= 1e-5);
     }
 }
+
+/// LayerNorm against burn's (same module, same parameters): output and the gradients of the
+/// input, gain and bias, on rows with large offsets and scales.
+#[test]
+fn layer_norm_matches_burn_forward_and_backward() {
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    let device = Device::flex().autodiff();
+    let [rows, width] = [150, 48];
+    let eps = 1e-5;
+    let mut norm = LayerNormConfig::new(width).with_epsilon(eps).init(&device);
+    norm.gamma = Param::from_tensor(Tensor::random(
+        [width],
+        Distribution::Normal(1.0, 0.5),
+        &device,
+    ));
+    norm.beta = Some(Param::from_tensor(Tensor::random(
+        [width],
+        Distribution::Default,
+        &device,
+    )));
+    let x = Tensor::<2>::random([rows, width], Distribution::Normal(3.0, 5.0), &device);
+    let upstream = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 1.0), &device);
+    let run = |fused: bool| {
+        let x = x.clone().detach().require_grad();
+        let out = if fused {
+            mm_encoders::fused::layer_norm(&norm, eps, x.clone())
+        } else {
+            norm.forward(x.clone())
+        };
+        let grads = (out.clone() * upstream.clone()).sum().backward();
+        let beta = norm.beta.as_ref().unwrap();
+        (
+            out,
+            x.grad(&grads).unwrap(),
+            norm.gamma.grad(&grads).unwrap(),
+            beta.grad(&grads).unwrap(),
+        )
+    };
+    let (out, dx, dgamma, dbeta) = run(true);
+    let (want, want_dx, want_dgamma, want_dbeta) = run(false);
+    let forward = max_diff(out, want);
+    let dx = max_diff(dx, want_dx);
+    let dparams = max_diff(dgamma, want_dgamma).max(max_diff(dbeta, want_dbeta));
+    println!("layer_norm: forward {forward:.2e}, dx {dx:.2e}, dgamma/dbeta {dparams:.2e}");
+    assert!(forward <= 1e-5 && dx <= 1e-5);
+    // Sums over 150 rows of O(1) terms: 1e-5 relative.
+    assert!(dparams <= 1e-4, "parameter gradients differ by {dparams}");
+}

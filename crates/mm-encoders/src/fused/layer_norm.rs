@@ -1,0 +1,122 @@
+//! LayerNorm over the last dimension on Flex, forward and backward, row by row.
+//!
+//! Flex normalises in one fused pass, but burn's autodiff records LayerNorm as its composite
+//! (mean, subtract, square, mean, add, sqrt, divide, scale, shift), each a single-threaded pass
+//! with its own backward. Here the forward keeps each row's mean and 1/std, and the backward is
+//! one parallel pass over the rows that also accumulates the gain and bias gradients.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Shape};
+use rayon::prelude::*;
+
+use super::Output;
+
+/// Rows per rayon task.
+const ROWS: usize = 64;
+
+/// What the backward pass needs from the forward one.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub x: FlexTensor,
+    pub gamma: FlexTensor,
+    /// `[rows, 2]`: each row's mean and 1 / sqrt(variance + eps).
+    pub stats: FlexTensor,
+}
+
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    assert_eq!(tensor.dtype(), DType::F32, "fused layer norm takes f32");
+    assert!(tensor.is_contiguous() && tensor.layout().start_offset() == 0);
+    &tensor.storage::<f32>()[..tensor.layout().num_elements()]
+}
+
+/// `(x - mean) / sqrt(var + eps) * gamma + beta` per row of the contiguous `x`; returns the
+/// result and the per-row statistics.
+pub fn forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f64,
+) -> (FlexTensor, FlexTensor) {
+    let (xs, gamma, beta) = (f32s(x), f32s(gamma), f32s(beta));
+    let width = gamma.len();
+    let rows = xs.len() / width;
+    let mut out = Output::new(x.layout().shape().clone());
+    let mut stats = Output::new(Shape::new([rows, 2]));
+    out.data.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(ROWS * width)
+        .zip(stats.data.spare_capacity_mut()[..2 * rows].par_chunks_mut(2 * ROWS))
+        .zip(xs.par_chunks(ROWS * width))
+        .for_each(|((out, stats), xs)| {
+            for ((out, stat), x) in out
+                .chunks_mut(width)
+                .zip(stats.chunks_mut(2))
+                .zip(xs.chunks(width))
+            {
+                let mean = x.iter().sum::<f32>() / width as f32;
+                let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+                let rstd = 1.0 / (var + eps as f32).sqrt();
+                for (((out, &x), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+                    out.write((x - mean) * rstd * g + b);
+                }
+                stat[0].write(mean);
+                stat[1].write(rstd);
+            }
+        });
+    // SAFETY: every row of both outputs was written.
+    unsafe { (out.finish(), stats.finish()) }
+}
+
+/// Gradients of x, gamma and beta given the output's (contiguous) gradient.
+pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
+    let (xs, gamma, stats, dys) = (
+        f32s(&saved.x),
+        f32s(&saved.gamma),
+        f32s(&saved.stats),
+        f32s(grad),
+    );
+    let width = gamma.len();
+    let mut dx = Output::new(saved.x.layout().shape().clone());
+    let (dgamma, dbeta) = dx.data.spare_capacity_mut()[..xs.len()]
+        .par_chunks_mut(ROWS * width)
+        .zip(xs.par_chunks(ROWS * width))
+        .zip(dys.par_chunks(ROWS * width))
+        .zip(stats.par_chunks(2 * ROWS))
+        .fold(
+            || (vec![0.0f32; width], vec![0.0f32; width]),
+            |(mut dgamma, mut dbeta), (((dx, xs), dys), stats)| {
+                for (r, dx) in dx.chunks_mut(width).enumerate() {
+                    let (x, dy) = (&xs[r * width..][..width], &dys[r * width..][..width]);
+                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                    // With xhat = (x - mean) * rstd and dxhat = dy * gamma:
+                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+                    let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        let dxhat = dy[i] * gamma[i];
+                        sum += dxhat;
+                        sum_xhat += dxhat * xhat;
+                        dgamma[i] += dy[i] * xhat;
+                        dbeta[i] += dy[i];
+                    }
+                    let (a, b) = (sum / width as f32, sum_xhat / width as f32);
+                    for i in 0..width {
+                        let xhat = (x[i] - mean) * rstd;
+                        dx[i].write(rstd * (dy[i] * gamma[i] - a - xhat * b));
+                    }
+                }
+                (dgamma, dbeta)
+            },
+        )
+        .reduce(
+            || (vec![0.0f32; width], vec![0.0f32; width]),
+            |(mut g1, mut b1), (g2, b2)| {
+                g1.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
+                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+                (g1, b1)
+            },
+        );
+    let vector =
+        |values: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(values, [width]));
+    // SAFETY: every row of dx was written.
+    [unsafe { dx.finish() }, vector(dgamma), vector(dbeta)]
+}
