@@ -91,4 +91,25 @@ fn main() {
     let ours = time_ms(20, || fwd_bwd(&x, &|[x]| fused::layer_norm(&norm, 1e-5, x)));
     let burn = time_ms(20, || fwd_bwd(&x, &|[x]| norm.forward(x)));
     report("layer_norm [64 * 37, 192]", ours, burn);
+    for [rows, d_in, d_out] in [
+        [64 * 37, 192, 768],
+        [64 * 37, 768, 192],
+        [64 * 37, 192, 576],
+    ] {
+        let x = [Tensor::<4>::random([1, 1, rows, d_in], normal, &device)];
+        let weight = Tensor::<2>::random([d_in, d_out], normal, &device).require_grad();
+        let bias = Tensor::<1>::random([d_out], normal, &device).require_grad();
+        let rows_of = |x: Tensor<4>| x.reshape([rows, d_in]);
+        let ours = time_ms(20, || {
+            fwd_bwd(&x, &|[x]| {
+                fused::linear(rows_of(x), weight.clone(), Some(bias.clone())).unsqueeze()
+            })
+        });
+        let burn = time_ms(20, || {
+            fwd_bwd(&x, &|[x]| {
+                (rows_of(x).matmul(weight.clone()) + bias.clone().unsqueeze()).unsqueeze()
+            })
+        });
+        report(&format!("linear [{rows}, {d_in}] -> {d_out}"), ours, burn);
+    }
 }

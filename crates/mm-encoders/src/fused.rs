@@ -18,7 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
-use burn::nn::LayerNorm;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bytes, DType, Shape, Tensor};
@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 mod attention;
 mod layer_norm;
+mod linear;
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;
@@ -42,6 +43,28 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     } else {
         x.clone() * sigmoid(x.mul_scalar(QUICK_GELU_SLOPE))
     }
+}
+
+/// `x · weight + bias` for `x` `[rows, d_in]` and `weight` `[d_in, d_out]` (burn's layout).
+pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    if !(on_flex(&x) && x.dtype() == DType::F32 && weight.dtype() == DType::F32) {
+        let out = x.matmul(weight);
+        return match bias {
+            Some(bias) => out + bias.unsqueeze(),
+            None => out,
+        };
+    }
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[1]], &weight.device()));
+    Tensor::from_dispatch(<burn::backend::Dispatch as FusedOps>::fused_linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+/// `layer` applied to `[rows, d_in]` rows through [`linear`].
+pub fn linear_layer(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// `norm`'s LayerNorm over the last dimension of `x` (its epsilon is `eps`: burn keeps it
@@ -104,6 +127,13 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 pub trait FusedOps: Backend {
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
+    /// See [`linear`].
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
     /// See [`layer_norm`]; `x` is `[rows, width]`.
     fn fused_layer_norm(
         x: FloatTensor<Self>,
@@ -125,6 +155,10 @@ pub trait FusedOps: Backend {
 impl FusedOps for Flex {
     fn quick_gelu(x: FlexTensor) -> FlexTensor {
         quick_gelu_forward(x)
+    }
+
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        linear::forward(&x, &weight, &contiguous(bias))
     }
 
     fn fused_layer_norm(
@@ -181,6 +215,46 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(state, quick_gelu_forward(x.into_primitive()))
             }
             OpsKind::UnTracked(prep) => prep.finish(quick_gelu_forward(x.into_primitive())),
+        }
+    }
+
+    /// Keeps the input and the weight.
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Linear;
+
+        impl Backward<Flex, 3> for Linear {
+            type State = linear::Saved;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let grad = contiguous(grads.consume::<Flex>(&ops.node));
+                let gradients = linear::backward(&ops.state, &grad);
+                for (node, grad) in ops.parents.into_iter().zip(gradients) {
+                    if let Some(node) = node {
+                        grads.register::<Flex>(node.id, grad);
+                    }
+                }
+            }
+        }
+
+        let prepared = Linear
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful();
+        let (x, weight) = (x.into_primitive(), weight.into_primitive());
+        let out = linear::forward(&x, &weight, &contiguous(bias.into_primitive()));
+        match prepared {
+            OpsKind::Tracked(prep) => prep.finish(linear::Saved { x, weight }, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 

@@ -10,7 +10,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::Activation;
-use crate::fused::{attention, layer_norm as fused_layer_norm, quick_gelu};
+use crate::fused;
 
 /// Shape of one tower's transformer; both towers build from this one config.
 #[derive(Config, Debug)]
@@ -123,7 +123,7 @@ impl EncoderLayer {
     }
 
     fn norm(&self, norm: &LayerNorm, hidden: Tensor<2>) -> Tensor<2> {
-        fused_layer_norm(norm, self.layer_norm_eps, hidden)
+        fused::layer_norm(norm, self.layer_norm_eps, hidden)
     }
 }
 
@@ -141,8 +141,8 @@ pub struct Attention {
 impl Attention {
     /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
     pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
-        let context = attention(self.packed_qkv(hidden), seq, self.num_heads, self.causal);
-        self.out_proj.forward(context)
+        let context = fused::attention(self.packed_qkv(hidden), seq, self.num_heads, self.causal);
+        fused::linear_layer(&self.out_proj, context)
     }
 
     /// The q, k and v projections as one GEMM: `[rows, width]` -> `[rows, 3 * width]`, each row
@@ -155,7 +155,7 @@ impl Attention {
             Some(bias) => bias.val(),
             None => Tensor::zeros([p.weight.dims()[1]], &hidden.device()),
         });
-        hidden.matmul(weight) + Tensor::cat(bias.to_vec(), 0).unsqueeze::<2>()
+        fused::linear(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
     }
 }
 
@@ -169,12 +169,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward<const D: usize>(&self, hidden: Tensor<D>) -> Tensor<D> {
-        let hidden = self.fc1.forward(hidden);
+    /// `[rows, width]` -> `[rows, width]`.
+    pub fn forward(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let hidden = fused::linear_layer(&self.fc1, hidden);
         let hidden = match self.activation {
-            Activation::QuickGelu => quick_gelu(hidden),
+            Activation::QuickGelu => fused::quick_gelu(hidden),
             Activation::Gelu => gelu(hidden),
         };
-        self.fc2.forward(hidden)
+        fused::linear_layer(&self.fc2, hidden)
     }
 }
