@@ -38,12 +38,14 @@ pub fn shape(name: &str) -> (ClipConfig, usize) {
     }
 }
 
-/// The first argument that is not a flag (cargo passes `--bench`), or `default`.
+/// The first argument that is neither a flag (cargo passes `--bench`) nor a `--rounds` value,
+/// or `default`.
 pub fn shape_arg(default: &str) -> String {
-    std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .unwrap_or_else(|| default.into())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--rounds"))
+        .map_or_else(|| default.into(), |(_, a)| a.clone())
 }
 
 /// Synthetic inputs of `model`'s shapes: pixels in [-1, 1], ids with start/end tokens.

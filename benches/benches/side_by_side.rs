@@ -1,9 +1,13 @@
 //! mm next to PyTorch + open_clip on the same CLIP training step, on this machine, in one run.
 //!
-//! `cargo bench -p mm-benches --bench side_by_side [-- bench|vit-b-32]` (batch 64 / 32).
-//! Both sides are fp32, synthetic inputs of the same shapes, thread counts pinned equal
-//! (all cores). The Python side is `benches/torch_clip.py`, run with `benches/.venv/bin/python`
-//! when `benches/setup_venv.sh` made it, else `python3`. Prints a table; asserts nothing.
+//! `cargo bench -p mm-benches --bench side_by_side [-- bench|vit-b-32] [--rounds N]`
+//! (batch 64 / 32; 3 rounds by default). Both sides are fp32, synthetic inputs of the same
+//! shapes, thread counts pinned equal (all cores). The Python side is `benches/torch_clip.py`,
+//! run with `benches/.venv/bin/python` when `benches/setup_venv.sh` made it, else `python3`.
+//!
+//! Shared or throttled machines drift by tens of percent within minutes, so the sides take
+//! turns (mm, PyTorch, mm, PyTorch, ...), each rate is the median over its iterations, and the
+//! table shows the median over rounds with the range beside it. Prints a table; asserts nothing.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +17,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use mm_benches::{shape_arg, synthetic_batch, train_config};
 use mm_train::Learner;
+use serde_json::Value;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 fn peak_rss_mib() -> f64 {
@@ -26,94 +31,146 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Items per second from the median time of `iters` calls, after `warmup` untimed ones.
 fn rate(batch: usize, warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..warmup {
         f();
     }
-    let start = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    (iters * batch) as f64 / start.elapsed().as_secs_f64()
+    let times = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    batch as f64 / median(times)
 }
 
-fn main() {
-    let shape = shape_arg("bench");
-    let (model_config, batch) = mm_benches::shape(&shape);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let batch_data = synthetic_batch(&model_config, batch);
-    let config = train_config(batch);
-    let iters = 10;
-    let mut learner = Learner::new(&config, &model_config).unwrap();
-    let mut step = 0;
-    let mm_train = rate(batch, 3, iters, || {
-        learner.step(&batch_data, step).unwrap();
-        step += 1;
-    });
-    let device = Device::flex();
-    let model = learner.model.valid();
-    let pixels = batch_data.pixels_tensor(&device);
-    let ids: Tensor<2, Int> = batch_data.input_ids_tensor(&device);
-    let mm_image = rate(batch, 3, iters, || {
-        model.image_features(pixels.clone()).into_data();
-    });
-    let mm_text = rate(batch, 3, iters, || {
-        model.text_features(ids.clone()).into_data();
-    });
-    let mm_rss = peak_rss_mib();
+/// The rates one side reports per round.
+const ROWS: [(&str, &str); 3] = [
+    ("train step, samples/s", "train_samples_per_sec"),
+    ("image encoder, images/s", "image_per_sec"),
+    ("text encoder, texts/s", "text_per_sec"),
+];
 
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+fn run_torch(shape: &str, batch: usize, threads: usize, iters: usize) -> Result<Value, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = dir.join(".venv/bin/python");
     let python = if venv.exists() {
         venv.display().to_string()
     } else {
         "python3".into()
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("torch_clip.py");
-    let torch = Command::new(&python)
-        .arg(&script)
+    let out = Command::new(&python)
+        .arg(dir.join("torch_clip.py"))
+        .args(["--shape", shape, "--batch", &batch.to_string()])
         .args([
-            "--shape",
-            &shape,
-            "--batch",
-            &batch.to_string(),
             "--threads",
             &threads.to_string(),
+            "--iters",
+            &iters.to_string(),
         ])
         .output()
-        .map_err(|e| e.to_string())
-        .and_then(|out| {
-            if out.status.success() {
-                serde_json::from_slice::<serde_json::Value>(&out.stdout).map_err(|e| e.to_string())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("failed")
-                    .to_string())
-            }
-        });
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or("failed")
+            .to_string());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
 
-    println!("shape {shape}, batch {batch}, fp32, {threads} threads each side");
-    println!("{:<34} {:>10} {:>10} {:>8}", "", "mm", "PyTorch", "mm/PT");
-    let row = |name: &str, ours: f64, key: &str| match &torch {
-        Ok(t) => {
-            let theirs = t[key].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "{name:<34} {ours:>10.1} {theirs:>10.1} {:>7.2}x",
-                ours / theirs
-            );
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(3);
+    let shape = shape_arg("bench");
+    let (model_config, batch) = mm_benches::shape(&shape);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let batch_data = synthetic_batch(&model_config, batch);
+    let config = train_config(batch);
+    let iters = if shape == "bench" { 10 } else { 5 };
+    let mut learner = Learner::new(&config, &model_config).unwrap();
+    let mut step = 0;
+    let device = Device::flex();
+    let pixels = batch_data.pixels_tensor(&device);
+    let ids: Tensor<2, Int> = batch_data.input_ids_tensor(&device);
+
+    let (mut ours, mut theirs): (Vec<[f64; 3]>, Vec<[f64; 3]>) = (Vec::new(), Vec::new());
+    let mut torch_rss: f64 = 0.0;
+    let mut torch_version = String::new();
+    let mut torch_error = None;
+    for _ in 0..rounds {
+        let train = rate(batch, 2, iters, || {
+            learner.step(&batch_data, step).unwrap();
+            step += 1;
+        });
+        let model = learner.model.valid();
+        let image = rate(batch, 2, iters, || {
+            model.image_features(pixels.clone()).into_data();
+        });
+        let text = rate(batch, 2, iters, || {
+            model.text_features(ids.clone()).into_data();
+        });
+        ours.push([train, image, text]);
+        match run_torch(&shape, batch, threads, iters) {
+            Ok(t) => {
+                theirs.push(ROWS.map(|(_, key)| t[key].as_f64().unwrap_or(f64::NAN)));
+                torch_rss = torch_rss.max(t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+                torch_version = t["torch"].as_str().unwrap_or("?").to_string();
+            }
+            Err(e) => torch_error = Some(e),
         }
-        Err(_) => println!("{name:<34} {ours:>10.1} {:>10} {:>8}", "-", "-"),
+    }
+    let mm_rss = peak_rss_mib();
+
+    println!(
+        "shape {shape}, batch {batch}, fp32, {threads} threads each side, {rounds} alternating rounds"
+    );
+    println!(
+        "{:<32} {:>9} {:>9} {:>7}   {:<26}",
+        "", "mm", "PyTorch", "mm/PT", "range over rounds (mm | PT)"
+    );
+    let column = |runs: &[[f64; 3]], i: usize| runs.iter().map(|r| r[i]).collect::<Vec<_>>();
+    let range = |values: &[f64]| {
+        let (lo, hi) = values
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        format!("{lo:.0}-{hi:.0}")
     };
-    row("train step, samples/s", mm_train, "train_samples_per_sec");
-    row("image encoder, images/s", mm_image, "image_per_sec");
-    row("text encoder, texts/s", mm_text, "text_per_sec");
-    row("peak RSS, MiB (lower is better)", mm_rss, "peak_rss_mib");
-    match &torch {
-        Ok(t) => println!(
-            "(PyTorch {}, open_clip CLIP + ClipLoss + AdamW)",
-            t["torch"].as_str().unwrap_or("?")
-        ),
-        Err(e) => println!("(PyTorch side not run: {e}; run `bash benches/setup_venv.sh`)"),
+    for (i, (name, _)) in ROWS.iter().enumerate() {
+        let mm = column(&ours, i);
+        let mm_median = median(mm.clone());
+        if theirs.is_empty() {
+            println!("{name:<32} {mm_median:>9.1} {:>9} {:>7}", "-", "-");
+            continue;
+        }
+        let pt = column(&theirs, i);
+        let pt_median = median(pt.clone());
+        println!(
+            "{name:<32} {mm_median:>9.1} {pt_median:>9.1} {:>6.2}x   {} | {}",
+            mm_median / pt_median,
+            range(&mm),
+            range(&pt)
+        );
+    }
+    println!(
+        "{:<32} {mm_rss:>9.0} {torch_rss:>9.0} {:>6.2}x   (lower is better)",
+        "peak RSS, MiB",
+        mm_rss / torch_rss
+    );
+    match torch_error {
+        None => println!("(PyTorch {torch_version}, open_clip CLIP + ClipLoss + AdamW)"),
+        Some(e) => println!("(PyTorch side failed: {e}; run `bash benches/setup_venv.sh`)"),
     }
 }

@@ -168,7 +168,7 @@ fn layer_norm_matches_burn_forward_and_backward() {
 fn linear_matches_burn_forward_and_backward() {
     use mm_encoders::fused::linear;
     let device = Device::flex().autodiff();
-    let [rows, d_in, d_out] = [237, 40, 72];
+    let [rows, d_in, d_out] = [601, 40, 72];
     let normal = Distribution::Normal(0.0, 1.0);
     let x = Tensor::<2>::random([rows, d_in], normal, &device);
     let weight_t = Tensor::<2>::random([d_out, d_in], normal, &device);

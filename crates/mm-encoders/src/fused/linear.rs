@@ -5,9 +5,10 @@
 //! (measured on 2 cores: [2368, 192] x [192, 768], the ViT's fc1, at 60 GFLOP/s against 170 for
 //! [1184, 192] x [192, 768]); splitting the rows into blocks, one single-threaded GEMM each,
 //! runs every shape at the kernel's speed. (2) The bias is written into the output before the
-//! GEMM accumulates onto it, and its gradient (column sums) comes out of the same pass over the
-//! output gradient that computes the weight gradient, instead of two more single-threaded
-//! passes and an autodiff node.
+//! GEMM accumulates onto it, and its gradient (column sums) comes out of the same tasks that
+//! compute the weight gradient, instead of two more single-threaded passes and an autodiff
+//! node. The weight gradient is a sum over rows, so each thread takes a block of rows (packing
+//! only those rows of x and the output gradient) and the partial sums are added at the end.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape};
@@ -73,20 +74,6 @@ impl Matrix {
     }
 }
 
-/// A pointer that tasks write through at disjoint places.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A method (not the field) so closures capture the `Send` wrapper, not the raw pointer.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Blocks of `len` split for the pool: about four per thread, multiples of 16, at least 32.
 fn block_len(len: usize) -> usize {
     let blocks = 4 * rayon::current_num_threads();
@@ -129,15 +116,6 @@ fn row_block(m: Matrix, start: usize, len: usize) -> Matrix {
     Matrix {
         ptr: m.at(start, 0),
         rows: len,
-        ..m
-    }
-}
-
-/// Columns `start..start + len` of `m`.
-fn col_block(m: Matrix, start: usize, len: usize) -> Matrix {
-    Matrix {
-        ptr: m.at(0, start),
-        cols: len,
         ..m
     }
 }
@@ -189,40 +167,44 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
             unsafe { matmul(dst.as_mut_ptr().cast(), d_in, dy, w.transposed(), false) };
         });
 
-    // dw = xᵀ · dy and db = column sums of dy, by blocks of output columns (each task writes
-    // its columns of dw in place and sums the same columns of dy).
+    // dw = xᵀ · dy and db = column sums of dy, as partial sums over one block of rows per
+    // thread (each packs only its own rows of x and dy), added up after.
     let dy_values = &grad.storage::<f32>()[..rows * d_out];
-    let mut dw = Output::new(Shape::new([d_in, d_out]));
-    let dw_ptr = SendPtr(dw.data.as_mut_ptr());
-    let block = block_len(d_out);
-    let db: Vec<Vec<f32>> = (0..d_out.div_ceil(block))
+    let threads = rayon::current_num_threads().min(rows.div_ceil(256)).max(1);
+    let block = rows.div_ceil(threads);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = (0..threads)
         .into_par_iter()
-        .map(|j| {
-            let (start, cols) = (j * block, block.min(d_out - j * block));
-            // SAFETY: this task alone writes columns start..start + cols of dw's d_in rows.
-            unsafe {
-                let dst = dw_ptr.get().add(start);
-                matmul(
-                    dst,
-                    d_out,
-                    x.transposed(),
-                    col_block(dy, start, cols),
-                    false,
-                );
-            }
-            let mut db = vec![0.0f32; cols];
-            for row in dy_values.chunks(d_out) {
-                for (db, &g) in db.iter_mut().zip(&row[start..start + cols]) {
-                    *db += g;
+        .map(|t| {
+            let (start, len) = (t * block, block.min(rows.saturating_sub(t * block)));
+            let mut dw = vec![0.0f32; d_in * d_out];
+            let mut db = vec![0.0f32; d_out];
+            if len > 0 {
+                let (x, dy) = (row_block(x, start, len).transposed(), row_block(dy, start, len));
+                // SAFETY: dw holds d_in rows of d_out floats.
+                unsafe { matmul(dw.as_mut_ptr(), d_out, x, dy, false) };
+                for row in dy_values[start * d_out..(start + len) * d_out].chunks(d_out) {
+                    db.iter_mut().zip(row).for_each(|(db, &g)| *db += g);
                 }
             }
-            db
+            (dw, db)
         })
         .collect();
-    let db = db.concat();
+    let (mut dw, mut db) = (Vec::new(), Vec::new());
+    for (part_dw, part_db) in partials {
+        if dw.is_empty() {
+            (dw, db) = (part_dw, part_db);
+        } else {
+            dw.iter_mut().zip(part_dw).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(part_db).for_each(|(a, b)| *a += b);
+        }
+    }
     let tensor = |values: Vec<f32>, shape: Vec<usize>| {
         FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
     };
-    // SAFETY: every row of dx and every column block of dw was written.
-    unsafe { [dx.finish(), dw.finish(), tensor(db, vec![d_out])] }
+    // SAFETY: every row of dx was written.
+    [
+        unsafe { dx.finish() },
+        tensor(dw, vec![d_in, d_out]),
+        tensor(db, vec![d_out]),
+    ]
 }
