@@ -36,6 +36,7 @@ fn report(name: &str, ours: f64, burn: f64) {
 }
 
 fn main() {
+    mm_train::allocator::keep_freed_memory();
     let device = Device::flex().autodiff();
     let normal = Distribution::Normal(0.0, 1.0);
     for (name, [batch, heads, seq, dim], causal) in [

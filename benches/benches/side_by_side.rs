@@ -88,6 +88,7 @@ fn run_torch(shape: &str, batch: usize, threads: usize, iters: usize) -> Result<
 }
 
 fn main() {
+    mm_train::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = args
         .iter()
@@ -146,7 +147,8 @@ fn main() {
         let (lo, hi) = values
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        format!("{lo:.0}-{hi:.0}")
+        let digits = if hi < 100.0 { 1 } else { 0 };
+        format!("{lo:.digits$}-{hi:.digits$}")
     };
     for (i, (name, _)) in ROWS.iter().enumerate() {
         let mm = column(&ours, i);

@@ -25,6 +25,7 @@ const PHASES: [&str; 6] = [
 ];
 
 fn main() {
+    mm_train::allocator::keep_freed_memory();
     let shape = shape_arg("bench");
     let (model_config, batch) = mm_benches::shape(&shape);
     let data = synthetic_batch(&model_config, batch);

@@ -14,6 +14,7 @@ use mm_train::config::{EvalConfig, ModelSpec, OptimConfig, ScheduleConfig};
 use mm_train::{Learner, TrainConfig};
 
 fn main() {
+    mm_train::allocator::keep_freed_memory();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

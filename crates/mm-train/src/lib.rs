@@ -1,6 +1,7 @@
 //! mm's trainer: config, learner loop, checkpoints and zero-shot evaluation. The `mm-train`
 //! binary is a thin command line over this library.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

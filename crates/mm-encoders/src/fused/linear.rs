@@ -179,7 +179,10 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
             let mut dw = vec![0.0f32; d_in * d_out];
             let mut db = vec![0.0f32; d_out];
             if len > 0 {
-                let (x, dy) = (row_block(x, start, len).transposed(), row_block(dy, start, len));
+                let (x, dy) = (
+                    row_block(x, start, len).transposed(),
+                    row_block(dy, start, len),
+                );
                 // SAFETY: dw holds d_in rows of d_out floats.
                 unsafe { matmul(dw.as_mut_ptr(), d_out, x, dy, false) };
                 for row in dy_values[start * d_out..(start + len) * d_out].chunks(d_out) {
