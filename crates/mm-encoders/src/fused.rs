@@ -28,6 +28,7 @@ use std::mem::MaybeUninit;
 mod attention;
 mod layer_norm;
 mod linear;
+mod matrix;
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;

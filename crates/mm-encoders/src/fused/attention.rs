@@ -12,10 +12,10 @@
 //! keeping them.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Shape};
-use gemm::{Parallelism, gemm};
+use burn::tensor::Shape;
 use rayon::prelude::*;
 
+use super::matrix::{Matrix, matmul};
 use super::{Output, exp_f32};
 
 /// What the backward pass needs from the forward one.
@@ -72,105 +72,13 @@ impl Heads {
     }
 }
 
-/// One `seq x head_dim` matrix inside a row-major `[batch * seq, cols]` buffer: base pointer of
-/// the buffer, its row stride, and the column where this head's block starts.
-#[derive(Clone, Copy)]
-struct Rows {
-    ptr: *mut f32,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-// Inputs are only read; outputs are written at disjoint (sequence, head) blocks.
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// The 2-D tensor's storage as rows (any strides).
-    fn of(tensor: &FlexTensor) -> Self {
-        assert_eq!(tensor.dtype(), DType::F32, "fused attention takes f32");
-        let layout = tensor.layout();
-        assert_eq!(layout.num_dims(), 2, "fused attention takes [rows, cols]");
-        let strides = layout.strides();
-        let storage = tensor.storage::<f32>().as_ptr();
-        Self {
-            // SAFETY: start_offset is inside the storage Flex allocated for this layout.
-            ptr: unsafe { storage.add(layout.start_offset()) as *mut f32 },
-            row_stride: strides[0],
-            col_stride: strides[1],
-        }
+impl Heads {
+    /// Head `h`'s `seq x head_dim` block of sequence `b` in `rows` (`[batch * seq, cols]`),
+    /// starting `part` widths in (0 q, 1 k, 2 v in the packed input).
+    fn block(&self, rows: Matrix, b: usize, part: usize, h: usize) -> Matrix {
+        let col = part * self.width() + h * self.head_dim;
+        rows.block(b * self.seq, self.seq, col, self.head_dim)
     }
-
-    /// Start of row `r`.
-    fn row(&self, r: usize) -> *mut f32 {
-        // SAFETY: callers pass a row inside the buffer.
-        unsafe { self.ptr.offset(r as isize * self.row_stride) }
-    }
-
-    /// The `seq x head_dim` block of sequence `b`, starting at column `col`.
-    fn block(&self, shape: &Heads, b: usize, col: usize) -> (*mut f32, isize, isize) {
-        let offset = (b * shape.seq) as isize * self.row_stride + col as isize * self.col_stride;
-        // SAFETY: callers pass b < batch and col + head_dim <= the buffer's columns.
-        (
-            unsafe { self.ptr.offset(offset) },
-            self.row_stride,
-            self.col_stride,
-        )
-    }
-}
-
-impl Output {
-    fn rows(&mut self) -> Rows {
-        let cols = self.shape[1];
-        Rows {
-            ptr: self.data.as_mut_ptr(),
-            row_stride: cols as isize,
-            col_stride: 1,
-        }
-    }
-}
-
-/// `dst = beta * lhs · rhs` (`read_dst`: `dst += ...`) for operands given as
-/// `(pointer, row stride, column stride)`.
-unsafe fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: (*mut f32, isize, isize),
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    beta: f32,
-) {
-    // SAFETY: the caller guarantees every pointer addresses its (m|k) x (k|n) block.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.2,
-            dst.1,
-            false,
-            lhs.0,
-            lhs.2,
-            lhs.1,
-            rhs.0,
-            rhs.2,
-            rhs.1,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
-fn transposed((ptr, rows, cols): (*mut f32, isize, isize)) -> (*const f32, isize, isize) {
-    (ptr, cols, rows)
-}
-
-fn constant((ptr, rows, cols): (*mut f32, isize, isize)) -> (*const f32, isize, isize) {
-    (ptr, rows, cols)
 }
 
 /// Runs `head` for every (sequence, head) pair in parallel, with two `seq x seq` scratch
@@ -185,55 +93,46 @@ fn for_each_head(shape: &Heads, head: impl Fn(usize, usize, &mut [f32], &mut [f3
         );
 }
 
+/// A `seq x seq` row-major scratch buffer as a matrix.
+fn square(buffer: &mut [f32], seq: usize) -> Matrix {
+    Matrix::row_major(buffer.as_mut_ptr(), seq, seq)
+}
+
 /// `scores = scale * q kᵀ` for one head into a `seq x seq` row-major buffer.
-fn scaled_scores(
-    shape: &Heads,
-    scores: &mut [f32],
-    q: (*mut f32, isize, isize),
-    k: (*mut f32, isize, isize),
-) {
-    let seq = shape.seq;
+fn scaled_scores(shape: &Heads, scores: &mut [f32], q: Matrix, k: Matrix) {
+    let scale = (shape.head_dim as f32).powf(-0.5);
     // SAFETY: q and k are one head's blocks; scores holds seq * seq floats.
-    unsafe {
-        matmul(
-            (seq, seq, shape.head_dim),
-            (scores.as_mut_ptr(), seq as isize, 1),
-            constant(q),
-            transposed(k),
-            (shape.head_dim as f32).powf(-0.5),
-        );
-    }
+    unsafe { matmul(square(scores, shape.seq), q, k.transposed(), scale, false) };
 }
 
 /// Forward: `[batch * seq, width]` attention outputs (heads side by side, as the output
 /// projection takes them) and each row's log-sum-exp.
 pub fn forward(qkv: &FlexTensor, shape: Heads) -> (FlexTensor, FlexTensor) {
-    let (seq, dim, width) = (shape.seq, shape.head_dim, shape.width());
-    let input = Rows::of(qkv);
-    let mut out = Output::new(Shape::new([shape.batch * seq, width]));
-    let out_rows = out.rows();
+    let seq = shape.seq;
+    let input = Matrix::of(qkv);
+    let mut out = Output::new(Shape::new([shape.batch * seq, shape.width()]));
+    let out_rows = out.matrix();
     let mut lse = Output::new(Shape::new([shape.batch * shape.heads, seq]));
-    let lse_rows = lse.rows();
+    let lse_rows = lse.matrix();
     for_each_head(&shape, |b, h, scores, _| {
-        let q = input.block(&shape, b, h * dim);
-        let k = input.block(&shape, b, width + h * dim);
-        let v = input.block(&shape, b, 2 * width + h * dim);
+        let [q, k, v] = [0, 1, 2].map(|part| shape.block(input, b, part, h));
         scaled_scores(&shape, scores, q, k);
         // SAFETY: this task alone writes row b * heads + h of `lse`.
-        let lse = unsafe { std::slice::from_raw_parts_mut(lse_rows.row(b * shape.heads + h), seq) };
+        let lse =
+            unsafe { std::slice::from_raw_parts_mut(lse_rows.at(b * shape.heads + h, 0), seq) };
         for (i, (row, lse)) in scores.chunks_mut(seq).zip(lse).enumerate() {
             *lse = softmax_row(row, shape.visible(i));
         }
         // SAFETY: this task alone writes head h's columns of sequence b's rows of `out`.
         unsafe {
             matmul(
-                (seq, dim, seq),
-                out_rows.block(&shape, b, h * dim),
-                (scores.as_ptr(), seq as isize, 1),
-                constant(v),
+                shape.block(out_rows, b, 0, h),
+                square(scores, seq),
+                v,
                 1.0,
-            );
-        }
+                false,
+            )
+        };
     });
     // SAFETY: every (sequence, head) block of both outputs was written above.
     unsafe { (out.finish(), lse.finish()) }
@@ -258,23 +157,20 @@ fn softmax_row(row: &mut [f32], visible: usize) -> f32 {
 /// gradient of the forward output.
 pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
     let shape = saved.shape;
-    let (seq, dim, width) = (shape.seq, shape.head_dim, shape.width());
+    let (seq, dim) = (shape.seq, shape.head_dim);
     let scale = (dim as f32).powf(-0.5);
     let (input, out, grad) = (
-        Rows::of(&saved.qkv),
-        Rows::of(&saved.out),
-        Rows::of(grad_out),
+        Matrix::of(&saved.qkv),
+        Matrix::of(&saved.out),
+        Matrix::of(grad_out),
     );
     let lse = &saved.lse.storage::<f32>()[..shape.batch * shape.heads * seq];
-    let mut dqkv = Output::new(Shape::new([shape.batch * seq, 3 * width]));
-    let d = dqkv.rows();
+    let mut dqkv = Output::new(Shape::new([shape.batch * seq, 3 * shape.width()]));
+    let d = dqkv.matrix();
     for_each_head(&shape, |b, h, p, dp| {
-        let [q, k, v] = [0, 1, 2].map(|part| input.block(&shape, b, part * width + h * dim));
-        let [dq, dk, dv] = [0, 1, 2].map(|part| d.block(&shape, b, part * width + h * dim));
-        let (o, g) = (
-            out.block(&shape, b, h * dim),
-            grad.block(&shape, b, h * dim),
-        );
+        let [q, k, v] = [0, 1, 2].map(|part| shape.block(input, b, part, h));
+        let [dq, dk, dv] = [0, 1, 2].map(|part| shape.block(d, b, part, h));
+        let (o, g) = (shape.block(out, b, 0, h), shape.block(grad, b, 0, h));
         // The probabilities again, from the scores and the saved log-sum-exp.
         scaled_scores(&shape, p, q, k);
         let lse = &lse[(b * shape.heads + h) * seq..][..seq];
@@ -287,23 +183,13 @@ pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
         // columns of sequence b's rows of the q|k|v gradient.
         unsafe {
             // dP = dO vᵀ, dV = Pᵀ dO
-            let pt = (p.as_ptr(), 1, seq as isize);
-            matmul(
-                (seq, seq, dim),
-                (dp.as_mut_ptr(), seq as isize, 1),
-                constant(g),
-                transposed(v),
-                1.0,
-            );
-            matmul((seq, dim, seq), dv, pt, constant(g), 1.0);
+            matmul(square(dp, seq), g, v.transposed(), 1.0, false);
+            matmul(dv, square(p, seq).transposed(), g, 1.0, false);
         }
         // dS = P ⊙ (dP - rowsum(dP ⊙ P)), where rowsum(dP ⊙ P) = dO · O for each row.
         for (i, (p, ds)) in p.chunks(seq).zip(dp.chunks_mut(seq)).enumerate() {
-            let at = |(ptr, rs, cs): (*mut f32, isize, isize), j: usize| {
-                // SAFETY: i < seq and j < head_dim inside this head's block.
-                unsafe { *ptr.offset(i as isize * rs + j as isize * cs) }
-            };
-            let dot: f32 = (0..dim).map(|j| at(g, j) * at(o, j)).sum();
+            // SAFETY: i < seq and j < head_dim inside this head's blocks.
+            let dot: f32 = (0..dim).map(|j| unsafe { *g.at(i, j) * *o.at(i, j) }).sum();
             for (ds, &p) in ds.iter_mut().zip(p) {
                 *ds = p * (*ds - dot);
             }
@@ -311,12 +197,9 @@ pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
         // SAFETY: as above.
         unsafe {
             // dQ = scale * dS k, dK = scale * dSᵀ q
-            let (ds, dst) = (
-                (dp.as_ptr(), seq as isize, 1),
-                (dp.as_ptr(), 1, seq as isize),
-            );
-            matmul((seq, dim, seq), dq, ds, constant(k), scale);
-            matmul((seq, dim, seq), dk, dst, constant(q), scale);
+            let ds = square(dp, seq);
+            matmul(dq, ds, k, scale, false);
+            matmul(dk, ds.transposed(), q, scale, false);
         }
     });
     // SAFETY: every (sequence, head) block of q, k and v's columns was written above.

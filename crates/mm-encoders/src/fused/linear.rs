@@ -11,11 +11,11 @@
 //! only those rows of x and the output gradient) and the partial sums are added at the end.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, Shape};
-use gemm::{Parallelism, gemm};
+use burn::tensor::Shape;
 use rayon::prelude::*;
 
 use super::Output;
+use super::matrix::{Matrix, matmul};
 
 /// What the backward pass needs from the forward one.
 #[derive(Debug, Clone)]
@@ -24,100 +24,10 @@ pub struct Saved {
     pub weight: FlexTensor,
 }
 
-/// A 2-D f32 tensor's storage pointer and strides.
-#[derive(Clone, Copy)]
-struct Matrix {
-    ptr: *const f32,
-    rows: usize,
-    cols: usize,
-    row_stride: isize,
-    col_stride: isize,
-}
-
-// Only read, from any thread.
-unsafe impl Send for Matrix {}
-unsafe impl Sync for Matrix {}
-
-impl Matrix {
-    fn of(tensor: &FlexTensor) -> Self {
-        assert_eq!(tensor.dtype(), DType::F32, "fused linear takes f32");
-        let layout = tensor.layout();
-        assert_eq!(layout.num_dims(), 2, "fused linear takes matrices");
-        let shape = layout.shape();
-        Self {
-            // SAFETY: start_offset is inside the storage Flex allocated for this layout.
-            ptr: unsafe { tensor.storage::<f32>().as_ptr().add(layout.start_offset()) },
-            rows: shape[0],
-            cols: shape[1],
-            row_stride: layout.strides()[0],
-            col_stride: layout.strides()[1],
-        }
-    }
-
-    /// Element (r, c).
-    fn at(&self, r: usize, c: usize) -> *const f32 {
-        // SAFETY: callers stay inside the matrix.
-        unsafe {
-            self.ptr
-                .offset(r as isize * self.row_stride + c as isize * self.col_stride)
-        }
-    }
-
-    fn transposed(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
 /// Blocks of `len` split for the pool: about four per thread, multiples of 16, at least 32.
 fn block_len(len: usize) -> usize {
     let blocks = 4 * rayon::current_num_threads();
     len.div_ceil(blocks).next_multiple_of(16).max(32)
-}
-
-/// `dst (m x n, row-major, row stride ld) (+)= lhs (m x k) · rhs (k x n)`.
-///
-/// # Safety
-/// `dst` must address `m` rows of `ld` floats, initialised if `accumulate`.
-unsafe fn matmul(dst: *mut f32, ld: usize, lhs: Matrix, rhs: Matrix, accumulate: bool) {
-    // SAFETY: lhs and rhs describe readable matrices; dst is as the caller promises.
-    unsafe {
-        gemm(
-            lhs.rows,
-            rhs.cols,
-            lhs.cols,
-            dst,
-            1,
-            ld as isize,
-            accumulate,
-            lhs.ptr,
-            lhs.col_stride,
-            lhs.row_stride,
-            rhs.ptr,
-            rhs.col_stride,
-            rhs.row_stride,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
-/// Rows `start..start + len` of `m`.
-fn row_block(m: Matrix, start: usize, len: usize) -> Matrix {
-    Matrix {
-        ptr: m.at(start, 0),
-        rows: len,
-        ..m
-    }
 }
 
 /// `x · weight + bias` for `x` `[rows, d_in]`, `weight` `[d_in, d_out]`, `bias` `[d_out]`.
@@ -137,9 +47,10 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTe
                     out.write(b);
                 }
             }
-            let x = row_block(x, i * block, dst.len() / d_out);
-            // SAFETY: dst holds these rows of the output, now initialised with the bias.
-            unsafe { matmul(dst.as_mut_ptr().cast(), d_out, x, w, true) };
+            let rows = dst.len() / d_out;
+            let out = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_out);
+            // SAFETY: out is these rows of the output, now initialised with the bias.
+            unsafe { matmul(out, x.block(i * block, rows, 0, x.cols), w, 1.0, true) };
         });
     // SAFETY: every row was written.
     unsafe { out.finish() }
@@ -162,9 +73,11 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
         .par_chunks_mut(block * d_in)
         .enumerate()
         .for_each(|(i, dst)| {
-            let dy = row_block(dy, i * block, dst.len() / d_in);
-            // SAFETY: dst holds these rows of dx; gemm writes all of them.
-            unsafe { matmul(dst.as_mut_ptr().cast(), d_in, dy, w.transposed(), false) };
+            let rows = dst.len() / d_in;
+            let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
+            let dy = dy.block(i * block, rows, 0, d_out);
+            // SAFETY: dx is these rows of dx; gemm writes all of them.
+            unsafe { matmul(dx, dy, w.transposed(), 1.0, false) };
         });
 
     // dw = xᵀ · dy and db = column sums of dy, as partial sums over one block of rows per
@@ -179,12 +92,11 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
             let mut dw = vec![0.0f32; d_in * d_out];
             let mut db = vec![0.0f32; d_out];
             if len > 0 {
-                let (x, dy) = (
-                    row_block(x, start, len).transposed(),
-                    row_block(dy, start, len),
-                );
+                let x = x.block(start, len, 0, d_in).transposed();
+                let dy = dy.block(start, len, 0, d_out);
+                let out = Matrix::row_major(dw.as_mut_ptr(), d_in, d_out);
                 // SAFETY: dw holds d_in rows of d_out floats.
-                unsafe { matmul(dw.as_mut_ptr(), d_out, x, dy, false) };
+                unsafe { matmul(out, x, dy, 1.0, false) };
                 for row in dy_values[start * d_out..(start + len) * d_out].chunks(d_out) {
                     db.iter_mut().zip(row).for_each(|(db, &g)| *db += g);
                 }

@@ -1,0 +1,122 @@
+//! Strided f32 matrices inside Flex storage, and the one GEMM call the kernels make on them.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::DType;
+use gemm::{Parallelism, gemm};
+
+use super::Output;
+
+/// A `rows x cols` block of f32s at `ptr` with the given element strides (any layout, including
+/// transposed and sliced views).
+#[derive(Clone, Copy)]
+pub(super) struct Matrix {
+    pub ptr: *mut f32,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+// Kernels only read inputs, and write outputs at blocks no other task touches.
+unsafe impl Send for Matrix {}
+unsafe impl Sync for Matrix {}
+
+impl Matrix {
+    /// A 2-D f32 tensor's storage, read only.
+    pub fn of(tensor: &FlexTensor) -> Self {
+        assert_eq!(tensor.dtype(), DType::F32, "mm's fused kernels take f32");
+        let layout = tensor.layout();
+        assert_eq!(layout.num_dims(), 2, "expected a [rows, cols] tensor");
+        let (shape, strides) = (layout.shape(), layout.strides());
+        let storage = tensor.storage::<f32>().as_ptr();
+        Self {
+            // SAFETY: start_offset is inside the storage Flex allocated for this layout.
+            ptr: unsafe { storage.add(layout.start_offset()) as *mut f32 },
+            rows: shape[0],
+            cols: shape[1],
+            row_stride: strides[0],
+            col_stride: strides[1],
+        }
+    }
+
+    /// A row-major `rows x cols` buffer.
+    pub fn row_major(ptr: *mut f32, rows: usize, cols: usize) -> Self {
+        Self {
+            ptr,
+            rows,
+            cols,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    /// Element (r, c).
+    pub fn at(&self, r: usize, c: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the matrix.
+        unsafe {
+            self.ptr
+                .offset(r as isize * self.row_stride + c as isize * self.col_stride)
+        }
+    }
+
+    /// Rows `row..row + rows` and columns `col..col + cols`.
+    pub fn block(self, row: usize, rows: usize, col: usize, cols: usize) -> Self {
+        Self {
+            ptr: self.at(row, col),
+            rows,
+            cols,
+            ..self
+        }
+    }
+
+    pub fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+impl Output {
+    /// The 2-D output buffer as a matrix to write into.
+    pub(super) fn matrix(&mut self) -> Matrix {
+        Matrix::row_major(self.data.as_mut_ptr(), self.shape[0], self.shape[1])
+    }
+}
+
+/// `dst = beta * lhs · rhs`, or `dst += beta * lhs · rhs` when `accumulate`; single-threaded,
+/// as the kernels parallelise over blocks themselves.
+///
+/// # Safety
+/// The three matrices must address valid memory, `dst` writable and, when `accumulate`,
+/// initialised; `dst` must not overlap the operands.
+pub(super) unsafe fn matmul(dst: Matrix, lhs: Matrix, rhs: Matrix, beta: f32, accumulate: bool) {
+    debug_assert!(lhs.cols == rhs.rows && dst.rows == lhs.rows && dst.cols == rhs.cols);
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm(
+            dst.rows,
+            dst.cols,
+            lhs.cols,
+            dst.ptr,
+            dst.col_stride,
+            dst.row_stride,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
