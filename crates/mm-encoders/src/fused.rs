@@ -226,38 +226,14 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Linear;
-
-        impl Backward<Flex, 3> for Linear {
-            type State = linear::Saved;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let grad = contiguous(grads.consume::<Flex>(&ops.node));
-                let gradients = linear::backward(&ops.state, &grad);
-                for (node, grad) in ops.parents.into_iter().zip(gradients) {
-                    if let Some(node) = node {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
-            }
-        }
-
-        let prepared = Linear
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        let (x, weight) = (x.into_primitive(), weight.into_primitive());
-        let out = linear::forward(&x, &weight, &contiguous(bias.into_primitive()));
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish(linear::Saved { x, weight }, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        three_input_op::<C, _>(
+            [x, weight, bias],
+            |[x, weight, bias]| {
+                let out = linear::forward(&x, &weight, &contiguous(bias));
+                (out, linear::Saved { x, weight })
+            },
+            linear::backward,
+        )
     }
 
     /// Keeps the input, the gain and each row's mean and 1/std.
@@ -267,42 +243,15 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct LayerNorm;
-
-        impl Backward<Flex, 3> for LayerNorm {
-            type State = layer_norm::Saved;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let grad = contiguous(grads.consume::<Flex>(&ops.node));
-                let gradients = layer_norm::backward(&ops.state, &grad);
-                for (node, grad) in ops.parents.into_iter().zip(gradients) {
-                    if let Some(node) = node {
-                        grads.register::<Flex>(node.id, grad);
-                    }
-                }
-            }
-        }
-
-        let prepared = LayerNorm
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
-            .stateful();
-        let (x, gamma, beta) = (
-            contiguous(x.into_primitive()),
-            contiguous(gamma.into_primitive()),
-            contiguous(beta.into_primitive()),
-        );
-        let (out, stats) = layer_norm::forward(&x, &gamma, &beta, eps);
-        match prepared {
-            OpsKind::Tracked(prep) => prep.finish(layer_norm::Saved { x, gamma, stats }, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        three_input_op::<C, _>(
+            [x, gamma, beta],
+            |inputs| {
+                let [x, gamma, beta] = inputs.map(contiguous);
+                let (out, stats) = layer_norm::forward(&x, &gamma, &beta, eps);
+                (out, layer_norm::Saved { x, gamma, stats })
+            },
+            layer_norm::backward,
+        )
     }
 
     /// Keeps the packed input, the output and each row's log-sum-exp (not the probabilities,
@@ -352,6 +301,49 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
+    }
+}
+
+/// An autodiff op on Flex with three inputs and a hand-written backward: `forward` computes the
+/// output and what the backward pass keeps; `backward` turns that and the output's gradient
+/// (made contiguous) into the inputs' gradients.
+fn three_input_op<C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static>(
+    inputs: [FloatTensor<Autodiff<Flex, C>>; 3],
+    forward: impl FnOnce([FlexTensor; 3]) -> (FlexTensor, S),
+    backward: fn(&S, &FlexTensor) -> [FlexTensor; 3],
+) -> FloatTensor<Autodiff<Flex, C>> {
+    #[derive(Debug)]
+    struct Op<S> {
+        backward: fn(&S, &FlexTensor) -> [FlexTensor; 3],
+    }
+
+    impl<S: Clone + Send + std::fmt::Debug + 'static> Backward<Flex, 3> for Op<S> {
+        type State = S;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 3>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let grad = contiguous(grads.consume::<Flex>(&ops.node));
+            let gradients = (self.backward)(&ops.state, &grad);
+            for (node, grad) in ops.parents.into_iter().zip(gradients) {
+                if let Some(node) = node {
+                    grads.register::<Flex>(node.id, grad);
+                }
+            }
+        }
+    }
+
+    let prepared = Op { backward }
+        .prepare::<C>(inputs.each_ref().map(|t| t.node()))
+        .compute_bound()
+        .stateful();
+    let (out, saved) = forward(inputs.map(|t| t.into_primitive()));
+    match prepared {
+        OpsKind::Tracked(prep) => prep.finish(saved, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
 
