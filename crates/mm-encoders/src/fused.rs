@@ -1,14 +1,14 @@
-//! Fused CPU kernels for the element-wise work burn's Flex backend spreads over several passes.
+//! mm's CPU kernels for the encoder's hot ops, each with its own backward pass.
 //!
-//! QuickGELU, `x * sigmoid(1.702 x)`, built from burn ops is three passes forward (scale,
-//! branchy scalar sigmoid, multiply) and five tensors' worth of backward, all single-threaded;
-//! it was 20% of a training step on the benchmark shape. Here it is one op with its own
-//! backward: one pass each way, a branch-free polynomial `exp` the compiler vectorises, split
-//! over rayon's threads. Other backends (wgpu, CUDA) and non-f32 dtypes keep the composite burn
-//! ops, which their compilers fuse or which are not worth a kernel.
-//!
-//! The op is a burn backend extension: [`FusedOps`] is implemented for Flex (the kernels) and
-//! for `Autodiff<B>` (the backward pass), and [`quick_gelu`] routes a [`Tensor`] to it.
+//! burn 0.22 runs these on Flex as chains of single-threaded tensor ops under autodiff (its
+//! `Dispatch` has no `linear`, attention is the decomposed fallback, QuickGELU is three passes
+//! with a branchy scalar `expf`), each allocating and recording a node. Here each is one op:
+//! [`linear`] (bias in the GEMM, row-blocked GEMMs), [`attention`] on packed q|k|v rows,
+//! [`quick_gelu`] and [`layer_norm`]; `benches/README.md` has what each bought. They are a burn
+//! backend extension: [`FusedOps`] is implemented for Flex (the kernels) and for `Autodiff<Flex>`
+//! (their backward passes), and the public functions route a [`Tensor`] to it on Flex in f32.
+//! Other devices (wgpu, CUDA, whose compilers fuse) and other dtypes get the composite burn ops,
+//! with the same results to float rounding (`tests/fused.rs` holds them within 1e-5).
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
