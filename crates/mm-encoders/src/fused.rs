@@ -10,11 +10,10 @@
 //! Other devices (wgpu, CUDA, whose compilers fuse) and other dtypes get the composite burn ops,
 //! with the same results to float rounding (`tests/fused.rs` holds them within 1e-5).
 
-use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
@@ -188,36 +187,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
     /// Keeps only the input for the backward pass, which recomputes the sigmoid from it:
     /// cheaper than storing a second activation-sized tensor.
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct QuickGelu;
-
-        impl Backward<Flex, 1> for QuickGelu {
-            type State = NodeId;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                checkpointer: &mut Checkpointer,
-            ) {
-                let x = checkpointer.retrieve_node_output(ops.state);
-                unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                    quick_gelu_backward(x, grad)
-                });
-            }
-        }
-
-        match QuickGelu
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = prep.checkpoint(&x);
-                prep.finish(state, quick_gelu_forward(x.into_primitive()))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(quick_gelu_forward(x.into_primitive())),
-        }
+        fused_op::<C, _, 1>(
+            [x],
+            |[x]| (quick_gelu_forward(x.clone()), x),
+            |x, grad| [quick_gelu_backward(x.clone(), grad.clone())],
+        )
     }
 
     /// Keeps the input and the weight.
@@ -226,7 +200,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        three_input_op::<C, _>(
+        fused_op::<C, _, 3>(
             [x, weight, bias],
             |[x, weight, bias]| {
                 let out = linear::forward(&x, &weight, &contiguous(bias));
@@ -243,7 +217,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        three_input_op::<C, _>(
+        fused_op::<C, _, 3>(
             [x, gamma, beta],
             |inputs| {
                 let [x, gamma, beta] = inputs.map(contiguous);
@@ -263,66 +237,43 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         heads: usize,
         causal: bool,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Attention;
-
-        impl Backward<Flex, 1> for Attention {
-            type State = attention::Saved;
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let saved = ops.state;
-                unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                    attention::backward(&saved, &grad)
-                });
-            }
-        }
-
-        let prepared = Attention
-            .prepare::<C>([qkv.node()])
-            .compute_bound()
-            .stateful();
-        let qkv = qkv.into_primitive();
-        let shape = attention::Heads::new(&qkv, batch, seq, heads, causal);
-        let (out, lse) = attention::forward(&qkv, shape);
-        match prepared {
-            OpsKind::Tracked(prep) => {
+        fused_op::<C, _, 1>(
+            [qkv],
+            |[qkv]| {
+                let shape = attention::Heads::new(&qkv, batch, seq, heads, causal);
+                let (out, lse) = attention::forward(&qkv, shape);
                 let saved = attention::Saved {
                     qkv,
                     out: out.clone(),
                     lse,
                     shape,
                 };
-                prep.finish(saved, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+                (out, saved)
+            },
+            |saved, grad| [attention::backward(saved, grad)],
+        )
     }
 }
 
-/// An autodiff op on Flex with three inputs and a hand-written backward: `forward` computes the
+/// An autodiff op on Flex with `N` inputs and a hand-written backward: `forward` computes the
 /// output and what the backward pass keeps; `backward` turns that and the output's gradient
 /// (made contiguous) into the inputs' gradients.
-fn three_input_op<C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static>(
-    inputs: [FloatTensor<Autodiff<Flex, C>>; 3],
-    forward: impl FnOnce([FlexTensor; 3]) -> (FlexTensor, S),
-    backward: fn(&S, &FlexTensor) -> [FlexTensor; 3],
+fn fused_op<C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static, const N: usize>(
+    inputs: [FloatTensor<Autodiff<Flex, C>>; N],
+    forward: impl FnOnce([FlexTensor; N]) -> (FlexTensor, S),
+    backward: fn(&S, &FlexTensor) -> [FlexTensor; N],
 ) -> FloatTensor<Autodiff<Flex, C>> {
     #[derive(Debug)]
-    struct Op<S> {
-        backward: fn(&S, &FlexTensor) -> [FlexTensor; 3],
+    struct Op<S, const N: usize> {
+        backward: fn(&S, &FlexTensor) -> [FlexTensor; N],
     }
 
-    impl<S: Clone + Send + std::fmt::Debug + 'static> Backward<Flex, 3> for Op<S> {
+    impl<S: Clone + Send + std::fmt::Debug + 'static, const N: usize> Backward<Flex, N> for Op<S, N> {
         type State = S;
 
         fn backward(
             self,
-            ops: Ops<Self::State, 3>,
+            ops: Ops<Self::State, N>,
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {

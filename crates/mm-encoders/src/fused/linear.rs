@@ -13,6 +13,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Shape;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::Output;
 use super::matrix::{Matrix, matmul};
@@ -36,23 +37,33 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTe
     assert_eq!(x.cols, w.rows, "x and weight do not chain");
     let bias = &bias.storage::<f32>()[..w.cols];
     let (rows, d_out) = (x.rows, w.cols);
-    let mut out = Output::new(Shape::new([rows, d_out]));
-    let block = block_len(rows);
-    out.data.spare_capacity_mut()[..rows * d_out]
-        .par_chunks_mut(block * d_out)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            for row in dst.chunks_mut(d_out) {
-                for (out, &b) in row.iter_mut().zip(bias) {
-                    out.write(b);
-                }
+    by_row_blocks(rows, d_out, |first, dst| {
+        for row in dst.chunks_mut(d_out) {
+            for (out, &b) in row.iter_mut().zip(bias) {
+                out.write(b);
             }
-            let rows = dst.len() / d_out;
-            let out = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_out);
-            // SAFETY: out is these rows of the output, now initialised with the bias.
-            unsafe { matmul(out, x.block(i * block, rows, 0, x.cols), w, 1.0, true) };
-        });
-    // SAFETY: every row was written.
+        }
+        let rows = dst.len() / d_out;
+        let out = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_out);
+        // SAFETY: out is these rows of the output, now initialised with the bias.
+        unsafe { matmul(out, x.block(first, rows, 0, x.cols), w, 1.0, true) };
+    })
+}
+
+/// A new `[rows, cols]` tensor whose blocks of rows `fill` writes completely, in parallel;
+/// `fill` gets the first row's index and the block's uninitialised storage.
+fn by_row_blocks(
+    rows: usize,
+    cols: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> FlexTensor {
+    let mut out = Output::new(Shape::new([rows, cols]));
+    let block = block_len(rows);
+    out.data.spare_capacity_mut()[..rows * cols]
+        .par_chunks_mut(block * cols)
+        .enumerate()
+        .for_each(|(i, dst)| fill(i * block, dst));
+    // SAFETY: `fill` writes every element of every block.
     unsafe { out.finish() }
 }
 
@@ -67,18 +78,13 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     let (rows, d_in, d_out) = (x.rows, x.cols, w.cols);
 
     // dx = dy · wᵀ, by blocks of rows.
-    let mut dx = Output::new(Shape::new([rows, d_in]));
-    let block = block_len(rows);
-    dx.data.spare_capacity_mut()[..rows * d_in]
-        .par_chunks_mut(block * d_in)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let rows = dst.len() / d_in;
-            let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
-            let dy = dy.block(i * block, rows, 0, d_out);
-            // SAFETY: dx is these rows of dx; gemm writes all of them.
-            unsafe { matmul(dx, dy, w.transposed(), 1.0, false) };
-        });
+    let dx = by_row_blocks(rows, d_in, |first, dst| {
+        let rows = dst.len() / d_in;
+        let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
+        let dy = dy.block(first, rows, 0, d_out);
+        // SAFETY: dx is these rows of dx; gemm writes all of them.
+        unsafe { matmul(dx, dy, w.transposed(), 1.0, false) };
+    });
 
     // dw = xᵀ · dy and db = column sums of dy, as partial sums over one block of rows per
     // thread (each packs only its own rows of x and dy), added up after.
@@ -116,10 +122,5 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     let tensor = |values: Vec<f32>, shape: Vec<usize>| {
         FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
     };
-    // SAFETY: every row of dx was written.
-    [
-        unsafe { dx.finish() },
-        tensor(dw, vec![d_in, d_out]),
-        tensor(db, vec![d_out]),
-    ]
+    [dx, tensor(dw, vec![d_in, d_out]), tensor(db, vec![d_out])]
 }
