@@ -54,6 +54,10 @@ fn mm_rate(files: &[PathBuf], workers: usize) -> f64 {
         .build()
         .unwrap();
     let plane = 3 * SIZE * SIZE;
+    let unlimited = mm_data::ImageLimits {
+        max_pixels: u64::MAX,
+        max_bytes: u64::MAX,
+    };
     let mut best = 0.0f64;
     for _ in 0..3 {
         let start = Instant::now();
@@ -63,7 +67,7 @@ fn mm_rate(files: &[PathBuf], workers: usize) -> f64 {
                 .zip(files.par_iter())
                 .for_each(|(out, path)| {
                     let input = ImageInput::File(path.clone());
-                    let image = decode_input(&input, "bench", u64::MAX).unwrap();
+                    let image = decode_input(&input, "bench", unlimited).unwrap();
                     preprocess_into(&image, SIZE, out);
                 })
         });
@@ -171,7 +175,7 @@ fn data_bound_check() {
     let stream = config.data.open_stream(0, size).unwrap();
     let mut batches = Prefetcher::spawn(stream, batcher, 64, config.data.prefetch);
     let mut learner = Learner::new(&config, &model_config).unwrap();
-    let fixed = batches.next().unwrap();
+    let fixed = batches.next().unwrap().unwrap();
     let (warmup, iters) = (3, 20);
     for step in 0..warmup {
         learner.step(&fixed, step).unwrap();
@@ -184,7 +188,7 @@ fn data_bound_check() {
     let (mut waiting, start) = (0.0, Instant::now());
     for step in 0..iters {
         let wait = Instant::now();
-        let batch = batches.next().unwrap();
+        let batch = batches.next().unwrap().unwrap();
         waiting += wait.elapsed().as_secs_f64();
         learner.step(&batch, step).unwrap();
     }

@@ -62,6 +62,7 @@ fn main() {
     let mut position = 0;
     let batch = batcher
         .next_batch(&mut source, &mut position, batch_size)
+        .unwrap()
         .unwrap();
 
     // Data pipeline alone: batches/s of procedural images -> normalised tensors + token ids.
@@ -70,6 +71,7 @@ fn main() {
     for _ in 0..iters {
         batcher
             .next_batch(&mut source, &mut position, batch_size)
+            .unwrap()
             .unwrap();
     }
     let data_rate = (iters * batch_size) as f64 / start.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, TrainTransform, decode_input};
+use crate::preprocess::{ImageLimits, TrainTransform, decode_input};
 use crate::source::{ImageTextPair, PairSource, SampleError, SampleErrorKind};
 use crate::stream::{DataStream, mix};
 use crate::{ClipTokenizer, DataError};
@@ -72,7 +72,9 @@ pub struct Batcher {
     pub context_length: usize,
     pub transform: TrainTransform,
     pub seed: u64,
-    pub max_image_pixels: u64,
+    pub image_limits: ImageLimits,
+    /// Unusable samples in a row that end the stream with an error.
+    pub max_consecutive_skips: usize,
     /// Worker threads; `None` uses rayon's global pool.
     pool: Option<Arc<rayon::ThreadPool>>,
 }
@@ -86,7 +88,8 @@ impl Batcher {
             context_length,
             transform: TrainTransform::CenterCrop,
             seed: 0,
-            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            image_limits: ImageLimits::default(),
+            max_consecutive_skips: 1000,
             pool: None,
         }
     }
@@ -97,8 +100,13 @@ impl Batcher {
         self
     }
 
-    pub fn with_max_image_pixels(mut self, max_pixels: u64) -> Self {
-        self.max_image_pixels = max_pixels;
+    pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
+        self.image_limits = limits;
+        self
+    }
+
+    pub fn with_max_consecutive_skips(mut self, n: usize) -> Self {
+        self.max_consecutive_skips = n.max(1);
         self
     }
 
@@ -125,7 +133,7 @@ impl Batcher {
         index: u64,
         out: &mut [f32],
     ) -> Result<Vec<u32>, SampleError> {
-        let image = decode_input(&pair.image, &pair.location, self.max_image_pixels)?;
+        let image = decode_input(&pair.image, &pair.location, self.image_limits)?;
         let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
         self.transform
             .apply_into(&image, self.image_size, &mut rng, out);
@@ -145,29 +153,47 @@ impl Batcher {
 
     /// Pulls pairs from `source` until `batch_size` are prepared, skipping and counting bad
     /// ones. `position` counts the items pulled (it is the stream index of the next one).
-    /// Returns `None` when the source ends before a full batch.
+    /// Returns `None` when the source ends before a full batch, and an error when
+    /// `max_consecutive_skips` samples in a row were unusable.
     pub fn next_batch(
         &self,
         source: &mut dyn PairSource,
         position: &mut u64,
         batch_size: usize,
-    ) -> Option<ClipBatch> {
+    ) -> Result<Option<ClipBatch>, DataError> {
         let plane = 3 * self.image_size * self.image_size;
         // Allocated once at its final size; samples are written into their slots.
         let mut pixels = vec![0.0f32; batch_size * plane];
         let mut input_ids = Vec::with_capacity(batch_size * self.context_length);
         let mut captions = Vec::with_capacity(batch_size);
-        let mut errors = Vec::new();
+        let mut errors: Vec<SampleError> = Vec::new();
+        // Unusable samples since the last usable one.
+        let mut in_a_row = 0;
+        let broken = |source: &dyn PairSource, errors: &[SampleError], count| {
+            Err(DataError::NoUsableSamples {
+                source_name: source.describe(),
+                count,
+                last: errors.last().map(|e| e.to_string()).unwrap_or_default(),
+            })
+        };
         while captions.len() < batch_size {
             let filled = captions.len();
             let mut pairs = Vec::with_capacity(batch_size - filled);
             while pairs.len() < batch_size - filled {
-                let item = source.next()?;
+                let Some(item) = source.next() else {
+                    return Ok(None);
+                };
                 let index = *position;
                 *position += 1;
                 match item {
                     Ok(pair) => pairs.push((index, pair)),
-                    Err(e) => errors.push(e),
+                    Err(e) => {
+                        errors.push(e);
+                        in_a_row += 1;
+                        if in_a_row >= self.max_consecutive_skips {
+                            return broken(source, &errors, in_a_row);
+                        }
+                    }
                 }
             }
             let results: Vec<Result<Vec<u32>, SampleError>> = self.install(|| {
@@ -187,16 +213,23 @@ impl Batcher {
                         }
                         input_ids.extend(ids);
                         captions.push(pair.caption);
+                        in_a_row = 0;
                     }
-                    Err(e) => errors.push(e),
+                    Err(e) => {
+                        errors.push(e);
+                        in_a_row += 1;
+                    }
                 }
+            }
+            if in_a_row >= self.max_consecutive_skips {
+                return broken(source, &errors, in_a_row);
             }
         }
         let mut skipped = BTreeMap::new();
         for e in &errors {
             *skipped.entry(e.kind).or_insert(0) += 1;
         }
-        Some(ClipBatch {
+        Ok(Some(ClipBatch {
             batch_size,
             image_size: self.image_size,
             context_length: self.context_length,
@@ -206,7 +239,7 @@ impl Batcher {
             skipped,
             errors,
             stream_position: *position,
-        })
+        }))
     }
 }
 
@@ -272,12 +305,13 @@ impl Batcher {
 
 /// Batches produced ahead of the training step on a background thread.
 pub struct Prefetcher {
-    receiver: Receiver<ClipBatch>,
+    receiver: Receiver<Result<ClipBatch, DataError>>,
     _worker: JoinHandle<()>,
 }
 
 impl Prefetcher {
-    /// Starts filling a queue of up to `depth` batches from `stream`.
+    /// Starts filling a queue of up to `depth` batches from `stream`. A data error ends the
+    /// stream after it is handed over.
     pub fn spawn(
         mut stream: DataStream,
         batcher: Batcher,
@@ -287,9 +321,15 @@ impl Prefetcher {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
             let mut position = stream.position();
-            while let Some(batch) = batcher.next_batch(&mut stream, &mut position, batch_size) {
+            loop {
+                let batch = match batcher.next_batch(&mut stream, &mut position, batch_size) {
+                    Ok(Some(batch)) => Ok(batch),
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                let failed = batch.is_err();
                 // The receiver hung up: training is over.
-                if sender.send(batch).is_err() {
+                if sender.send(batch).is_err() || failed {
                     break;
                 }
             }
@@ -302,7 +342,7 @@ impl Prefetcher {
 }
 
 impl Iterator for Prefetcher {
-    type Item = ClipBatch;
+    type Item = Result<ClipBatch, DataError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.receiver.recv().ok()

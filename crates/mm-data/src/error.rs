@@ -15,6 +15,15 @@ pub enum DataError {
     /// A configuration file mm cannot honour; the message names the file and key.
     #[error("{0}")]
     Config(String),
+    /// A stream that yields nothing usable: every image missing, the wrong column, ...
+    #[error(
+        "{source_name}: {count} samples in a row were unusable (data.max_consecutive_skips); the last: {last}"
+    )]
+    NoUsableSamples {
+        source_name: String,
+        count: usize,
+        last: String,
+    },
 }
 
 impl DataError {

@@ -3,10 +3,15 @@
 //! with sidecar `.txt` captions. Files are read by the batcher's workers, not here.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::DataError;
-use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+use crate::regular_file::open_regular;
+use crate::source::{
+    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
+    caption_from_bytes,
+};
 
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
@@ -29,6 +34,15 @@ impl Default for CsvColumns {
     }
 }
 
+/// The separator of a CSV/TSV file when none is given, the one rule every command follows:
+/// `,` for a `.csv` file, tab for anything else (`.tsv`; open_clip's default).
+pub fn default_csv_separator(path: &Path) -> u8 {
+    let is_csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    if is_csv { b',' } else { b'\t' }
+}
+
 /// Streams the rows of a CSV/TSV file; image paths are relative to the file's directory.
 pub struct CsvSource {
     path: PathBuf,
@@ -45,7 +59,7 @@ impl CsvSource {
     /// Opens `path` and finds the two columns; a missing file or column is an error here, at
     /// start-up, naming what exists.
     pub fn open(path: &Path, columns: &CsvColumns) -> Result<Self, DataError> {
-        let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+        let file = open_regular(path).map_err(|e| DataError::io(path, e))?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(columns.separator)
             .flexible(true)
@@ -108,18 +122,13 @@ impl Iterator for CsvSource {
                 "image path is not UTF-8".into(),
             );
         };
-        let Ok(caption) = std::str::from_utf8(field(self.caption_column)) else {
-            return err(SampleErrorKind::BadCaption, "caption is not UTF-8".into());
+        let caption = match caption_from_bytes(field(self.caption_column)) {
+            Ok(caption) => caption,
+            Err((kind, why)) => return err(kind, format!("{image}: {why}")),
         };
-        if caption.trim().is_empty() {
-            return err(
-                SampleErrorKind::MissingCaption,
-                format!("{image}: empty caption"),
-            );
-        }
         Some(Ok(ImageTextPair {
             image: ImageInput::File(self.base.join(image)),
-            caption: caption.trim().to_string(),
+            caption,
             location,
         }))
     }
@@ -147,7 +156,7 @@ impl FolderSource {
             )));
         }
         let mut files = Vec::new();
-        collect_files(root, &mut files).map_err(|e| DataError::io(root, e))?;
+        collect_files(root, &mut files, 0).map_err(|e| DataError::io(root, e))?;
         files.sort();
         let ext = |p: &Path| {
             p.extension()
@@ -189,12 +198,22 @@ impl FolderSource {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Folder nesting followed below the root; deeper trees are an error, not a stack overflow.
+const MAX_FOLDER_DEPTH: usize = 64;
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> std::io::Result<()> {
+    if depth > MAX_FOLDER_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "{}: folders nested more than {MAX_FOLDER_DEPTH} deep",
+            dir.display()
+        )));
+    }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
+        // Symlinks are not followed into directories, so link loops cannot recurse.
         if entry.file_type()?.is_dir() {
-            collect_files(&path, out)?;
+            collect_files(&path, out, depth + 1)?;
         } else {
             out.push(path);
         }
@@ -208,30 +227,15 @@ impl Iterator for FolderSource {
     fn next(&mut self) -> Option<Self::Item> {
         Some(self.items.next()?.and_then(|(image, caption_path)| {
             let location = image.display().to_string();
-            let bytes = std::fs::read(&caption_path).map_err(|e| {
-                SampleError::new(
-                    SampleErrorKind::MissingCaption,
-                    location.clone(),
-                    e.to_string(),
-                )
-            })?;
-            let caption = String::from_utf8(bytes).map_err(|_| {
-                SampleError::new(
-                    SampleErrorKind::BadCaption,
-                    location.clone(),
-                    "caption is not UTF-8",
-                )
-            })?;
-            if caption.trim().is_empty() {
-                return Err(SampleError::new(
-                    SampleErrorKind::MissingCaption,
-                    location,
-                    "empty caption",
-                ));
-            }
+            let fail = |kind, message: &str| SampleError::new(kind, location.clone(), message);
+            let mut bytes = Vec::new();
+            open_regular(&caption_path)
+                .and_then(|file| file.take(MAX_CAPTION_BYTES as u64).read_to_end(&mut bytes))
+                .map_err(|e| fail(SampleErrorKind::MissingCaption, &e.to_string()))?;
+            let caption = caption_from_bytes(&bytes).map_err(|(kind, why)| fail(kind, why))?;
             Ok(ImageTextPair {
                 image: ImageInput::File(image),
-                caption: caption.trim().to_string(),
+                caption,
                 location,
             })
         }))

@@ -23,7 +23,7 @@ fn read_json(path: &Path) -> Result<Option<Value>, DataError> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let text = crate::regular_file::read_text(path).map_err(|e| DataError::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| DataError::Config(format!("{}: invalid JSON: {e}", path.display())))

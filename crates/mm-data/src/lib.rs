@@ -5,6 +5,7 @@ pub mod error;
 pub mod files;
 pub mod hf;
 pub mod preprocess;
+pub mod regular_file;
 pub mod resample;
 pub mod shapes;
 pub mod source;
@@ -14,13 +15,16 @@ pub mod webdataset;
 
 pub use batch::{Batcher, ClipBatch, Prefetcher, ScanReport, pixels_tensor, token_ids_tensor};
 pub use error::DataError;
-pub use files::{CsvColumns, CsvSource, FolderSource};
+pub use files::{CsvColumns, CsvSource, FolderSource, default_csv_separator};
 pub use preprocess::{
-    CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_PIXELS, TrainTransform, decode_input, load_image,
-    normalize_into, preprocess_into, resize_center_crop,
+    CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits,
+    TrainTransform, decode_input, load_image, normalize_into, preprocess_into, resize_center_crop,
 };
 pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
-pub use source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+pub use source::{
+    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
+    caption_from_bytes,
+};
 pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
 pub use tokenizer::ClipTokenizer;
 pub use webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};

@@ -9,6 +9,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
+use crate::regular_file::read_capped;
 use crate::resample::{resize_bicubic_pil, resize_window_pil};
 use crate::source::{ImageInput, SampleError, SampleErrorKind};
 
@@ -20,29 +21,60 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 /// PIL's `Image.MAX_IMAGE_PIXELS`: larger images are refused as decompression bombs.
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 89_478_485;
 
-/// Decodes an image from a source, refusing what would not be a usable training image: an
-/// unreadable or empty file, an unknown format, corrupt or truncated data, and declared
-/// dimensions above `max_pixels`, which are checked from the header before any pixel buffer
-/// is allocated.
+/// Image files larger than this are not read (a real photo is a few MB; a 4-byte-per-pixel
+/// image at PIL's pixel cap would be 358 MB).
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 64 << 20;
+
+/// Caps on one image, checked before it is read (file size) and before its pixels are
+/// allocated (dimensions from the header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_pixels: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            max_bytes: DEFAULT_MAX_IMAGE_BYTES,
+        }
+    }
+}
+
+/// Decodes an image from a source, refusing what would not be a usable training image: a
+/// missing file, anything but a regular file, a file over `limits.max_bytes`, an empty file,
+/// an unknown format, corrupt or truncated data, and declared dimensions above
+/// `limits.max_pixels`, which are checked from the header before any pixel buffer is
+/// allocated.
 pub fn decode_input<'a>(
     input: &'a ImageInput,
     location: &str,
-    max_pixels: u64,
+    limits: ImageLimits,
 ) -> Result<Cow<'a, DynamicImage>, SampleError> {
     let bad = |message: String| SampleError::new(SampleErrorKind::BadImage, location, message);
     let bytes: Cow<[u8]> = match input {
         ImageInput::Decoded(image) => return Ok(Cow::Borrowed(image)),
         ImageInput::Encoded(bytes) => bytes.into(),
-        ImageInput::File(path) => match std::fs::read(path) {
+        ImageInput::File(path) => match read_capped(path, limits.max_bytes) {
             Ok(bytes) => bytes.into(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) => {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::NotFound => SampleErrorKind::MissingImage,
+                    std::io::ErrorKind::FileTooLarge => SampleErrorKind::ImageTooLarge,
+                    _ => SampleErrorKind::BadImage,
+                };
+                let message = match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    std::io::ErrorKind::FileTooLarge => format!("{e} (data.max_image_bytes)"),
+                    _ => e.to_string(),
+                };
                 return Err(SampleError::new(
-                    SampleErrorKind::MissingImage,
+                    kind,
                     location,
-                    format!("{}: no such file", path.display()),
+                    format!("{}: {message}", path.display()),
                 ));
             }
-            Err(e) => return Err(bad(format!("{}: {e}", path.display()))),
         },
     };
     if bytes.is_empty() {
@@ -53,37 +85,57 @@ pub fn decode_input<'a>(
             .with_guessed_format()
             .map_err(|e| bad(e.to_string()))
     };
-    let (width, height) = reader()?
+    let probe = reader()?;
+    if probe.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        // The JPEG decoder fills a cut-off scan with grey and reports success; PIL refuses it.
+        return Err(bad("truncated JPEG (no end-of-image marker)".into()));
+    }
+    let (width, height) = probe
         .into_dimensions()
         .map_err(|e| bad(format!("unreadable header: {e}")))?;
-    if width as u64 * height as u64 > max_pixels {
+    if width as u64 * height as u64 > limits.max_pixels {
         return Err(SampleError::new(
             SampleErrorKind::ImageTooLarge,
             location,
-            format!("{width}x{height} exceeds data.max_image_pixels ({max_pixels})"),
+            format!(
+                "{width}x{height} exceeds data.max_image_pixels ({})",
+                limits.max_pixels
+            ),
         ));
     }
     let mut reader = reader()?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(width);
-    limits.max_image_height = Some(height);
-    reader.limits(limits);
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(width);
+    image_limits.max_image_height = Some(height);
+    reader.limits(image_limits);
     reader
         .decode()
         .map(Cow::Owned)
         .map_err(|e| bad(e.to_string()))
 }
 
-/// Reads and decodes an image file of any format the `image` crate knows.
+/// Whether a JPEG's entropy-coded data is followed by its end-of-image marker (`FF D9`).
+/// Inside the scan data `FF` is always stuffed (`FF 00`) or a restart marker, so the first
+/// `FF D9` after the start of scan (`FF DA`) is the end; a file cut short has none.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(scan) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Reads and decodes an image file a user named, with the same checks and default caps as
+/// training data ([`decode_input`]).
 pub fn load_image(path: &Path) -> Result<DynamicImage, DataError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    reader.decode().map_err(|e| DataError::Image {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    let input = ImageInput::File(path.to_path_buf());
+    let location = path.display().to_string();
+    match decode_input(&input, &location, ImageLimits::default()) {
+        Ok(image) => Ok(image.into_owned()),
+        Err(e) => Err(DataError::Image {
+            path: path.to_path_buf(),
+            message: format!("{}: {}", e.kind, e.message),
+        }),
+    }
 }
 
 /// Resizes so the shorter side is `size` and crops the centre `size`×`size` square, as

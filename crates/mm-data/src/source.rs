@@ -100,6 +100,30 @@ impl SampleError {
     }
 }
 
+/// Caption bytes kept from a source: far beyond any context length (77 tokens are a few hundred
+/// bytes), small enough that a hostile 8 GB "caption" costs nothing.
+pub const MAX_CAPTION_BYTES: usize = 64 << 10;
+
+/// A caption from raw bytes, as every source reads one: at most [`MAX_CAPTION_BYTES`] (a
+/// character cut at that boundary is dropped), UTF-8, whitespace runs collapsed to one space
+/// (as CLIP's tokenizer does), not blank. The error says why it is not a caption.
+pub fn caption_from_bytes(bytes: &[u8]) -> Result<String, (SampleErrorKind, &'static str)> {
+    let bytes = &bytes[..bytes.len().min(MAX_CAPTION_BYTES)];
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        // Only a character cut by the cap is forgiven; anything else is not UTF-8.
+        Err(e) if e.error_len().is_none() && bytes.len() == MAX_CAPTION_BYTES => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return Err((SampleErrorKind::BadCaption, "caption is not UTF-8")),
+    };
+    let caption = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if caption.is_empty() {
+        return Err((SampleErrorKind::MissingCaption, "empty caption"));
+    }
+    Ok(caption)
+}
+
 /// A stream of image-caption pairs.
 ///
 /// Sources are iterators so that streamed formats (tar shards) and indexed ones (CSV,

@@ -5,7 +5,7 @@
 //! re-opening with the same config and skipping that many items continues exactly where a
 //! checkpoint left off, without decoding what it skips.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -13,8 +13,10 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
-use crate::files::{CsvColumns, CsvSource, FolderSource};
-use crate::preprocess::{DEFAULT_MAX_IMAGE_PIXELS, TrainTransform};
+use crate::files::{CsvColumns, CsvSource, FolderSource, default_csv_separator};
+use crate::preprocess::{
+    DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits, TrainTransform,
+};
 use crate::shapes::{ShapesDataset, Split};
 use crate::source::{ImageTextPair, PairSource, SampleError};
 use crate::webdataset::{TarSource, expand_shards, shards_for_rank};
@@ -51,6 +53,13 @@ impl Paths {
     }
 }
 
+/// Samples a shuffle buffer may hold (each is an encoded image in memory).
+pub const MAX_SHUFFLE_BUFFER: u64 = 100_000;
+/// Batches prepared ahead of the step (each is a whole batch of pixels in memory).
+pub const MAX_PREFETCH: u64 = 64;
+/// Decoding threads.
+pub const MAX_WORKERS: u64 = 256;
+
 /// The `[data]` table of a training config. Unknown keys are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,9 +75,10 @@ pub struct DataConfig {
     /// CSV column with the caption (`--csv-caption-key`).
     #[serde(default = "default_caption_key")]
     pub csv_caption_key: String,
-    /// CSV field separator, one character (`--csv-separator`; tab by default).
-    #[serde(default = "default_separator")]
-    pub csv_separator: String,
+    /// CSV field separator, one character (`--csv-separator`); by default `,` for a `.csv`
+    /// file and tab otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv_separator: Option<String>,
     /// Samples held for shuffling a stream (0: no shuffling). Shard order is also reshuffled
     /// every epoch.
     #[serde(default = "default_shuffle_buffer")]
@@ -85,6 +95,13 @@ pub struct DataConfig {
     /// Images whose header declares more pixels are skipped unread (decompression bombs).
     #[serde(default = "default_max_pixels")]
     pub max_image_pixels: u64,
+    /// Image files (and tar members) larger than this are skipped unread.
+    #[serde(default = "default_max_image_bytes")]
+    pub max_image_bytes: u64,
+    /// A stream that yields this many unusable samples in a row is broken (every image
+    /// missing, the wrong CSV column): training stops with an error naming it.
+    #[serde(default = "default_max_consecutive_skips")]
+    pub max_consecutive_skips: usize,
     /// This process's rank and the number of ranks: shards are split so ranks see disjoint data.
     #[serde(default)]
     pub rank: usize,
@@ -98,9 +115,6 @@ fn default_img_key() -> String {
 fn default_caption_key() -> String {
     "title".into()
 }
-fn default_separator() -> String {
-    "\t".into()
-}
 fn default_shuffle_buffer() -> usize {
     1000
 }
@@ -109,6 +123,12 @@ fn default_prefetch() -> usize {
 }
 fn default_max_pixels() -> u64 {
     DEFAULT_MAX_IMAGE_PIXELS
+}
+fn default_max_image_bytes() -> u64 {
+    DEFAULT_MAX_IMAGE_BYTES
+}
+fn default_max_consecutive_skips() -> usize {
+    1000
 }
 fn default_world_size() -> usize {
     1
@@ -121,12 +141,14 @@ impl Default for DataConfig {
             path: None,
             csv_img_key: default_img_key(),
             csv_caption_key: default_caption_key(),
-            csv_separator: default_separator(),
+            csv_separator: None,
             shuffle_buffer: default_shuffle_buffer(),
             train_transform: TrainTransform::default(),
             workers: 0,
             prefetch: default_prefetch(),
             max_image_pixels: default_max_pixels(),
+            max_image_bytes: default_max_image_bytes(),
+            max_consecutive_skips: default_max_consecutive_skips(),
             rank: 0,
             world_size: 1,
         }
@@ -142,10 +164,21 @@ impl DataConfig {
                 format!("required for source = {:?}", self.source),
             ));
         }
-        if self.csv_separator.len() != 1 {
+        if let Some(separator) = &self.csv_separator
+            && !(separator.len() == 1 && separator.is_ascii())
+        {
             return Err((
                 "data.csv_separator",
-                format!("must be one ASCII character, got {:?}", self.csv_separator),
+                format!("must be one ASCII character, got {separator:?}"),
+            ));
+        }
+        if self.source == SourceKind::Csv && self.csv_img_key == self.csv_caption_key {
+            return Err((
+                "data.csv_caption_key",
+                format!(
+                    "is the same column as data.csv_img_key ({:?})",
+                    self.csv_img_key
+                ),
             ));
         }
         if self.world_size == 0 || self.rank >= self.world_size {
@@ -154,17 +187,58 @@ impl DataConfig {
                 format!("must be below data.world_size ({})", self.world_size),
             ));
         }
-        if self.max_image_pixels == 0 {
-            return Err(("data.max_image_pixels", "must be positive".into()));
+        for (key, value, max) in [
+            ("data.max_image_pixels", self.max_image_pixels, 1 << 36),
+            ("data.max_image_bytes", self.max_image_bytes, 1 << 34),
+            (
+                "data.shuffle_buffer",
+                self.shuffle_buffer as u64,
+                MAX_SHUFFLE_BUFFER,
+            ),
+            ("data.prefetch", self.prefetch as u64, MAX_PREFETCH),
+            ("data.workers", self.workers as u64, MAX_WORKERS),
+            (
+                "data.max_consecutive_skips",
+                self.max_consecutive_skips as u64,
+                1 << 32,
+            ),
+        ] {
+            if value > max {
+                return Err((key, format!("at most {max}, got {value}")));
+            }
+        }
+        for (key, value) in [
+            ("data.max_image_pixels", self.max_image_pixels),
+            ("data.max_image_bytes", self.max_image_bytes),
+            ("data.prefetch", self.prefetch as u64),
+            (
+                "data.max_consecutive_skips",
+                self.max_consecutive_skips as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key, "must be positive".into()));
+            }
         }
         Ok(())
     }
 
-    fn csv_columns(&self) -> CsvColumns {
+    /// The caps on an image file this config sets.
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_pixels: self.max_image_pixels,
+            max_bytes: self.max_image_bytes,
+        }
+    }
+
+    fn csv_columns(&self, path: &Path) -> CsvColumns {
         CsvColumns {
             image: self.csv_img_key.clone(),
             caption: self.csv_caption_key.clone(),
-            separator: self.csv_separator.as_bytes()[0],
+            separator: match &self.csv_separator {
+                Some(separator) => separator.as_bytes()[0],
+                None => default_csv_separator(path),
+            },
         }
     }
 
@@ -191,12 +265,12 @@ impl DataConfig {
                     )));
                 }
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-                Box::new(TarSource::new(shards))
+                Box::new(TarSource::new(shards, self.image_limits()))
             }
-            SourceKind::Csv => Box::new(CsvSource::open(
-                &PathBuf::from(&paths[0]),
-                &self.csv_columns(),
-            )?),
+            SourceKind::Csv => {
+                let path = PathBuf::from(&paths[0]);
+                Box::new(CsvSource::open(&path, &self.csv_columns(&path))?)
+            }
             SourceKind::Folder => Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?),
         })
     }
@@ -250,7 +324,8 @@ impl ShuffleBuffer {
     pub fn new(inner: Box<dyn PairSource>, capacity: usize, seed: u64) -> Self {
         Self {
             inner,
-            buffer: Vec::with_capacity(capacity),
+            // Grown as filled: a large capacity costs memory only when the data is there.
+            buffer: Vec::new(),
             capacity,
             rng: StdRng::seed_from_u64(seed),
         }

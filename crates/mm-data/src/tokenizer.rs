@@ -6,6 +6,10 @@ use serde_json::Value;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
 use crate::DataError;
+use crate::regular_file::{read_capped, read_text_capped};
+
+/// Tokenizer files mm reads (OpenAI's is 3.6 MB; the largest HF vocabularies ~20 MB).
+const MAX_TOKENIZER_BYTES: u64 = 128 << 20;
 
 /// OpenAI CLIP's tokenizer, embedded so that nothing is downloaded at run time.
 const CLIP_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/clip_tokenizer.json");
@@ -23,6 +27,8 @@ pub struct ClipTokenizer {
     sot_id: u32,
     eot_id: u32,
     pad_id: u32,
+    /// Characters in the longest vocabulary token: bounds the text that can reach a context.
+    max_token_chars: usize,
 }
 
 impl ClipTokenizer {
@@ -35,7 +41,7 @@ impl ClipTokenizer {
     /// Loads a `tokenizer.json` (e.g. from an mm checkpoint). The pad token is the one the file
     /// records (mm writes it there), else `<|endoftext|>`.
     pub fn from_file(path: &Path) -> Result<Self, DataError> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = read_capped(path, MAX_TOKENIZER_BYTES).map_err(|e| DataError::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
@@ -43,7 +49,9 @@ impl ClipTokenizer {
     /// byte-level BPE with `</w>`) over another vocabulary: HF's `vocab.json` + `merges.txt`,
     /// as HF `CLIPTokenizer` builds it from those two files.
     pub fn from_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Self, DataError> {
-        let read = |path: &Path| std::fs::read_to_string(path).map_err(|e| DataError::io(path, e));
+        let read = |path: &Path| {
+            read_text_capped(path, MAX_TOKENIZER_BYTES).map_err(|e| DataError::io(path, e))
+        };
         let origin = vocab_path.display().to_string();
         let vocab: Value = serde_json::from_str(&read(vocab_path)?)
             .map_err(|e| DataError::Tokenizer(format!("{origin}: invalid JSON: {e}")))?;
@@ -79,6 +87,12 @@ impl ClipTokenizer {
         };
         let (sot_id, eot_id) = (id(START_TOKEN)?, id(END_TOKEN)?);
         let pad_id = inner.get_padding().map_or(eot_id, |p| p.pad_id);
+        let max_token_chars = inner
+            .get_vocab(true)
+            .keys()
+            .map(|t| t.trim_end_matches("</w>").chars().count())
+            .max()
+            .unwrap_or(1);
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -88,6 +102,7 @@ impl ClipTokenizer {
             sot_id,
             eot_id,
             pad_id,
+            max_token_chars,
         })
     }
 
@@ -136,7 +151,20 @@ impl ClipTokenizer {
     }
 
     /// Ids of one caption, exactly `context_length` long.
+    ///
+    /// Tokenising costs memory in proportion to the text (hundreds of bytes per input byte),
+    /// so a text longer than what could fill the context is cut first: whitespace produces
+    /// no tokens and is collapsed, and every token covers at most `max_token_chars` characters,
+    /// so what is cut (with a 4x margin for normalisation) lies beyond the context.
     pub fn encode(&self, text: &str, context_length: usize) -> Result<Vec<u32>, DataError> {
+        let bound = 4 * (context_length + 1) * (self.max_token_chars + 1);
+        let clipped;
+        let text = if text.len() > bound {
+            clipped = clip_text(text, bound);
+            clipped.as_str()
+        } else {
+            text
+        };
         let encoding = self
             .inner
             .encode(text, true)
@@ -162,4 +190,26 @@ impl ClipTokenizer {
         }
         Ok(ids)
     }
+}
+
+/// The first words of `text` (whitespace collapsed) up to about `bound` bytes; a single word
+/// longer than that is cut at a character boundary.
+fn clip_text(text: &str, bound: usize) -> String {
+    let mut out = String::with_capacity(bound + 1);
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let room = bound.saturating_sub(out.len());
+        if word.len() > room {
+            let mut end = room;
+            while !word.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&word[..end]);
+            break;
+        }
+        out.push_str(word);
+    }
+    out
 }

@@ -1,14 +1,18 @@
-//! WebDataset tar shards, as img2dataset writes them: `{key}.jpg|png|webp` + `{key}.txt`
-//! (+ `{key}.json`), members of one sample adjacent. Streamed with the `tar` crate: nothing is
+//! WebDataset tar shards (plain or gzip), as img2dataset writes them: `{key}.jpg|png|webp` +
+//! `{key}.txt` (+ `{key}.json`), members of one sample adjacent. Streamed with the `tar` crate: nothing is
 //! unpacked to disk, so member paths are only ever names (and unsafe ones are refused anyway).
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use crate::DataError;
-use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError, SampleErrorKind};
+use crate::preprocess::ImageLimits;
+use crate::regular_file::open_regular;
+use crate::source::{
+    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
+    caption_from_bytes,
+};
 
 /// Image extensions, in the order a sample's image is preferred.
 const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "webp", "bmp", "gif"];
@@ -35,10 +39,19 @@ pub fn expand_shards(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
                 shards.extend(matches);
             } else {
                 let path = PathBuf::from(&expanded);
-                if !path.is_file() {
-                    return Err(DataError::Config(format!("shard {expanded}: no such file")));
+                match std::fs::metadata(&path) {
+                    Ok(meta) if meta.is_file() => shards.push(path),
+                    // Opened (without blocking) only to say what it is.
+                    Ok(_) => {
+                        let why = open_regular(&path).err().map(|e| e.to_string());
+                        let why = why.unwrap_or_else(|| "not a regular file".into());
+                        return Err(DataError::Config(format!("shard {expanded}: {why}")));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(DataError::Config(format!("shard {expanded}: no such file")));
+                    }
+                    Err(e) => return Err(DataError::Config(format!("shard {expanded}: {e}"))),
                 }
-                shards.push(path);
             }
         }
     }
@@ -48,11 +61,25 @@ pub fn expand_shards(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
     Ok(shards)
 }
 
+/// Shard paths one pattern may expand to (LAION-5B is ~230,000 shards).
+pub const MAX_SHARDS: usize = 1_000_000;
+
 /// Brace expansion: `{00..03}` (zero-padded to the width of the bounds), `{a,b,c}`, nested
-/// and repeated.
+/// and repeated. More than [`MAX_SHARDS`] results is an error, found before they are made.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    expand_into(pattern, pattern, &mut out)?;
+    Ok(out)
+}
+
+fn expand_into(pattern: &str, original: &str, out: &mut Vec<String>) -> Result<(), String> {
+    let too_many = || format!("shard pattern {original:?} expands to more than {MAX_SHARDS} paths");
     let Some(open) = pattern.find('{') else {
-        return Ok(vec![pattern.to_string()]);
+        if out.len() >= MAX_SHARDS {
+            return Err(too_many());
+        }
+        out.push(pattern.to_string());
+        return Ok(());
     };
     // The matching close brace of the first open one.
     let mut depth = 0;
@@ -86,6 +113,9 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
         if end < start {
             return Err(format!("shard pattern {pattern:?}: empty range {{{body}}}"));
         }
+        if end - start >= MAX_SHARDS as u64 {
+            return Err(too_many());
+        }
         let width = if a.starts_with('0') && a.len() > 1 {
             a.len()
         } else {
@@ -95,13 +125,10 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
     } else {
         split_top_level(body)
     };
-    let mut out = Vec::new();
     for alternative in alternatives {
-        for rest in expand_braces(&format!("{head}{alternative}{tail}"))? {
-            out.push(rest);
-        }
+        expand_into(&format!("{head}{alternative}{tail}"), original, out)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `a,{b,c},d` -> [`a`, `{b,c}`, `d`].
@@ -147,7 +174,8 @@ fn split_key(name: &str) -> (&str, &str) {
 #[derive(Default)]
 struct Members {
     key: String,
-    image: Option<Vec<u8>>,
+    /// The image's bytes, or why they were not read.
+    image: Option<Result<Vec<u8>, String>>,
     caption: Option<Vec<u8>>,
 }
 
@@ -163,12 +191,14 @@ pub struct TarSource {
 }
 
 impl TarSource {
-    pub fn new(shards: Vec<PathBuf>) -> Self {
+    /// Streams `shards` (plain or gzip-compressed tar); image members larger than
+    /// `limits.max_bytes` are skipped unread and counted.
+    pub fn new(shards: Vec<PathBuf>, limits: ImageLimits) -> Self {
         let description = format!("{} WebDataset shard(s)", shards.len());
         let (sender, receiver) = sync_channel(READ_AHEAD);
         std::thread::spawn(move || {
             for shard in shards {
-                let keep_going = read_shard(&shard, &mut |item| sender.send(item).is_ok());
+                let keep_going = read_shard(&shard, limits, &mut |item| sender.send(item).is_ok());
                 if !keep_going {
                     return; // The consumer hung up.
                 }
@@ -199,7 +229,7 @@ type Emit<'a> = dyn FnMut(Result<ImageTextPair, SampleError>) -> bool + 'a;
 
 /// Reads one shard, emitting samples and skipped-sample errors in order. An error mid-shard
 /// ends this shard only. Returns false when `emit` asked to stop.
-fn read_shard(path: &Path, emit: &mut Emit) -> bool {
+fn read_shard(path: &Path, limits: ImageLimits, emit: &mut Emit) -> bool {
     let shard = path.display().to_string();
     let bad_shard = |message: String| {
         Err(SampleError::new(
@@ -208,11 +238,22 @@ fn read_shard(path: &Path, emit: &mut Emit) -> bool {
             format!("truncated or corrupt tar ({message}); rest of the shard skipped"),
         ))
     };
-    let file = match File::open(path) {
+    let file = match open_regular(path) {
         Ok(file) => file,
         Err(e) => return emit(bad_shard(e.to_string())),
     };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    // WebDataset reads `.tar.gz` shards too; the gzip magic decides, not the name.
+    let gzip = match reader.fill_buf() {
+        Ok(head) => head.starts_with(&[0x1f, 0x8b]),
+        Err(e) => return emit(bad_shard(e.to_string())),
+    };
+    let reader: Box<dyn Read> = if gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let mut archive = tar::Archive::new(reader);
     let entries = match archive.entries() {
         Ok(entries) => entries,
         Err(e) => return emit(bad_shard(e.to_string())),
@@ -221,7 +262,18 @@ fn read_shard(path: &Path, emit: &mut Emit) -> bool {
     for entry in entries {
         let mut entry = match entry {
             Ok(entry) => entry,
-            Err(e) => return emit(bad_shard(e.to_string())),
+            Err(e) => {
+                // An oversized member skipped just before is counted too, not lost with the shard.
+                if let Some(Err(too_large)) = pending.image.take() {
+                    let location = format!("{shard}:{}", pending.key);
+                    let error =
+                        SampleError::new(SampleErrorKind::ImageTooLarge, location, too_large);
+                    if !emit(Err(error)) {
+                        return false;
+                    }
+                }
+                return emit(bad_shard(e.to_string()));
+            }
         };
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
@@ -263,13 +315,31 @@ fn read_shard(path: &Path, emit: &mut Emit) -> bool {
         if !(is_image && pending.image.is_none() || is_caption && pending.caption.is_none()) {
             continue; // .json and other extras are not read.
         }
-        let mut bytes =
-            Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
-        if let Err(e) = entry.read_to_end(&mut bytes) {
+        let declared = entry.size();
+        let cap = if is_image {
+            limits.max_bytes
+        } else {
+            MAX_CAPTION_BYTES as u64
+        };
+        if is_image && declared > cap {
+            // Skipped unread; the archive seeks past it (or finds the shard cut short).
+            pending.image = Some(Err(format!(
+                "tar member {name} declares {declared} bytes, over data.max_image_bytes ({cap})"
+            )));
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(declared.min(cap) as usize);
+        if let Err(e) = (&mut entry).take(cap).read_to_end(&mut bytes) {
             return emit(bad_shard(format!("reading {name}: {e}")));
         }
+        if (bytes.len() as u64) < declared.min(cap) {
+            return emit(bad_shard(format!(
+                "{name} declares {declared} bytes but the shard ends after {}",
+                bytes.len()
+            )));
+        }
         if is_image {
-            pending.image = Some(bytes);
+            pending.image = Some(Ok(bytes));
         } else {
             pending.caption = Some(bytes);
         }
@@ -287,20 +357,17 @@ impl Members {
             return None;
         }
         let location = format!("{shard}:{}", self.key);
-        let err =
-            |kind, message: &str| Some(Err(SampleError::new(kind, location.clone(), message)));
+        let err = |kind, message: &str| Some(Err(SampleError::new(kind, &location, message)));
         match (self.image, self.caption) {
             (None, None) => None, // e.g. only a .json: not a sample.
             (None, Some(_)) => err(SampleErrorKind::MissingImage, "caption without an image"),
+            (Some(Err(too_large)), _) => err(SampleErrorKind::ImageTooLarge, &too_large),
             (Some(_), None) => err(SampleErrorKind::MissingCaption, "image without a caption"),
-            (Some(image), Some(caption)) => match String::from_utf8(caption) {
-                Err(_) => err(SampleErrorKind::BadCaption, "caption is not UTF-8"),
-                Ok(caption) if caption.trim().is_empty() => {
-                    err(SampleErrorKind::MissingCaption, "empty caption")
-                }
+            (Some(Ok(image)), Some(caption)) => match caption_from_bytes(&caption) {
+                Err((kind, why)) => err(kind, why),
                 Ok(caption) => Some(Ok(ImageTextPair {
                     image: ImageInput::Encoded(image),
-                    caption: caption.trim().to_string(),
+                    caption,
                     location,
                 })),
             },

@@ -6,10 +6,18 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use mm_data::{
-    Batcher, ClipTokenizer, CsvColumns, CsvSource, DataConfig, FolderSource, ImageInput, Paths,
-    SampleErrorKind, ShuffleBuffer, SourceKind, TarSource, TrainTransform, decode_input,
-    expand_braces, expand_shards, shards_for_rank,
+    Batcher, ClipTokenizer, CsvColumns, CsvSource, DataConfig, FolderSource, ImageInput,
+    ImageLimits, Paths, SampleErrorKind, ShuffleBuffer, SourceKind, TarSource, TrainTransform,
+    decode_input, expand_braces, expand_shards, shards_for_rank,
 };
+
+/// Default caps with at most `max` pixels.
+fn pixels(max: u64) -> ImageLimits {
+    ImageLimits {
+        max_pixels: max,
+        ..ImageLimits::default()
+    }
+}
 
 fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -96,7 +104,7 @@ fn webdataset_shards_stream_samples_in_order() {
     let pattern = format!("{}/{{00000..00002}}.tar", dir.path().display());
     let shards = expand_shards(&[pattern]).unwrap();
     assert_eq!(shards.len(), 3);
-    let (good, bad) = drain(TarSource::new(shards.clone()));
+    let (good, bad) = drain(TarSource::new(shards.clone(), ImageLimits::default()));
     assert!(bad.is_empty(), "{bad:?}");
     let expected: Vec<String> = (0..12).map(|n| format!("caption {n}")).collect();
     assert_eq!(good, expected);
@@ -105,7 +113,12 @@ fn webdataset_shards_stream_samples_in_order() {
     let glob = expand_shards(&[format!("{}/*.tar", dir.path().display())]).unwrap();
     assert_eq!(glob, shards);
     let batch = batcher()
-        .next_batch(&mut TarSource::new(glob), &mut 0, 12)
+        .next_batch(
+            &mut TarSource::new(glob, ImageLimits::default()),
+            &mut 0,
+            12,
+        )
+        .unwrap()
         .unwrap();
     assert_eq!(batch.captions, expected);
     assert!(batch.skipped.is_empty());
@@ -132,6 +145,13 @@ fn shard_patterns_expand_like_braceexpand() {
             .unwrap_err()
             .contains("unbalanced")
     );
+    // Too many paths is an error found before they are made, one range or several.
+    let started = std::time::Instant::now();
+    for pattern in ["{0..999999999}.tar", "{0..9999}/{0..9999}.tar"] {
+        let err = expand_braces(pattern).unwrap_err();
+        assert!(err.contains("more than 1000000 paths"), "{err}");
+    }
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
 
     // A missing shard is a start-up error naming it.
     let dir = tempfile::tempdir().unwrap();
@@ -187,9 +207,12 @@ fn bad_tar_members_are_skipped_and_counted_by_kind() {
             ("good1.txt", b"good one".to_vec()),
         ],
     );
-    let mut source = TarSource::new(vec![shard]);
+    let mut source = TarSource::new(vec![shard], ImageLimits::default());
     let mut position = 0;
-    let batch = batcher().next_batch(&mut source, &mut position, 2).unwrap();
+    let batch = batcher()
+        .next_batch(&mut source, &mut position, 2)
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.captions, ["good zero", "good one"]);
     let expected = BTreeMap::from([
         (SampleErrorKind::BadImage, 3),
@@ -245,7 +268,7 @@ fn a_truncated_shard_keeps_its_good_samples_and_moves_on() {
     std::fs::write(&first, &bytes[..bytes.len() / 2 + 100]).unwrap(); // cut mid-member
     write_tar(&second, &[("x.png", png(9)), ("x.txt", b"b0".to_vec())]);
 
-    let (good, bad) = drain(TarSource::new(vec![first, second]));
+    let (good, bad) = drain(TarSource::new(vec![first, second], ImageLimits::default()));
     assert!(good.len() >= 2 && good.len() < 6, "{good:?}");
     assert!(good.iter().take(good.len() - 1).all(|c| c.starts_with('a')));
     assert_eq!(good.last().unwrap(), "b0");
@@ -254,7 +277,7 @@ fn a_truncated_shard_keeps_its_good_samples_and_moves_on() {
     // Not a tar at all.
     let junk = dir.path().join("junk.tar");
     std::fs::write(&junk, vec![7u8; 3000]).unwrap();
-    let (good, bad) = drain(TarSource::new(vec![junk]));
+    let (good, bad) = drain(TarSource::new(vec![junk], ImageLimits::default()));
     assert!(good.is_empty());
     assert_eq!(bad, [SampleErrorKind::BadShard]);
 }
@@ -286,15 +309,15 @@ fn decompression_bombs_are_refused_before_decoding() {
     let err = decode_input(
         &ImageInput::Encoded(bomb),
         "bomb.png",
-        mm_data::DEFAULT_MAX_IMAGE_PIXELS,
+        ImageLimits::default(),
     )
     .unwrap_err();
     assert_eq!(err.kind, SampleErrorKind::ImageTooLarge);
     assert!(err.message.contains("60000x60000"), "{}", err.message);
     // The cap is a setting.
-    let err = decode_input(&ImageInput::Encoded(png(0)), "small.png", 100).unwrap_err();
+    let err = decode_input(&ImageInput::Encoded(png(0)), "small.png", pixels(100)).unwrap_err();
     assert_eq!(err.kind, SampleErrorKind::ImageTooLarge);
-    assert!(decode_input(&ImageInput::Encoded(png(0)), "small.png", 480).is_ok());
+    assert!(decode_input(&ImageInput::Encoded(png(0)), "small.png", pixels(480)).is_ok());
 }
 
 #[test]
@@ -326,7 +349,7 @@ fn colour_types_become_rgb() {
     ];
     for (bytes, rgb) in cases {
         let input = ImageInput::Encoded(bytes);
-        let image = decode_input(&input, "x", 1 << 20).unwrap();
+        let image = decode_input(&input, "x", pixels(1 << 20)).unwrap();
         let out = mm_data::resize_center_crop(&image, 8);
         let got = out.get_pixel(4, 4).0;
         assert!(
@@ -359,7 +382,10 @@ fn csv_rows_resolve_paths_relative_to_the_file() {
         separator: b',',
     };
     let mut source = CsvSource::open(&csv, &columns).unwrap();
-    let batch = batcher().next_batch(&mut source, &mut 0, 2).unwrap();
+    let batch = batcher()
+        .next_batch(&mut source, &mut 0, 2)
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.captions, ["a, with comma", "the b picture"]);
     let kinds: Vec<_> = batch
         .errors
@@ -465,7 +491,12 @@ fn shuffling_is_a_seeded_permutation() {
     // A shuffle buffer alone, over any source.
     let (_dir2, plain) = shard_dir(20);
     let shards = expand_shards(&plain.path.unwrap().to_vec()).unwrap();
-    let shuffled = drain(ShuffleBuffer::new(Box::new(TarSource::new(shards)), 5, 3)).0;
+    let shuffled = drain(ShuffleBuffer::new(
+        Box::new(TarSource::new(shards, ImageLimits::default())),
+        5,
+        3,
+    ))
+    .0;
     assert_eq!(shuffled.len(), 20);
 }
 
@@ -477,7 +508,12 @@ fn a_stream_resumed_at_a_batch_boundary_continues_exactly() {
     let mut stream = config.open_stream(9, 16).unwrap();
     let mut position = stream.position();
     let batches: Vec<_> = (0..3)
-        .map(|_| batcher.next_batch(&mut stream, &mut position, 8).unwrap())
+        .map(|_| {
+            batcher
+                .next_batch(&mut stream, &mut position, 8)
+                .unwrap()
+                .unwrap()
+        })
         .collect();
     assert!(stream.epoch() >= 1);
 
@@ -485,7 +521,10 @@ fn a_stream_resumed_at_a_batch_boundary_continues_exactly() {
     resumed.fast_forward(batches[0].stream_position);
     let mut position = resumed.position();
     for expected in &batches[1..] {
-        let batch = batcher.next_batch(&mut resumed, &mut position, 8).unwrap();
+        let batch = batcher
+            .next_batch(&mut resumed, &mut position, 8)
+            .unwrap()
+            .unwrap();
         assert_eq!(batch.captions, expected.captions);
         assert_eq!(
             batch.pixels, expected.pixels,

@@ -188,3 +188,29 @@ fn round_trips_through_json() {
             .contains("/nonexistent/tokenizer.json")
     );
 }
+
+#[test]
+fn an_endless_caption_is_cut_before_tokenising_with_the_same_ids() {
+    let tokenizer = ClipTokenizer::openai();
+    let words: Vec<String> = (0..200).map(|i| format!("word{i}")).collect();
+    let start = words.join(" ");
+    let expected = tokenizer.encode(&start, 77).unwrap();
+    // 20 MB more words, a huge whitespace run, and one enormous word: a text tokenised whole
+    // would take gigabytes; cut first it is cheap and gives the same first 77 ids.
+    for tail in [
+        " more".repeat(4 << 20),
+        format!("{}x", " \t\n".repeat(1 << 20)),
+        "y".repeat(20 << 20),
+    ] {
+        let long = format!("{start}{tail}");
+        let started = std::time::Instant::now();
+        assert_eq!(tokenizer.encode(&long, 77).unwrap(), expected);
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    }
+    // Short texts are untouched: a caption within the bound is tokenised as it is, and the
+    // whitespace the cut collapses produces no tokens anyway.
+    assert_eq!(
+        tokenizer.encode("a   red\n\tcircle", 77).unwrap(),
+        tokenizer.encode("a red circle", 77).unwrap()
+    );
+}

@@ -147,18 +147,106 @@ impl ClipConfig {
                 format!("must be below text.vocab_size ({})", self.text.vocab_size),
             );
         }
-        for (key, value) in [
-            ("embed_dim", self.embed_dim),
-            ("vision.layers", v.layers),
-            ("text.layers", self.text.layers),
+        let t = &self.text;
+        for (key, value, max) in [
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("vision.image_size", v.image_size, MAX_IMAGE_SIZE),
+            ("vision.patch_size", v.patch_size, MAX_IMAGE_SIZE),
+            ("vision.width", v.width, MAX_WIDTH),
+            ("vision.layers", v.layers, MAX_LAYERS),
+            ("vision.heads", v.heads, MAX_WIDTH),
+            (
+                "vision.intermediate_size",
+                v.intermediate_size,
+                4 * MAX_WIDTH,
+            ),
+            ("text.context_length", t.context_length, MAX_CONTEXT_LENGTH),
+            ("text.vocab_size", t.vocab_size, MAX_VOCAB_SIZE),
+            ("text.width", t.width, MAX_WIDTH),
+            ("text.layers", t.layers, MAX_LAYERS),
+            ("text.heads", t.heads, MAX_WIDTH),
+            ("text.intermediate_size", t.intermediate_size, 4 * MAX_WIDTH),
         ] {
             if value == 0 {
                 return err(key, "must be positive".into());
             }
+            if value > max {
+                return err(
+                    key,
+                    format!("{value} is beyond any real model (at most {max})"),
+                );
+            }
+        }
+        if v.grid_size() * v.grid_size() > MAX_PATCHES {
+            return err(
+                "vision.patch_size",
+                format!(
+                    "{} patches per image (image_size / patch_size squared) is beyond any real model (at most {MAX_PATCHES})",
+                    v.grid_size() * v.grid_size()
+                ),
+            );
+        }
+        for (key, value) in [
+            ("vision.layer_norm_eps", v.layer_norm_eps),
+            ("text.layer_norm_eps", t.layer_norm_eps),
+        ] {
+            if !(value > 0.0 && value < 1.0) {
+                return err(key, format!("must be in (0, 1), got {value}"));
+            }
+        }
+        if !self.logit_scale_init.is_finite() || self.logit_scale_init.abs() > 20.0 {
+            return err(
+                "logit_scale_init",
+                format!(
+                    "must be a finite log temperature in [-20, 20], got {}",
+                    self.logit_scale_init
+                ),
+            );
+        }
+        let params = self.num_params();
+        if params > MAX_PARAMS {
+            return err(
+                "model",
+                format!("{params} parameters is beyond any real model (at most {MAX_PARAMS})"),
+            );
         }
         Ok(())
     }
+
+    /// Parameters of the model this config builds, counted without allocating it (checked
+    /// against the built model in the tests).
+    pub fn num_params(&self) -> u64 {
+        let block = |width: usize, intermediate: usize| -> u64 {
+            let (w, i) = (width as u64, intermediate as u64);
+            // Two LayerNorms, q/k/v/out projections with biases, fc1 and fc2 with biases.
+            2 * 2 * w + 4 * (w * w + w) + (w * i + i) + (i * w + w)
+        };
+        let (v, t) = (&self.vision, &self.text);
+        let (vw, tw, e) = (v.width as u64, t.width as u64, self.embed_dim as u64);
+        let patches = (v.grid_size() * v.grid_size()) as u64;
+        let vision = 3 * (v.patch_size * v.patch_size) as u64 * vw // patch embedding, no bias
+            + vw // class embedding
+            + (patches + 1) * vw // positions
+            + 2 * 2 * vw // pre and post LayerNorm
+            + v.layers as u64 * block(v.width, v.intermediate_size);
+        let text = (t.vocab_size + t.context_length) as u64 * tw
+            + 2 * tw
+            + t.layers as u64 * block(t.width, t.intermediate_size);
+        vision + text + vw * e + tw * e + 1
+    }
 }
+
+/// Caps on a model's sizes: far beyond any real CLIP (ViT-bigG/14: width 1664, 48 layers,
+/// 8,192 MLP; 336 px), so that a typo is a clear error and not an allocation of terabytes.
+pub const MAX_WIDTH: usize = 16_384;
+pub const MAX_LAYERS: usize = 256;
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// Patch tokens per image (ViT-bigG/14 at 336 px has 576).
+pub const MAX_PATCHES: usize = 65_536;
+pub const MAX_CONTEXT_LENGTH: usize = 16_384;
+pub const MAX_VOCAB_SIZE: usize = 4 << 20;
+/// ViT-bigG/14 CLIP has 2.5 billion.
+pub const MAX_PARAMS: u64 = 50_000_000_000;
 
 impl VisionConfig {
     /// Patches per image side.

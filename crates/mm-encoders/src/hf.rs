@@ -52,7 +52,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HfError + '_ {
 /// Reads `DIR/config.json` into mm's model config, refusing anything mm would run differently.
 pub fn read_config(dir: &Path) -> Result<ClipConfig, HfError> {
     let path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+    let text = mm_data::regular_file::read_text(&path).map_err(io_error(&path))?;
     let origin = path.display().to_string();
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| ConfigError::new(&origin, "", format!("invalid JSON: {e}")))?;
@@ -357,6 +357,11 @@ pub fn load_weights(model: &mut ClipModel, path: &Path) -> Result<(), HfError> {
         path: path.display().to_string(),
         message,
     };
+    if let Err(e) = mm_data::regular_file::open_regular(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(fail(e.to_string()));
+    }
     if !path.exists() {
         let sharded = path.with_file_name("model.safetensors.index.json").exists();
         return Err(fail(if sharded {

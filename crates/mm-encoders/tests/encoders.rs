@@ -310,3 +310,49 @@ fn patch_embedding_is_a_per_patch_linear_map() {
         }
     }
 }
+
+#[test]
+fn the_parameter_count_is_known_before_allocating() {
+    let device = Device::flex();
+    for config in [
+        ClipConfig::preset("tiny").unwrap(),
+        from_toml_str::<ClipConfig>(
+            r#"
+            embed_dim = 24
+            [vision]
+            image_size = 30
+            patch_size = 10
+            width = 20
+            layers = 2
+            heads = 4
+            intermediate_size = 36
+            [text]
+            context_length = 9
+            vocab_size = 77
+            width = 16
+            layers = 3
+            heads = 2
+            intermediate_size = 40
+            eos_token_id = 2
+            "#,
+            "test",
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(config.num_params(), config.init(&device).num_params() as u64);
+    }
+    // Caps refuse sizes no real model has, naming the key, before anything is allocated.
+    let mut config = ClipConfig::preset("tiny").unwrap();
+    config.vision.intermediate_size = 0;
+    let err = config.validate("x.toml").unwrap_err().to_string();
+    assert!(err.contains("vision.intermediate_size") && err.contains("positive"), "{err}");
+    config.vision.intermediate_size = 1 << 30;
+    let err = config.validate("x.toml").unwrap_err().to_string();
+    assert!(err.contains("beyond any real model"), "{err}");
+    let mut config = ClipConfig::preset("vit-b-32").unwrap();
+    config.text.width = 16384;
+    config.text.heads = 16;
+    config.text.layers = 256;
+    let err = config.validate("x.toml").unwrap_err().to_string();
+    assert!(err.contains("parameters is beyond any real model"), "{err}");
+}

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use mm_data::ClipTokenizer;
@@ -131,6 +132,7 @@ pub fn write_dir_atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
     let parent = parent.unwrap_or(Path::new("."));
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    remove_dead_writers_temps(parent, &name)?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
@@ -142,6 +144,34 @@ pub fn write_dir_atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
     }
     fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
     sync_dir(parent);
+    Ok(())
+}
+
+/// Removes `.{name}.tmp-PID` directories in `parent` whose writer process no longer exists
+/// (killed before its rename); another live process's are left alone.
+fn remove_dead_writers_temps(parent: &Path, name: &str) -> Result<()> {
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Signal 0 checks that the process exists without touching it.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let path = entry.path();
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
+        }
+    }
     Ok(())
 }
 
@@ -199,21 +229,8 @@ fn sync_dir(dir: &Path) {
 /// Removes all but the newest `keep` step directories and the one with the best held-out
 /// zero-shot accuracy so far.
 fn prune(root: &Path, keep: usize) -> Result<()> {
-    let mut steps: Vec<PathBuf> = fs::read_dir(root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
-        })
-        .collect();
-    steps.sort();
-    let accuracy = |dir: &PathBuf| -> Option<f64> {
-        let text = fs::read_to_string(dir.join(STATE_FILE)).ok()?;
-        serde_json::from_str::<CheckpointState>(&text)
-            .ok()?
-            .zero_shot_accuracy
-    };
+    let steps = step_dirs(root);
+    let accuracy = |dir: &PathBuf| read_state(dir).ok()?.zero_shot_accuracy;
     let best = steps
         .iter()
         .filter_map(|d| accuracy(d).map(|a| (a, d.clone())))
@@ -243,17 +260,115 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     for root in [path.join("checkpoints"), path.to_path_buf()] {
-        let latest = root.join(LATEST);
-        if latest.exists() {
-            let name = fs::read_to_string(&latest)
-                .with_context(|| format!("reading {}", latest.display()))?;
-            return Ok(root.join(name.trim()));
+        if root.join(LATEST).exists() {
+            return latest(&root);
         }
     }
     bail!(
         "{}: not a checkpoint (no {STATE_FILE}), an HF CLIP directory (no config.json) nor a run directory (no checkpoints/{LATEST})",
         path.display()
     )
+}
+
+/// The checkpoint `root/latest` names. It must name a `step-N` directory inside `root` that
+/// holds a complete checkpoint: a name with a path in it (`../x`, `/etc`) or one that no
+/// longer exists is refused, never followed.
+fn latest(root: &Path) -> Result<PathBuf> {
+    let file = root.join(LATEST);
+    let name = mm_data::regular_file::read_text_capped(&file, 4096)
+        .with_context(|| format!("reading {}", file.display()))?;
+    let name = name.trim();
+    let is_step_name = name
+        .strip_prefix("step-")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if !is_step_name {
+        bail!(
+            "{}: names {name:?}, not a checkpoint of this run (step-NNNNNN); pass a checkpoint directory instead",
+            file.display()
+        );
+    }
+    let dir = root.join(name);
+    if !dir.join(STATE_FILE).is_file() {
+        bail!(
+            "{}: names {name}, which is not a complete checkpoint; pass a checkpoint directory instead",
+            file.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// Step directories under `root` (`step-NNNNNN`, complete or not), oldest first.
+pub fn step_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn read_state(dir: &Path) -> Result<CheckpointState> {
+    let path = dir.join(STATE_FILE);
+    let text = mm_data::regular_file::read_text(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid checkpoint state", path.display()))
+}
+
+/// Records the held-out accuracy measured on the weights of checkpoint `dir` after it was
+/// written (the checkpoint comes first, so that a failing evaluation never costs it).
+pub fn record_accuracy(dir: &Path, accuracy: f64) -> Result<()> {
+    let mut state = read_state(dir)?;
+    state.zero_shot_accuracy = Some(accuracy);
+    write_file_atomically(
+        &dir.join(STATE_FILE),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )
+}
+
+/// Takes the checkpoint at `step` out of the run when its weights produced a non-finite loss:
+/// it is renamed `diverged-step-NNNNNN` (kept for inspection, never resumed from) and `latest`
+/// points at the newest remaining one. Returns (where the diverged one went, the last good
+/// one).
+pub fn set_aside_diverged(
+    run_dir: &Path,
+    step: usize,
+) -> Result<(Option<PathBuf>, Option<PathBuf>)> {
+    let root = run_dir.join("checkpoints");
+    let name = format!("step-{step:06}");
+    let dir = root.join(&name);
+    let moved = if dir.exists() {
+        let to = root.join(format!("diverged-{name}"));
+        if to.exists() {
+            fs::remove_dir_all(&to)?;
+        }
+        fs::rename(&dir, &to).with_context(|| format!("moving {} aside", dir.display()))?;
+        Some(to)
+    } else {
+        None
+    };
+    let good = step_dirs(&root)
+        .into_iter()
+        .rev()
+        .find(|d| d.join(STATE_FILE).is_file());
+    match &good {
+        Some(good) => {
+            let name = good.file_name().expect("a step dir").to_string_lossy();
+            write_file_atomically(&root.join(LATEST), name.as_bytes())?;
+        }
+        None if root.join(LATEST).exists() => fs::remove_file(root.join(LATEST))?,
+        None => {}
+    }
+    Ok((moved, good))
 }
 
 /// Loads a checkpoint (mm or HF) onto `device`. Every tensor of the model must be present and
@@ -270,8 +385,8 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let read = |file: &str| -> Result<(String, String)> {
         let path = dir.join(file);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = mm_data::regular_file::read_text(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         Ok((text, path.display().to_string()))
     };
     let (text, origin) = read(MODEL_CONFIG_FILE)?;
@@ -286,22 +401,11 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         None
     };
     let tokenizer = ClipTokenizer::from_file(&dir.join(TOKENIZER_FILE))?;
-    let (text, origin) = read(STATE_FILE)?;
-    let state: CheckpointState = serde_json::from_str(&text)
-        .with_context(|| format!("{origin}: invalid checkpoint state"))?;
+    check_tokenizer_fits(&tokenizer, &model_config, "text.vocab_size")
+        .with_context(|| format!("checkpoint {}", dir.display()))?;
+    let state = read_state(&dir)?;
 
-    let mut model = model_config.init(device);
-    let weights = dir.join(MODEL_FILE);
-    let mut store = SafetensorsStore::from_file(&weights);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-    if let Some((name, reason)) = result.missing.first() {
-        bail!("{}: missing tensor `{name}` ({reason})", weights.display());
-    }
-    if let Some(error) = result.errors.first() {
-        bail!("{}: {error}", weights.display());
-    }
+    let model = load_weights(&model_config, &dir.join(MODEL_FILE), device)?;
     Ok(Checkpoint {
         dir,
         train_config,
@@ -310,6 +414,79 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         tokenizer,
         state,
     })
+}
+
+/// A model of `config` with the weights of mm safetensors file `path`, checked: the file is
+/// regular, the model fits in memory, every tensor is present, of the right shape and finite.
+fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<ClipModel> {
+    mm_data::regular_file::open_regular(path).with_context(|| format!("{}", path.display()))?;
+    crate::memory::check_fits(
+        crate::memory::weights_bytes(config),
+        &format!(
+            "{}: a model of {} parameters",
+            path.display(),
+            config.num_params()
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut model = config.init(device);
+    let mut store = SafetensorsStore::from_file(path);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some((name, reason)) = result.missing.first() {
+        bail!("{}: missing tensor `{name}` ({reason})", path.display());
+    }
+    if let Some(error) = result.errors.first() {
+        bail!("{}: {error}", path.display());
+    }
+    check_finite(&model).with_context(|| format!("{}", path.display()))?;
+    Ok(model)
+}
+
+/// A tokenizer that can emit ids beyond the embedding table would index out of range;
+/// `key` names the vocabulary size in the model's config.
+pub fn check_tokenizer_fits(
+    tokenizer: &ClipTokenizer,
+    config: &ClipConfig,
+    key: &str,
+) -> Result<()> {
+    let (tokens, vocab) = (tokenizer.vocab_size(), config.text.vocab_size);
+    if tokens > vocab {
+        bail!("the tokenizer has {tokens} tokens but {key} is {vocab}");
+    }
+    Ok(())
+}
+
+/// An error naming the first parameter that holds a NaN or infinity: such weights give NaN
+/// for every input, so no command should run with them.
+pub fn check_finite(model: &ClipModel) -> Result<()> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    #[derive(Default)]
+    struct FirstNonFinite {
+        path: crate::resume::ModulePath,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for FirstNonFinite {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
+                self.found = Some(self.path.joined());
+            }
+        }
+    }
+    let mut visitor = FirstNonFinite::default();
+    model.visit(&mut visitor);
+    match visitor.found {
+        Some(path) => bail!("tensor `{path}` holds NaN or infinite values (a diverged run?)"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

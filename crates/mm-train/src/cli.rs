@@ -75,9 +75,10 @@ pub struct EvalArgs {
     /// CSV separator (default: `,` for .csv, tab otherwise).
     #[arg(long)]
     pub csv_separator: Option<String>,
-    /// Held-out images of the built-in data (also the probe's training-set size).
-    #[arg(long, default_value_t = 960)]
-    pub samples: usize,
+    /// Held-out images of the built-in data (also the probe's training-set size), or the
+    /// retrieval pairs read from --pairs.
+    #[arg(long, default_value_t = 960, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_HELDOUT_SAMPLES as u64))]
+    pub samples: u64,
     /// Seed of the built-in data (default: the checkpoint's run seed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -110,8 +111,8 @@ pub struct DataCheckArgs {
     #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
     /// Errors listed per kind.
-    #[arg(long, default_value_t = 3)]
-    pub examples: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub examples: u64,
 }
 
 #[derive(Args, Debug)]
@@ -180,8 +181,8 @@ pub struct ZeroShotArgs {
     #[arg(long = "template")]
     pub templates: Vec<String>,
     /// Classes printed per image.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
     /// Device to run on (flex, wgpu, cuda, cuda:N).
     #[arg(long, default_value = "flex")]
     pub device: String,
@@ -207,7 +208,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::DataCheck(args)) => crate::data_check::run(&args),
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::Report { run_dir }) => {
-            let path = crate::report::write_report(&run_dir)?;
+            let (path, skipped) = crate::report::write_report(&run_dir)?;
+            for note in skipped {
+                eprintln!("warning: {note}");
+            }
             println!("wrote {}", path.display());
             Ok(())
         }
@@ -258,13 +262,12 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .seed
         .or(ckpt.train_config.as_ref().map(|c| c.seed))
         .unwrap_or(0);
-    let separator = |path: &Path| {
-        let default = if path.extension().is_some_and(|e| e == "csv") {
-            ","
-        } else {
-            "\t"
-        };
-        args.csv_separator.clone().unwrap_or(default.into())
+    let separator = |path: &Path| -> Result<u8> {
+        match &args.csv_separator {
+            Some(s) if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+            Some(s) => bail!("--csv-separator must be one ASCII character, got {s:?}"),
+            None => Ok(mm_data::default_csv_separator(path)),
+        }
     };
     let data = match (&args.folder, &args.labels_csv) {
         (Some(folder), _) => crate::eval::EvalData::Labelled {
@@ -276,14 +279,23 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                 csv,
                 &args.csv_img_key,
                 &args.csv_label_key,
-                separator(csv).as_bytes()[0],
+                separator(csv)?,
             )?,
             name: csv.display().to_string(),
         },
-        (None, None) => crate::eval::EvalData::Shapes {
-            seed,
-            samples: args.samples,
-        },
+        (None, None) => {
+            // Held-out and probe-training images are generated and kept decoded.
+            let image = 3 * (ckpt.model_config.vision.image_size as u64).pow(2);
+            crate::memory::check_fits(
+                2 * args.samples * image,
+                &format!("evaluating on {} built-in images", args.samples),
+            )
+            .map_err(anyhow::Error::msg)?;
+            crate::eval::EvalData::Shapes {
+                seed,
+                samples: args.samples as usize,
+            }
+        }
     };
     let pairs = if args.pairs.is_empty() {
         None
@@ -300,7 +312,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         }
         Some(crate::eval::PairedSet::from_source(
             &config,
-            args.samples,
+            args.samples as usize,
             ckpt.model_config.vision.image_size,
         )?)
     };
@@ -316,7 +328,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 fn class_list(args: &ZeroShotArgs) -> Result<Vec<String>> {
     let text = match (&args.classes, &args.classes_file) {
         (Some(classes), _) => classes.replace(',', "\n"),
-        (None, Some(path)) => std::fs::read_to_string(path)
+        (None, Some(path)) => mm_data::regular_file::read_text(path)
             .with_context(|| format!("reading classes file {}", path.display()))?,
         (None, None) => String::new(),
     };
@@ -352,21 +364,45 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
         context_length,
     )?;
     let size = ckpt.model_config.vision.image_size;
+    let mut unreadable = Vec::new();
     for path in &args.images {
-        let pixels = image_tensor(path, size, &device)?;
+        // One bad image is reported and skipped; the others are still classified.
+        let pixels = match image_tensor(path, size, &device) {
+            Ok(pixels) => pixels,
+            Err(e) => {
+                unreadable.push(e);
+                continue;
+            }
+        };
         let probs = classifier
             .probabilities(&ckpt.model, pixels)
             .into_data()
             .try_into_vec_as::<f32>()
             .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))?;
+        if probs.iter().any(|p| !p.is_finite()) {
+            bail!(
+                "{}: the model gives NaN or infinite scores for {} (diverged weights?)",
+                ckpt.dir.display(),
+                path.display()
+            );
+        }
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         println!("{}", path.display());
-        for (class, p) in ranked.into_iter().take(args.top_k.max(1)) {
+        for (class, p) in ranked.into_iter().take(args.top_k as usize) {
             println!("  {:6.2}%  {}", 100.0 * p, classes[class]);
         }
     }
-    Ok(())
+    match unreadable.len() {
+        0 => Ok(()),
+        1 => Err(unreadable.remove(0)),
+        n => {
+            for e in &unreadable {
+                eprintln!("warning: {e:#}");
+            }
+            bail!("{n} of {} images could not be read", args.images.len())
+        }
+    }
 }
 
 /// One image file as a `[1, 3, size, size]` CLIP-normalised tensor.

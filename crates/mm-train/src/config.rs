@@ -144,6 +144,13 @@ fn default_templates() -> Vec<String> {
     vec!["a photo of a {}".into()]
 }
 
+/// Caps on run sizes: beyond them a value is a typo, not a plan.
+pub const MAX_STEPS: usize = 1 << 40;
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+/// Held-out images are generated and kept decoded in memory for each evaluation.
+pub const MAX_HELDOUT_SAMPLES: usize = 100_000;
+pub const MAX_TEMPLATES: usize = 1000;
+
 /// The model shape: a named preset or an inline config.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSpec {
@@ -216,7 +223,7 @@ impl TrainConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let path = resolve_config_path(path);
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(&path)
+        let text = mm_data::regular_file::read_text(&path)
             .map_err(|e| ConfigError::new(&origin, "", format!("cannot read config: {e}")))?;
         Self::from_toml(&text, &origin)
     }
@@ -240,6 +247,19 @@ impl TrainConfig {
                     ..e
                 })?;
                 model.validate(origin)?;
+                // A fresh model is trained with OpenAI's tokenizer: every id it emits must
+                // have a row in the embedding table.
+                let tokens = mm_data::ClipTokenizer::openai().vocab_size();
+                if model.text.vocab_size < tokens {
+                    return Err(ConfigError::new(
+                        origin,
+                        "model.text.vocab_size",
+                        format!(
+                            "{} is smaller than the tokenizer's {tokens} tokens",
+                            model.text.vocab_size
+                        ),
+                    ));
+                }
             }
             (None, Some(_)) => {} // Checked when the checkpoint is loaded.
             (Some(_), Some(_)) => {
@@ -258,8 +278,46 @@ impl TrainConfig {
             }
         }
         let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
+        if self.output_dir.as_os_str().is_empty() {
+            return err(
+                "output_dir",
+                "is empty; name the run directory (it would otherwise be the current one)",
+            );
+        }
         if let Err((key, message)) = self.data.check() {
             return err(key, &message);
+        }
+        for (key, value, max) in [
+            ("train.steps", self.train.steps, MAX_STEPS),
+            ("train.batch_size", self.train.batch_size, MAX_BATCH_SIZE),
+            ("train.accum_freq", self.train.accum_freq, MAX_BATCH_SIZE),
+            (
+                "eval.heldout_samples",
+                self.eval.heldout_samples,
+                MAX_HELDOUT_SAMPLES,
+            ),
+            ("eval.templates", self.eval.templates.len(), MAX_TEMPLATES),
+        ] {
+            if value > max {
+                return err(key, &format!("at most {max}, got {value}"));
+            }
+        }
+        if self.eval.heldout_samples == 0 {
+            return err(
+                "eval.heldout_samples",
+                "must be at least 1 (the held-out set that evaluation runs on)",
+            );
+        }
+        for (key, value) in [
+            ("optim.weight_decay", self.optim.weight_decay),
+            ("optim.eps", self.optim.eps),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return err(key, &format!("must be a non-negative number, got {value}"));
+            }
+        }
+        if self.optim.eps == 0.0 {
+            return err("optim.eps", "must be positive (it guards a division)");
         }
         if self.train.lock_image && self.train.lock_text {
             return err(
@@ -288,7 +346,11 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.optim.beta2) {
             return err("optim.beta2", "must be in [0, 1)");
         }
-        if self.optim.grad_clip_norm.is_some_and(|n| n <= 0.0) {
+        if self
+            .optim
+            .grad_clip_norm
+            .is_some_and(|n| !(n > 0.0 && n.is_finite()))
+        {
             return err("optim.grad_clip_norm", "must be positive");
         }
         if self.eval.templates.is_empty() {
@@ -299,6 +361,20 @@ impl TrainConfig {
                 "eval.templates",
                 &format!("template {t:?} has no `{{}}` for the class name"),
             );
+        }
+        if let Some(spec) = &self.model
+            && self.device == "flex"
+        {
+            let model = spec.resolve()?;
+            crate::memory::check_fits(
+                crate::memory::training_bytes(&model, self),
+                &format!(
+                    "training this model ({} parameters) at batch size {}",
+                    model.num_params(),
+                    self.train.batch_size
+                ),
+            )
+            .map_err(|message| ConfigError::new(origin, "model", message))?;
         }
         let device = crate::device::parse_device(&self.device)
             .map_err(|e| ConfigError::new(origin, "device", e.to_string()))?;

@@ -47,21 +47,19 @@ pub fn infer_source(
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let (source, separator) = if paths.len() == 1 && first.is_dir() {
-        (SourceKind::Folder, "\t")
-    } else if ext == "csv" {
-        (SourceKind::Csv, ",")
-    } else if ext == "tsv" {
-        (SourceKind::Csv, "\t")
+    let source = if paths.len() == 1 && first.is_dir() {
+        SourceKind::Folder
+    } else if ext == "csv" || ext == "tsv" {
+        SourceKind::Csv
     } else {
-        (SourceKind::Webdataset, "\t")
+        SourceKind::Webdataset
     };
     DataConfig {
         source,
         path: Some(Paths::Many(paths.to_vec())),
         csv_img_key: csv_img_key.into(),
         csv_caption_key: csv_caption_key.into(),
-        csv_separator: csv_separator.unwrap_or(separator.into()),
+        csv_separator,
         max_image_pixels,
         shuffle_buffer: 0,
         ..DataConfig::default()
@@ -79,9 +77,9 @@ pub fn run(args: &DataCheckArgs) -> Result<()> {
     }
     let batcher = Batcher::new(ClipTokenizer::openai(), image_size, 77)
         .with_transform(TrainTransform::CenterCrop, 0)
-        .with_max_image_pixels(config.max_image_pixels);
+        .with_image_limits(config.image_limits());
     println!("{}", source.describe());
-    let report = batcher.scan(source.as_mut(), args.examples);
+    let report = batcher.scan(source.as_mut(), args.examples as usize);
     let skipped: usize = report.skipped.values().sum();
     println!("  usable samples   {:>9}", report.good);
     println!("  skipped          {skipped:>9}");

@@ -10,7 +10,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use mm_contrastive::l2_normalize;
 use mm_data::{
-    ClipTokenizer, DEFAULT_MAX_IMAGE_PIXELS, ImageInput, ShapesDataset, Split, decode_input,
+    ClipTokenizer, ImageInput, ImageLimits, SampleError, ShapesDataset, Split, decode_input,
     pixels_tensor, preprocess_into, token_ids_tensor,
 };
 use mm_encoders::ClipModel;
@@ -87,10 +87,11 @@ impl LabelledImages {
     /// A CSV/TSV of (image path, label) rows; paths relative to the file, classes in sorted
     /// order of their labels.
     pub fn from_csv(path: &Path, image_key: &str, label_key: &str, separator: u8) -> Result<Self> {
+        let file = mm_data::regular_file::open_regular(path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(separator)
-            .from_path(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+            .from_reader(file);
         let headers = reader.headers()?.clone();
         let column = |key: &str| {
             headers.iter().position(|h| h == key).with_context(|| {
@@ -170,27 +171,71 @@ impl PairedSet {
     }
 }
 
-/// L2-normalised image embeddings `[n, embed_dim]` through the eval transform. An image that
-/// cannot be read is an error naming it: an eval set must be what it claims to be.
+/// Image embeddings of a set, and the images that could not be read.
+pub struct EncodedImages {
+    /// L2-normalised, `[kept.len(), embed_dim]`.
+    pub embeddings: Tensor<2>,
+    /// Which inputs the rows of `embeddings` are (indices into the input, in order).
+    pub kept: Vec<usize>,
+    /// Unreadable images (missing, not an image, too large), skipped as training skips them.
+    pub skipped: Vec<SampleError>,
+}
+
+impl EncodedImages {
+    /// `values[i]` for every kept input `i`: labels or captions of the images that were read.
+    pub fn select<T: Clone>(&self, values: &[T]) -> Vec<T> {
+        self.kept.iter().map(|&i| values[i].clone()).collect()
+    }
+}
+
+/// Image embeddings through the eval transform. An unreadable image is skipped and reported
+/// (with its path), not fatal; a set with no readable image is an error.
 pub fn encode_images(
     model: &ClipModel,
     images: &[ImageInput],
     image_size: usize,
-) -> Result<Tensor<2>> {
+) -> Result<EncodedImages> {
     let device = model.logit_scale.val().device();
     let plane = 3 * image_size * image_size;
-    let mut parts = Vec::new();
-    for chunk in images.chunks(BATCH) {
-        let mut pixels = vec![0.0; chunk.len() * plane];
-        for (i, (input, out)) in chunk.iter().zip(pixels.chunks_mut(plane)).enumerate() {
-            let image = decode_input(input, &format!("eval image {i}"), DEFAULT_MAX_IMAGE_PIXELS)?;
-            preprocess_into(&image, image_size, out);
+    let (mut parts, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    for (first, chunk) in images.chunks(BATCH).enumerate() {
+        let mut pixels = Vec::with_capacity(chunk.len() * plane);
+        for (offset, input) in chunk.iter().enumerate() {
+            let index = first * BATCH + offset;
+            let location = match input {
+                ImageInput::File(path) => path.display().to_string(),
+                _ => format!("image {index}"),
+            };
+            match decode_input(input, &location, ImageLimits::default()) {
+                Ok(image) => {
+                    let start = pixels.len();
+                    pixels.resize(start + plane, 0.0);
+                    preprocess_into(&image, image_size, &mut pixels[start..]);
+                    kept.push(index);
+                }
+                Err(e) => skipped.push(e),
+            }
         }
-        parts.push(l2_normalize(
-            model.image_features(pixels_tensor(pixels, image_size, &device)),
-        ));
+        if !pixels.is_empty() {
+            parts.push(l2_normalize(
+                model.image_features(pixels_tensor(pixels, image_size, &device)),
+            ));
+        }
     }
-    Ok(Tensor::cat(parts, 0))
+    if parts.is_empty() {
+        match skipped.first() {
+            Some(first) => bail!(
+                "none of the {} images could be read; the first: {first}",
+                images.len()
+            ),
+            None => bail!("no images to evaluate"),
+        }
+    }
+    Ok(EncodedImages {
+        embeddings: Tensor::cat(parts, 0),
+        kept,
+        skipped,
+    })
 }
 
 /// L2-normalised text embeddings `[n, embed_dim]`.
@@ -201,6 +246,9 @@ pub fn encode_texts(
     context_length: usize,
 ) -> Result<Tensor<2>> {
     let device = model.logit_scale.val().device();
+    if texts.is_empty() {
+        bail!("no texts to encode");
+    }
     let mut parts = Vec::new();
     for chunk in texts.chunks(BATCH) {
         let ids = tokenizer.encode_batch(chunk, context_length)?;
@@ -253,31 +301,30 @@ pub fn zero_shot(
     tokenizer: &ClipTokenizer,
     context_length: usize,
     image_embeddings: Tensor<2>,
-    set: &LabelledImages,
+    class_names: &[String],
+    labels: &[usize],
     templates: &[String],
 ) -> Result<ZeroShotReport> {
-    let classifier = ZeroShotClassifier::new(
-        model,
-        tokenizer,
-        &set.class_names,
-        templates,
-        context_length,
-    )?;
+    let classifier =
+        ZeroShotClassifier::new(model, tokenizer, class_names, templates, context_length)?;
     let (scores, n_classes) =
         host(image_embeddings.matmul(classifier.class_embeddings.transpose()))?;
+    if scores.iter().any(|s| !s.is_finite()) {
+        bail!("the model gives NaN or infinite scores (diverged weights?)");
+    }
     let mut per_class = vec![(0usize, 0usize); n_classes];
     let (mut top1, mut top5) = (0usize, 0usize);
-    for (row, &label) in scores.chunks(n_classes).zip(&set.labels) {
+    for (row, &label) in scores.chunks(n_classes).zip(labels) {
         let rank = rank_of(row, label);
         top1 += (rank == 0) as usize;
         top5 += (rank < 5) as usize;
         per_class[label].0 += 1;
         per_class[label].1 += (rank == 0) as usize;
     }
-    let n = set.labels.len().max(1) as f64;
+    let n = labels.len().max(1) as f64;
     let per_class: Vec<ClassAccuracy> = per_class
         .iter()
-        .zip(&set.class_names)
+        .zip(class_names)
         .map(|(&(images, correct), class)| ClassAccuracy {
             class: class.clone(),
             images,
@@ -286,7 +333,7 @@ pub fn zero_shot(
         .collect();
     let present: Vec<&ClassAccuracy> = per_class.iter().filter(|c| c.images > 0).collect();
     Ok(ZeroShotReport {
-        images: set.labels.len(),
+        images: labels.len(),
         classes: n_classes,
         templates: templates.len(),
         top1: top1 as f64 / n,
@@ -444,6 +491,9 @@ pub struct EvalReport {
     /// The retrieval pairs, when not those of `dataset`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retrieval_dataset: Option<String>,
+    /// Images that could not be read (left out of every suite), and the first few of them.
+    pub skipped_images: usize,
+    pub skipped_examples: Vec<String>,
     pub zero_shot: ZeroShotReport,
     pub retrieval: Option<RetrievalReport>,
     pub linear_probe: LinearProbeReport,
@@ -471,13 +521,18 @@ pub fn evaluate(
     let model = &ckpt.model;
     let size = ckpt.model_config.vision.image_size;
     let ctx = ckpt.model_config.text.context_length;
-    let (dataset, set, images, probe, builtin_pairs) = match data {
+    let mut skipped = Vec::new();
+    let class_names = match &data {
+        EvalData::Shapes { .. } => ShapesDataset::class_names(),
+        EvalData::Labelled { set, .. } => set.class_names.clone(),
+    };
+    let (dataset, labels, images, probe, builtin_pairs) = match data {
         EvalData::Shapes { seed, samples } => {
             let shapes = ShapesDataset::new(seed, size as u32);
             let set = LabelledImages::shapes(&shapes, Split::HeldOut, samples);
-            let images = encode_images(model, &set.images, size)?;
+            let images = encode_images(model, &set.images, size)?.embeddings;
             let train = LabelledImages::shapes(&shapes, Split::Train, samples);
-            let train_images = encode_images(model, &train.images, size)?;
+            let train_images = encode_images(model, &train.images, size)?.embeddings;
             let probe = linear_probe(
                 (train_images, &train.labels),
                 (images.clone(), &set.labels),
@@ -488,12 +543,15 @@ pub fn evaluate(
             let captions: Vec<String> = (0..samples as u64)
                 .map(|i| shapes.sample(Split::HeldOut, i).caption)
                 .collect();
-            (name, set, images, probe, Some(captions))
+            (name, set.labels, images, probe, Some(captions))
         }
         EvalData::Labelled { set, name } => {
-            let images = encode_images(model, &set.images, size)?;
+            let encoded = encode_images(model, &set.images, size)?;
+            let labels = encoded.select(&set.labels);
+            skipped.extend(encoded.skipped);
+            let images = encoded.embeddings;
             let (train, val): (Vec<usize>, Vec<usize>) =
-                (0..set.labels.len()).partition(|i| i % 5 != 4);
+                (0..labels.len()).partition(|i| i % 5 != 4);
             let rows = |idx: &[usize]| {
                 let ids: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
                 images.clone().select(
@@ -501,34 +559,50 @@ pub fn evaluate(
                     Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), device),
                 )
             };
-            let labels = |idx: &[usize]| idx.iter().map(|&i| set.labels[i]).collect::<Vec<_>>();
-            let (train_labels, val_labels) = (labels(&train), labels(&val));
+            let pick = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+            let (train_labels, val_labels) = (pick(&train), pick(&val));
             let probe = linear_probe(
                 (rows(&train), &train_labels),
                 (rows(&val), &val_labels),
-                set.class_names.len(),
+                class_names.len(),
                 device,
             )?;
-            (name, set, images, probe, None)
+            (name, labels, images, probe, None)
         }
     };
     let retrieval_report = match (&pairs, builtin_pairs) {
-        (Some(pairs), _) => Some(retrieval(
-            encode_images(model, &pairs.images, size)?,
-            encode_texts(model, &ckpt.tokenizer, &pairs.captions, ctx)?,
-        )?),
+        (Some(pairs), _) => {
+            let encoded = encode_images(model, &pairs.images, size)?;
+            let captions = encoded.select(&pairs.captions);
+            skipped.extend(encoded.skipped);
+            Some(retrieval(
+                encoded.embeddings,
+                encode_texts(model, &ckpt.tokenizer, &captions, ctx)?,
+            )?)
+        }
         (None, Some(captions)) => Some(retrieval(
             images.clone(),
             encode_texts(model, &ckpt.tokenizer, &captions, ctx)?,
         )?),
         (None, None) => None,
     };
+    let zero_shot = zero_shot(
+        model,
+        &ckpt.tokenizer,
+        ctx,
+        images,
+        &class_names,
+        &labels,
+        templates,
+    )?;
     Ok(EvalReport {
         checkpoint: ckpt.dir.display().to_string(),
         step: ckpt.state.step,
         dataset,
         retrieval_dataset: pairs.map(|p| p.name),
-        zero_shot: zero_shot(model, &ckpt.tokenizer, ctx, images, &set, templates)?,
+        skipped_images: skipped.len(),
+        skipped_examples: skipped.iter().take(5).map(|e| e.to_string()).collect(),
+        zero_shot,
         retrieval: retrieval_report,
         linear_probe: probe,
     })
@@ -550,6 +624,15 @@ impl EvalReport {
             pct(self.zero_shot.top5),
             pct(self.zero_shot.mean_per_class)
         );
+        if self.skipped_images > 0 {
+            out += &format!(
+                "  skipped {} unreadable image(s), e.g.:\n",
+                self.skipped_images
+            );
+            for example in &self.skipped_examples {
+                out += &format!("    {example}\n");
+            }
+        }
         if let Some(r) = &self.retrieval {
             if let Some(name) = &self.retrieval_dataset {
                 out += &format!("  retrieval set: {name}\n");

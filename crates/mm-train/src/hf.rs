@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use mm_data::ClipTokenizer;
-use mm_encoders::{ClipConfig, hf};
+use mm_encoders::hf;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointParts, CheckpointState};
 
@@ -15,8 +14,10 @@ use crate::checkpoint::{self, Checkpoint, CheckpointParts, CheckpointState};
 /// is the transform mm applies.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let (model_config, model) = hf::load(dir, device)?;
+    checkpoint::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
     let tokenizer = mm_data::hf::load_tokenizer(dir)?;
-    check_tokenizer_fits(&tokenizer, &model_config, dir)?;
+    checkpoint::check_tokenizer_fits(&tokenizer, &model_config, "text_config.vocab_size")
+        .with_context(|| format!("{}", dir.display()))?;
     mm_data::hf::check_image_processor(dir, model_config.vision.image_size)?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
@@ -32,18 +33,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
             data_position: None,
         },
     })
-}
-
-/// A tokenizer that can emit ids beyond the embedding table would index out of range.
-fn check_tokenizer_fits(tokenizer: &ClipTokenizer, config: &ClipConfig, dir: &Path) -> Result<()> {
-    let (tokens, vocab) = (tokenizer.vocab_size(), config.text.vocab_size);
-    if tokens > vocab {
-        bail!(
-            "{}: the tokenizer has {tokens} tokens but text_config.vocab_size is {vocab}",
-            dir.display()
-        );
-    }
-    Ok(())
 }
 
 /// `mm-train import-hf DIR --out CKPT`: an mm checkpoint with the same weights, bit for bit.

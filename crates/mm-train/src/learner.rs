@@ -1,7 +1,7 @@
 //! The training loop: steps, schedule, logging, periodic zero-shot eval and checkpoints.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,6 +27,7 @@ use crate::eval::{
     zero_shot,
 };
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::run_dir::RunDirLock;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -46,6 +47,16 @@ pub struct Learner {
     pub model: ClipModel,
     pub optim: ModuleOptimizer,
     config: TrainConfig,
+}
+
+/// A step whose loss (or gradient norm) is NaN or infinite: the model was not updated.
+#[derive(Debug, thiserror::Error)]
+#[error("step {step}: {what} is {value}")]
+pub struct NonFinite {
+    /// 1-based, as logs count steps.
+    pub step: usize,
+    pub what: &'static str,
+    pub value: f64,
 }
 
 /// Loss and gradient norm of one step.
@@ -177,21 +188,32 @@ fn contrastive_gradients(model: &ClipModel, micro_batches: &[ClipBatch]) -> (f32
 impl Learner {
     /// Forward, backward and AdamW update at step `step` (from 0) on one batch, or on
     /// several micro-batches accumulated as one (see [`Learner::gradients`]).
-    /// A non-finite loss is an error and leaves the model untouched.
+    /// A non-finite loss or gradient norm is a [`NonFinite`] error and leaves the model
+    /// untouched.
     pub fn step_accumulated(
         &mut self,
         micro_batches: &[ClipBatch],
         step: usize,
     ) -> Result<StepOutput> {
         let (loss_value, mut grads) = self.gradients(micro_batches);
+        let non_finite = |what, value: f64| NonFinite {
+            step: step + 1,
+            what,
+            value,
+        };
         if !loss_value.is_finite() {
-            bail!("step {step}: loss is {loss_value}; stopping (the last checkpoint is kept)");
+            return Err(non_finite("the loss", loss_value.into()).into());
         }
         let grad_norm = self
             .config
             .optim
             .grad_clip_norm
             .map(|max| clip_grad_norm(&self.model, &mut grads, max));
+        if let Some(norm) = grad_norm
+            && !norm.is_finite()
+        {
+            return Err(non_finite("the gradient norm", norm).into());
+        }
         let lr = learning_rate(
             self.config.optim.lr,
             self.config.optim.warmup_steps,
@@ -448,12 +470,16 @@ pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
 
 /// [`train`], or with `resume`, continues a run from one of its checkpoints (see
 /// [`resume_point`]) so that the result is the one an uninterrupted run would have given.
+/// The run holds its directory ([`RunDirLock`]) from start to end.
 pub fn train_from(
     config: &TrainConfig,
     show_progress: bool,
     resume: Option<&Path>,
 ) -> Result<TrainReport> {
     let run_dir = &config.output_dir;
+    let lock = RunDirLock::acquire(run_dir)?;
+    let mut stale = lock.remove_stale_temps("checkpoints")?;
+    stale.extend(lock.remove_stale_temps("")?);
     let previous = run_dir.join("checkpoints");
     let (start_point, first_step, data_position) = match resume {
         Some(from) => {
@@ -461,7 +487,7 @@ pub fn train_from(
             (start, state.step, state.data_position.unwrap_or(0))
         }
         None => {
-            if fs::read_dir(&previous).is_ok_and(|mut entries| entries.next().is_some()) {
+            if !checkpoint::step_dirs(&previous).is_empty() {
                 bail!(
                     "{} holds checkpoints of an earlier run; resume it (--resume latest), choose another output_dir (--output-dir) or remove it",
                     previous.display()
@@ -470,13 +496,18 @@ pub fn train_from(
             (starting_point(config)?, 0, 0)
         }
     };
+    let steps = config.train.steps;
+    if first_step > steps {
+        bail!(
+            "the checkpoint is at step {first_step}, past train.steps = {steps}; raise --steps to continue it"
+        );
+    }
     let StartingPoint {
         model_config,
         mut learner,
         tokenizer,
         description: start,
     } = start_point;
-    fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
     let image_size = model_config.vision.image_size;
     let batcher = Batcher::new(
@@ -485,7 +516,8 @@ pub fn train_from(
         model_config.text.context_length,
     )
     .with_transform(config.data.train_transform, config.seed)
-    .with_max_image_pixels(config.data.max_image_pixels)
+    .with_image_limits(config.data.image_limits())
+    .with_max_consecutive_skips(config.data.max_consecutive_skips)
     .with_workers(config.data.workers)?;
     let mut stream = config.data.open_stream(config.seed, image_size)?;
     stream.fast_forward(data_position);
@@ -499,7 +531,6 @@ pub fn train_from(
     // The held-out zero-shot task of the built-in data (eval suites for other data: issue 6).
     let dataset = ShapesDataset::new(config.seed, image_size as u32);
 
-    let steps = config.train.steps;
     let progress = if show_progress {
         ProgressBar::new(steps as u64)
     } else {
@@ -511,7 +542,14 @@ pub fn train_from(
         )
         .expect("valid template"),
     );
+    progress.set_position(first_step as u64);
     let mut log = RunLog::open(run_dir, progress.clone())?;
+    for path in &stale {
+        log.say(&format!(
+            "removed {} (left by an interrupted write)",
+            path.display()
+        ))?;
+    }
     let params = learner.model.num_params();
     log.say(&format!(
         "training {params} parameters ({start}) on {} for {steps} steps of {} ({}), writing to {}",
@@ -532,14 +570,15 @@ pub fn train_from(
     let evaluate = |model: &ClipModel| -> Result<(ZeroShotReport, RetrievalReport)> {
         let model = model.valid();
         let ctx = model_config.text.context_length;
-        let images = encode_images(&model, &heldout_set.images, image_size)?;
+        let images = encode_images(&model, &heldout_set.images, image_size)?.embeddings;
         let texts = encode_texts(&model, &tokenizer, &heldout_captions, ctx)?;
         let zs = zero_shot(
             &model,
             &tokenizer,
             ctx,
             images.clone(),
-            &heldout_set,
+            &heldout_set.class_names,
+            &heldout_set.labels,
             &config.eval.templates,
         )?;
         Ok((zs, retrieval(images, texts)?))
@@ -547,15 +586,20 @@ pub fn train_from(
 
     let start = Instant::now();
     let mut train_seconds = 0.0;
-    let mut losses = Vec::with_capacity(steps - first_step.min(steps));
+    let mut losses = Vec::with_capacity(steps - first_step);
     let mut last_checkpoint = None;
     let mut accuracy = None;
     let mut skipped = SkipTally::default();
     for step in first_step..steps {
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
         for _ in 0..config.train.accum_freq.max(1) {
-            let Some(batch) = batches.next() else {
-                bail!("the data source ended at step {step} (no usable samples in a whole pass?)");
+            let batch = match batches.next() {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => return Err(e).context(format!("step {}", step + 1)),
+                None => bail!(
+                    "the data source ended at step {} (no usable samples in a whole pass?)",
+                    step + 1
+                ),
             };
             for line in skipped.add(&batch) {
                 log.say(&line)?;
@@ -564,7 +608,30 @@ pub fn train_from(
         }
         let batch = micro_batches.last().expect("at least one micro-batch");
         let step_start = Instant::now();
-        let out = learner.step_accumulated(&micro_batches, step)?;
+        let out = match learner.step_accumulated(&micro_batches, step) {
+            Ok(out) => out,
+            Err(error) => {
+                let Some(non_finite) = error.downcast_ref::<NonFinite>() else {
+                    return Err(error);
+                };
+                // The weights that gave it are those after `step` updates: a checkpoint of
+                // them is no good to resume from.
+                let (moved, good) = checkpoint::set_aside_diverged(run_dir, step)?;
+                let moved = moved.map_or(String::new(), |m| {
+                    format!(
+                        "; checkpoint step-{step:06} holds the weights that gave it and was moved to {}",
+                        m.display()
+                    )
+                });
+                let good = match good {
+                    Some(good) => format!("the last good checkpoint is {}", good.display()),
+                    None => "no checkpoint with a finite loss exists".into(),
+                };
+                let message = format!("{non_finite}; stopping{moved}; {good}");
+                log.note(&message)?;
+                bail!(message);
+            }
+        };
         train_seconds += step_start.elapsed().as_secs_f64();
         losses.push(out.loss);
         let done = step + 1;
@@ -593,9 +660,37 @@ pub fn train_from(
                 "skipped": skipped.by_kind(),
             }))?;
         }
+        // The checkpoint comes before the evaluation, so that nothing after it can cost it;
+        // the evaluation's accuracy is added to it afterwards.
+        let checkpointed = if every(config.train.checkpoint_every) || done == steps {
+            let state = CheckpointState {
+                step: done,
+                loss: Some(out.loss),
+                zero_shot_accuracy: None,
+                imported_from: None,
+                data_position: Some(batch.stream_position),
+            };
+            let parts = CheckpointParts {
+                model: &learner.model,
+                model_config: &model_config,
+                train_config: Some(config),
+                tokenizer: &tokenizer,
+                state: &state,
+                optimizer: Some(&learner.optim),
+            };
+            let dir = checkpoint::save(run_dir, &parts, config.train.keep_checkpoints)?;
+            log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
+            last_checkpoint = Some(dir.clone());
+            Some(dir)
+        } else {
+            None
+        };
         if every(config.train.eval_every) || done == steps {
             let (zs, ret) = evaluate(&learner.model)?;
             accuracy = Some(zs.top1);
+            if let Some(dir) = &checkpointed {
+                checkpoint::record_accuracy(dir, zs.top1)?;
+            }
             log.say(&format!(
                 "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%",
                 100.0 * zs.top1,
@@ -610,47 +705,42 @@ pub fn train_from(
                 "retrieval_text_to_image_r1": ret.text_to_image.r1,
             }))?;
         }
-        if every(config.train.checkpoint_every) || done == steps {
-            let state = CheckpointState {
-                step: done,
-                loss: Some(out.loss),
-                zero_shot_accuracy: accuracy,
-                imported_from: None,
-                data_position: Some(batch.stream_position),
-            };
-            let parts = CheckpointParts {
-                model: &learner.model,
-                model_config: &model_config,
-                train_config: Some(config),
-                tokenizer: &tokenizer,
-                state: &state,
-                optimizer: Some(&learner.optim),
-            };
-            let dir = checkpoint::save(run_dir, &parts, config.train.keep_checkpoints)?;
-            log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
-            last_checkpoint = Some(dir);
-        }
     }
     progress.finish_and_clear();
     let wall_seconds = start.elapsed().as_secs_f64();
+    let checkpoint = match last_checkpoint {
+        Some(dir) => dir,
+        // Resumed from the final checkpoint: nothing was left to do.
+        None => {
+            let dir = checkpoint::resolve(run_dir)?;
+            accuracy = checkpoint::read_state(&dir)?.zero_shot_accuracy;
+            log.say(&format!(
+                "the run already finished at step {steps} ({}); nothing to do (raise --steps to train longer)",
+                dir.display()
+            ))?;
+            dir
+        }
+    };
     let report = TrainReport {
         steps,
         losses,
         zero_shot_accuracy: accuracy.unwrap_or_default(),
         chance_accuracy: chance,
-        samples_per_sec: ((steps - first_step.min(steps))
-            * config.train.batch_size
-            * config.train.accum_freq) as f64
+        samples_per_sec: ((steps - first_step) * config.train.batch_size * config.train.accum_freq)
+            as f64
             / train_seconds.max(1e-9),
         wall_seconds,
-        checkpoint: last_checkpoint.expect("the last step always checkpoints"),
+        checkpoint,
     };
-    log.say(&format!(
-        "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps); zero-shot top-1 {:.1}% vs chance {:.1}%; checkpoint {}",
-        report.samples_per_sec,
-        100.0 * report.zero_shot_accuracy,
-        100.0 * report.chance_accuracy,
-        report.checkpoint.display()
-    ))?;
+    if first_step < steps {
+        log.say(&format!(
+            "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps); zero-shot top-1 {:.1}% vs chance {:.1}%; checkpoint {}",
+            report.samples_per_sec,
+            100.0 * report.zero_shot_accuracy,
+            100.0 * report.chance_accuracy,
+            report.checkpoint.display()
+        ))?;
+    }
+    drop(lock);
     Ok(report)
 }

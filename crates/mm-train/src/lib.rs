@@ -10,10 +10,12 @@ pub mod device;
 pub mod eval;
 pub mod hf;
 pub mod learner;
+pub mod memory;
 pub mod optim;
 pub mod precision;
 pub mod report;
 pub mod resume;
+pub mod run_dir;
 pub mod zero_shot;
 
 pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};

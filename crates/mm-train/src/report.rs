@@ -101,7 +101,7 @@ fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
         .map(|i| shapes.sample(Split::HeldOut, i))
         .collect();
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-    let images = encode_images(&ckpt.model, &set.images, size)?;
+    let images = encode_images(&ckpt.model, &set.images, size)?.embeddings;
     let texts = encode_texts(
         &ckpt.model,
         &ckpt.tokenizer,
@@ -158,17 +158,42 @@ fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
     Ok(html)
 }
 
-/// Writes `RUN_DIR/report.html` (atomically) and returns its path.
-pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
+/// The records of a `metrics.jsonl`, and a note per line that is not a JSON object (a run
+/// killed mid-write leaves a partial last line): such lines are skipped, never fatal.
+fn read_metrics(path: &Path) -> Result<(Vec<Value>, Vec<String>)> {
+    let text = mm_data::regular_file::read_text_capped(path, MAX_METRICS_BYTES)
+        .with_context(|| format!("{}: not a run directory", path.display()))?;
+    let (mut records, mut skipped) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(record) if record.is_object() => records.push(record),
+            Ok(_) => skipped.push(format!(
+                "{} line {}: not a JSON object",
+                path.display(),
+                i + 1
+            )),
+            Err(e) => skipped.push(format!(
+                "{} line {}: invalid JSON ({}), skipped",
+                path.display(),
+                i + 1,
+                e.to_string().split(" at line").next().unwrap_or_default()
+            )),
+        }
+    }
+    Ok((records, skipped))
+}
+
+/// metrics.jsonl is read whole; a line per logged step is ~200 bytes.
+const MAX_METRICS_BYTES: u64 = 1 << 30;
+
+/// Writes `RUN_DIR/report.html` (atomically) and returns its path and a note per skipped
+/// metrics line.
+pub fn write_report(run_dir: &Path) -> Result<(PathBuf, Vec<String>)> {
     let metrics_path = run_dir.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&metrics_path)
-        .with_context(|| format!("{}: not a run directory", metrics_path.display()))?;
-    let records: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: invalid JSON line", metrics_path.display()))?;
+    let (records, skipped) = read_metrics(&metrics_path)?;
     if records.is_empty() {
         bail!("{}: no metrics yet", metrics_path.display());
     }
@@ -206,7 +231,10 @@ pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
     }
     html += "</div>";
 
-    match std::fs::read_to_string(ckpt.dir.join("eval.json")) {
+    for note in &skipped {
+        let _ = write!(html, "<p><em>{}</em></p>", escape(note));
+    }
+    match mm_data::regular_file::read_text(&ckpt.dir.join("eval.json")) {
         Ok(eval) => {
             let eval: Value = serde_json::from_str(&eval).context("eval.json")?;
             let pct = |v: &Value| {
@@ -251,5 +279,5 @@ pub fn write_report(run_dir: &Path) -> Result<PathBuf> {
 
     let out = run_dir.join("report.html");
     checkpoint::write_file_atomically(&out, html.as_bytes())?;
-    Ok(out)
+    Ok((out, skipped))
 }

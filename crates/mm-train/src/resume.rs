@@ -19,18 +19,18 @@ pub const PARAM_IDS_FILE: &str = "param_ids.json";
 
 /// Tracks the dotted module path during a visit or a map.
 #[derive(Default)]
-struct ModulePath {
+pub(crate) struct ModulePath {
     parts: Vec<String>,
 }
 
 impl ModulePath {
-    fn enter(&mut self, name: &str) {
+    pub(crate) fn enter(&mut self, name: &str) {
         self.parts.push(name.to_string());
     }
-    fn exit(&mut self) {
+    pub(crate) fn exit(&mut self) {
         self.parts.pop();
     }
-    fn joined(&self) -> String {
+    pub(crate) fn joined(&self) -> String {
         self.parts.join(".")
     }
 }
@@ -106,28 +106,15 @@ pub fn write_param_ids(dir: &Path, model: &ClipModel) -> Result<()> {
 
 pub fn read_param_ids(dir: &Path) -> Result<BTreeMap<String, u64>> {
     let path = dir.join(PARAM_IDS_FILE);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = mm_data::regular_file::read_text(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
 }
 
 /// Checkpoint directories of a run that could be resumed from, newest first: complete
 /// (`state.json` written last) and holding optimiser state.
 pub fn candidates(run_dir: &Path) -> Vec<PathBuf> {
-    let root = run_dir.join("checkpoints");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("step-"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
+    let mut dirs = crate::checkpoint::step_dirs(&run_dir.join("checkpoints"));
     dirs.reverse();
     dirs.retain(|d| {
         d.join(crate::checkpoint::STATE_FILE).exists() && d.join(OPTIMIZER_FILE).exists()

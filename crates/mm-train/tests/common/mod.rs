@@ -4,8 +4,15 @@ use std::path::Path;
 
 use mm_train::TrainConfig;
 
+#[allow(dead_code)] // Not every test binary builds configs in-process.
 pub fn tiny_config(output_dir: &Path, steps: usize) -> TrainConfig {
-    let text = format!(
+    TrainConfig::from_toml(&tiny_toml(output_dir, steps), "test config").unwrap()
+}
+
+/// The TOML text of [`tiny_config`], for tests that edit it or hand it to the binary.
+#[allow(dead_code)] // Not every test binary edits configs.
+pub fn tiny_toml(output_dir: &Path, steps: usize) -> String {
+    format!(
         r#"
         seed = 3
         output_dir = "{}"
@@ -41,8 +48,7 @@ pub fn tiny_config(output_dir: &Path, steps: usize) -> TrainConfig {
         heldout_samples = 48
         "#,
         output_dir.display()
-    );
-    TrainConfig::from_toml(&text, "test config").unwrap()
+    )
 }
 
 /// Runs the `mm-train` binary: (success, stdout, stderr).
@@ -72,6 +78,11 @@ pub fn shapes_batches(model: &mm_encoders::ClipConfig, n: usize) -> Vec<mm_data:
     let mut source = mm_data::ShapesDataset::new(5, size as u32).source(mm_data::Split::Train, 0);
     let mut position = 0;
     (0..n)
-        .map(|_| batcher.next_batch(&mut source, &mut position, 16).unwrap())
+        .map(|_| {
+            batcher
+                .next_batch(&mut source, &mut position, 16)
+                .unwrap()
+                .unwrap()
+        })
         .collect()
 }

@@ -1,0 +1,820 @@
+//! Hostile input, through the release binary: every case must end promptly with a one-line
+//! error naming the key, file or sample (or skip and count the sample), never panic, hang or
+//! exhaust memory, and never write outside its run directory or lose a checkpoint.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What a run of the binary did.
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    /// Exit 1 with exactly one `error: ...` line on stderr that contains every needle.
+    fn assert_error(&self, needles: &[&str]) {
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        assert_eq!(
+            self.code, 1,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", self.stderr);
+        for needle in needles {
+            assert!(
+                errors[0].contains(needle),
+                "{needle:?} not in {}",
+                errors[0]
+            );
+        }
+    }
+
+    fn assert_ok(&self) {
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+    }
+}
+
+/// Runs `mm-train ARGS` in `cwd`, killing it (and failing the test) if it outlives `limit`.
+fn run_in(cwd: &Path, args: &[&str], limit: Duration) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "mm-train {args:?} hung for {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A scratch directory that a case runs in; `finish` checks that the case wrote nothing
+/// but its run directory (`run/`).
+struct Scratch {
+    dir: tempfile::TempDir,
+    before: Vec<String>,
+}
+
+impl Scratch {
+    /// `files` are created before the listing that `finish` compares against.
+    fn new(files: impl FnOnce(&Path)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        files(dir.path());
+        let before = Self::listing(dir.path());
+        Self { dir, before }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A config file `name` holding the tiny test config (run dir `run`), edited by `edit`.
+    fn config(&self, name: &str, steps: usize, edit: impl Fn(String) -> String) -> String {
+        let text = edit(common::tiny_toml(Path::new("run"), steps));
+        std::fs::write(self.path().join(name), text).unwrap();
+        name.to_string()
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        run_in(self.path(), args, LIMIT)
+    }
+
+    /// Nothing appeared beside the inputs except the run directory.
+    fn finish(self) {
+        let after = Self::listing(self.path());
+        let extra: Vec<&String> = after
+            .iter()
+            // Configs the case wrote are inputs too.
+            .filter(|n| !self.before.contains(n) && n.as_str() != "run" && !n.ends_with(".toml"))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "written outside the run directory: {extra:?}"
+        );
+    }
+}
+
+/// A config file name, an edit of the tiny config, and what the error must say.
+type ConfigCase = (&'static str, fn(String) -> String, &'static [&'static str]);
+
+/// `key = value` lines set in a table of the tiny config.
+fn set(text: String, table: &str, lines: &str) -> String {
+    text.replacen(&format!("[{table}]"), &format!("[{table}]\n{lines}"), 1)
+}
+
+/// Replaces `from` (which must be there) in the config text.
+fn replace(text: String, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} not in the config");
+    text.replacen(from, to, 1)
+}
+
+fn write_png(path: &Path, seed: u64) {
+    mm_data::ShapesDataset::new(seed, 24)
+        .sample(mm_data::Split::Train, 0)
+        .image
+        .save(path)
+        .unwrap();
+}
+
+/// A CSV `data.csv` (comma-separated) of `rows` (image path, caption), and its [data] keys.
+fn csv(dir: &Path, rows: &[(&str, &str)]) {
+    let mut text = String::from("filepath,title\n");
+    for (image, caption) in rows {
+        text += &format!("{image},{caption}\n");
+    }
+    std::fs::write(dir.join("data.csv"), text).unwrap();
+}
+
+fn csv_data(text: String) -> String {
+    set(
+        text,
+        "data",
+        "source = \"csv\"\npath = \"data.csv\"\nshuffle_buffer = 0",
+    )
+}
+
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+}
+
+// ---- Panics: every value that reaches a kernel or a tensor op is validated first ----
+
+#[test]
+fn values_that_would_panic_are_config_errors_naming_the_key() {
+    let s = Scratch::new(|_| {});
+    let cases: [ConfigCase; 6] = [
+        (
+            "heldout.toml",
+            |t| replace(t, "heldout_samples = 48", "heldout_samples = 0"),
+            &["eval.heldout_samples", "at least 1"],
+        ),
+        (
+            "mlp.toml",
+            |t| replace(t, "intermediate_size = 64", "intermediate_size = 0"),
+            &["intermediate_size", "must be positive"],
+        ),
+        (
+            "empty_dir.toml",
+            |t| replace(t, "output_dir = \"run\"", "output_dir = \"\""),
+            &["output_dir", "empty"],
+        ),
+        (
+            "eps.toml",
+            |t| set(t, "model.vision", "layer_norm_eps = -1.0"),
+            &["vision.layer_norm_eps"],
+        ),
+        (
+            "vocab.toml",
+            |t| {
+                replace(
+                    t,
+                    "vocab_size = 49408",
+                    "vocab_size = 1000\neos_token_id = 2",
+                )
+            },
+            &["text.vocab_size", "49408"],
+        ),
+        (
+            "clip.toml",
+            |t| replace(t, "grad_clip_norm = 1.0", "grad_clip_norm = inf"),
+            &["optim.grad_clip_norm"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let config = s.config(name, 3, edit);
+        let out = s.run(&["--config", &config]);
+        let mut needles = needles.to_vec();
+        needles.push(name);
+        out.assert_error(&needles);
+        assert!(!s.path().join("run").exists(), "{name}: a run directory");
+    }
+    // Command-line values are checked by the parser.
+    for (args, flag) in [
+        (
+            &["eval", "--checkpoint", "x", "--samples", "0"][..],
+            "--samples",
+        ),
+        (
+            &[
+                "zero-shot",
+                "--checkpoint",
+                "x",
+                "--classes",
+                "a",
+                "--top-k",
+                "0",
+                "x.png",
+            ][..],
+            "--top-k",
+        ),
+    ] {
+        let out = s.run(args);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains(flag) && !out.stderr.contains("panicked"),
+            "{}",
+            out.stderr
+        );
+    }
+    s.finish();
+}
+
+#[test]
+fn eval_fails_after_the_final_checkpoint_never_before_it() {
+    // A run whose last step both checkpoints and evaluates keeps its checkpoint, with the
+    // evaluation's accuracy recorded in it.
+    let s = Scratch::new(|_| {});
+    let config = s.config("run.toml", 4, |t| {
+        replace(t, "checkpoint_every = 10", "checkpoint_every = 2")
+    });
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.path().join("run/checkpoints/step-000004/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(state["zero_shot_accuracy"].is_number(), "{state}");
+
+    // Resuming a finished run has nothing to do; a checkpoint past train.steps is refused.
+    let out = s.run(&["--config", &config, "--resume", "latest", "--no-progress"]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("already finished at step 4"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["--config", &config, "--resume", "latest", "--steps", "3"]);
+    out.assert_error(&["step 4", "past train.steps = 3"]);
+    s.finish();
+}
+
+// ---- Hangs ----
+
+#[test]
+fn a_stream_with_nothing_usable_ends_with_an_error_naming_it() {
+    let s = Scratch::new(|dir| {
+        let rows: Vec<(String, String)> = (0..1200)
+            .map(|i| (format!("missing/{i}.png"), format!("caption {i}")))
+            .collect();
+        let rows: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        csv(dir, &rows);
+    });
+    let config = s.config("run.toml", 3, csv_data);
+    let out = s.run(&["--config", &config, "--no-progress"]);
+    out.assert_error(&[
+        "data.csv",
+        "samples in a row were unusable",
+        "missing_image",
+    ]);
+
+    // The same column for image and caption is caught before reading anything.
+    let config = s.config("same.toml", 3, |t| {
+        set(csv_data(t), "data", "csv_caption_key = \"filepath\"")
+    });
+    s.run(&["--config", &config])
+        .assert_error(&["data.csv_caption_key", "same column"]);
+    s.finish();
+}
+
+#[test]
+fn fifos_and_devices_are_skipped_or_refused_without_blocking() {
+    let s = Scratch::new(|dir| {
+        for i in 0..20 {
+            write_png(&dir.join(format!("{i}.png")), i);
+        }
+        mkfifo(&dir.join("x.jpg"));
+        let mut rows: Vec<(String, &str)> =
+            (0..20).map(|i| (format!("{i}.png"), "a shape")).collect();
+        rows.insert(3, ("x.jpg".into(), "a fifo"));
+        rows.insert(5, ("/dev/zero".into(), "endless zeros"));
+        let rows: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+        csv(dir, &rows);
+        mkfifo(&dir.join("shard.tar"));
+    });
+    let config = s.config("run.toml", 2, csv_data);
+    let out = s.run(&["--config", &config, "--no-progress"]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("x.jpg: not a regular file (a FIFO)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("/dev/zero: not a regular file (a device)"),
+        "{}",
+        out.stderr
+    );
+
+    // A FIFO shard is named for what it is, not "no such file".
+    let out = s.run(&["data-check", "shard.tar"]);
+    out.assert_error(&["shard.tar", "not a regular file (a FIFO)"]);
+    // Thousands of decoding threads are refused.
+    let config = s.config("workers.toml", 2, |t| set(t, "data", "workers = 100000"));
+    s.run(&["--config", &config])
+        .assert_error(&["data.workers", "at most 256"]);
+    s.finish();
+}
+
+// ---- Unbounded memory ----
+
+#[test]
+fn sizes_beyond_any_real_model_or_this_machine_are_refused_before_allocating() {
+    let s = Scratch::new(|_| {});
+    let cases: [ConfigCase; 6] = [
+        (
+            "width.toml",
+            |t| replace(t, "width = 32", "width = 1000000"),
+            &["vision.width", "beyond any real model"],
+        ),
+        (
+            "image.toml",
+            |t| replace(t, "image_size = 16", "image_size = 1048576"),
+            &["vision.image_size", "beyond any real model"],
+        ),
+        (
+            // Within every per-key cap, but ~10 billion parameters: more than this machine.
+            "memory.toml",
+            |t| {
+                let t = replace(t, "width = 32", "width = 4096");
+                let t = replace(t, "layers = 1", "layers = 48");
+                replace(t, "heads = 2", "heads = 32")
+            },
+            &["model", "parameters", "GiB of memory"],
+        ),
+        (
+            "shuffle.toml",
+            |t| set(t, "data", "shuffle_buffer = 1000000000000"),
+            &["data.shuffle_buffer", "at most"],
+        ),
+        (
+            "prefetch.toml",
+            |t| replace(t, "[data]", "[data]\nprefetch = 1000000000"),
+            &["data.prefetch", "at most"],
+        ),
+        (
+            "shards.toml",
+            |t| {
+                set(
+                    t,
+                    "data",
+                    "source = \"webdataset\"\npath = \"s/{0..999999999}.tar\"",
+                )
+            },
+            &["expands to more than 1000000 paths"],
+        ),
+    ];
+    for (name, edit, needles) in cases {
+        let config = s.config(name, 3, edit);
+        let start = Instant::now();
+        s.run(&["--config", &config]).assert_error(needles);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} took {:?}",
+            start.elapsed()
+        );
+    }
+    s.finish();
+}
+
+#[test]
+fn huge_captions_and_files_cost_no_memory() {
+    let s = Scratch::new(|dir| {
+        for i in 0..16 {
+            write_png(&dir.join(format!("{i}.png")), i);
+        }
+        // A sparse 5 GB "image" and a 20 MB caption.
+        let big = std::fs::File::create(dir.join("big.png")).unwrap();
+        big.set_len(5 << 30).unwrap();
+        let long_caption = "word ".repeat(4 << 20);
+        let mut rows: Vec<(String, String)> = (0..16)
+            .map(|i| (format!("{i}.png"), "a shape".to_string()))
+            .collect();
+        rows.insert(2, ("big.png".into(), "too big".into()));
+        rows.insert(4, ("3.png".into(), long_caption));
+        let rows: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        csv(dir, &rows);
+    });
+    let config = s.config("run.toml", 2, csv_data);
+    let out = s.run(&["--config", &config, "--no-progress"]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("image_too_large") && out.stderr.contains("big.png"),
+        "{}",
+        out.stderr
+    );
+    // The largest child process stayed small (a 20 MB caption tokenised whole takes ~8 GB).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 3000, "a child peaked at {peak_mib} MiB");
+    s.finish();
+}
+
+// ---- Two runs, one directory ----
+
+#[test]
+fn a_second_run_into_a_busy_directory_is_refused() {
+    let s = Scratch::new(|_| {});
+    let config = s.config("run.toml", 100_000, |t| t);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(["--config", &config, "--no-progress"])
+        .current_dir(s.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = s.path().join("run/.lock");
+    let start = Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.trim().is_empty()) {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the first run never took its directory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = first.id().to_string();
+    let out = s.run(&["--config", &config, "--no-progress"]);
+    out.assert_error(&["run is in use by another mm-train run", &pid]);
+    let out = s.run(&["--config", &config, "--resume", "latest"]);
+    out.assert_error(&["in use by another mm-train run"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The lock goes with the process: no stale lock blocks the next run in that directory.
+    let _ = std::fs::remove_dir_all(s.path().join("run/checkpoints"));
+    let config = s.config("short.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    s.finish();
+}
+
+#[test]
+fn stale_temporary_checkpoints_are_removed_on_start_and_resume() {
+    let s = Scratch::new(|_| {});
+    let config = s.config("run.toml", 4, |t| {
+        replace(t, "checkpoint_every = 10", "checkpoint_every = 2")
+    });
+    let out = s.run(&["--config", &config, "--steps", "2", "--no-progress"]);
+    out.assert_ok();
+    // What kill -9 leaves mid-checkpoint: a half-written directory and a half-written `latest`.
+    let stale = s.path().join("run/checkpoints/.step-000004.tmp-99999");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(s.path().join("run/checkpoints/.latest.tmp"), "step-0000").unwrap();
+    let out = s.run(&["--config", &config, "--resume", "latest", "--no-progress"]);
+    out.assert_ok();
+    assert!(!stale.exists() && !s.path().join("run/checkpoints/.latest.tmp").exists());
+    assert!(
+        out.stderr.contains(".step-000004.tmp-99999"),
+        "{}",
+        out.stderr
+    );
+    s.finish();
+}
+
+// ---- Errors that mislead ----
+
+#[test]
+fn a_diverging_run_names_the_step_and_keeps_only_good_checkpoints() {
+    let s = Scratch::new(|dir| write_png(&dir.join("x.png"), 1));
+    // A learning rate of 1e30: the first update blows the weights up, the second step's loss
+    // is not finite.
+    let config = s.config("run.toml", 5, |t| {
+        let t = replace(t, "lr = 3e-3", "lr = 1e30");
+        let t = replace(t, "warmup_steps = 2", "warmup_steps = 0");
+        replace(t, "checkpoint_every = 10", "checkpoint_every = 1")
+    });
+    let out = s.run(&["--config", &config, "--no-progress"]);
+    out.assert_error(&[
+        "step 2: the loss is",
+        "diverged-step-000001",
+        "no checkpoint with a finite loss exists",
+    ]);
+    let checkpoints = s.path().join("run/checkpoints");
+    assert!(checkpoints.join("diverged-step-000001").is_dir());
+    assert!(!checkpoints.join("step-000001").exists());
+    assert!(!checkpoints.join("latest").exists());
+    // The diverged weights (finite, ~1e30) give NaN scores: an error, not `NaN%`.
+    let out = s.run(&[
+        "zero-shot",
+        "--checkpoint",
+        "run/checkpoints/diverged-step-000001",
+        "--classes",
+        "a,b",
+        "x.png",
+    ]);
+    out.assert_error(&["NaN or infinite scores"]);
+    // Weights that are NaN themselves are refused when loaded, naming the tensor.
+    let diverged = checkpoints.join("diverged-step-000001/model.safetensors");
+    let bytes = std::fs::read(&diverged).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let nan: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let n = view.data().len() / 4;
+            let bytes = std::iter::repeat_n(f32::NAN.to_le_bytes(), n)
+                .flatten()
+                .collect();
+            (name, bytes, view.shape().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = nan
+        .iter()
+        .map(|(name, bytes, shape)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &diverged).unwrap();
+    let out = s.run(&[
+        "zero-shot",
+        "--checkpoint",
+        "run/checkpoints/diverged-step-000001",
+        "--classes",
+        "a,b",
+        "x.png",
+    ]);
+    out.assert_error(&["model.safetensors", "holds NaN or infinite values"]);
+    s.finish();
+}
+
+#[test]
+fn a_broken_latest_pointer_is_refused_not_followed() {
+    let s = Scratch::new(|dir| write_png(&dir.join("x.png"), 1));
+    let config = s.config("run.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let latest = s.path().join("run/checkpoints/latest");
+    for (content, needle) in [
+        ("../../../etc", "not a checkpoint of this run"),
+        ("step-000900", "not a complete checkpoint"),
+    ] {
+        std::fs::write(&latest, content).unwrap();
+        let out = s.run(&[
+            "zero-shot",
+            "--checkpoint",
+            "run",
+            "--classes",
+            "a,b",
+            "x.png",
+        ]);
+        out.assert_error(&["checkpoints/latest", needle]);
+    }
+    std::fs::remove_file(&latest).unwrap();
+    mkfifo(&latest);
+    let out = s.run(&[
+        "zero-shot",
+        "--checkpoint",
+        "run",
+        "--classes",
+        "a,b",
+        "x.png",
+    ]);
+    out.assert_error(&["latest", "a FIFO"]);
+    s.finish();
+}
+
+/// A tar of `members` (name, bytes), with `declared` overriding one member's header size.
+fn tar_bytes(members: &[(&str, Vec<u8>)], declared: Option<(&str, u64)>) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_path(name).unwrap();
+        if let Some((big, size)) = declared
+            && big == *name
+        {
+            header.set_size(size);
+        }
+        header.set_cksum();
+        builder.append(&header, &bytes[..]).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn png_bytes(seed: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let image = mm_data::ShapesDataset::new(seed, 24)
+        .sample(mm_data::Split::Train, 0)
+        .image;
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn bad_shards_and_images_are_counted_by_what_is_wrong() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let s = Scratch::new(|dir| {
+        // A gzip-compressed copy of a shipped shard.
+        let tar = std::fs::read(repo.join("assets/shards/shapes-00000.tar")).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(dir.join("a.tar.gz"), gz.finish().unwrap()).unwrap();
+        // A shard whose second member declares 8 GB.
+        let members = [
+            ("0.png", png_bytes(0)),
+            ("0.txt", b"a shape".to_vec()),
+            ("1.png", png_bytes(1)),
+            ("1.txt", b"another".to_vec()),
+        ];
+        std::fs::write(
+            dir.join("huge.tar"),
+            tar_bytes(&members, Some(("1.png", 8 << 30))),
+        )
+        .unwrap();
+        // A JPEG cut to a third, beside a whole one.
+        let mut jpeg = Vec::new();
+        mm_data::ShapesDataset::new(1, 64)
+            .sample(mm_data::Split::Train, 0)
+            .image
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        std::fs::create_dir(dir.join("pics")).unwrap();
+        std::fs::write(dir.join("pics/whole.jpg"), &jpeg).unwrap();
+        std::fs::write(dir.join("pics/whole.txt"), "whole").unwrap();
+        std::fs::write(dir.join("pics/cut.jpg"), &jpeg[..jpeg.len() / 3]).unwrap();
+        std::fs::write(dir.join("pics/cut.txt"), "cut").unwrap();
+    });
+    let out = s.run(&["data-check", "a.tar.gz"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("usable samples         100"),
+        "{}",
+        out.stdout
+    );
+
+    let out = s.run(&["data-check", "huge.tar"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("usable samples           1"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("huge.tar:1: tar member 1.png declares 8589934592 bytes"),
+        "{}",
+        out.stdout
+    );
+
+    let out = s.run(&["data-check", "pics"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("usable samples           1"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("truncated JPEG"), "{}", out.stdout);
+    s.finish();
+}
+
+#[test]
+fn eval_skips_unreadable_images_by_path_and_reports_nan_checkpoints() {
+    let s = Scratch::new(|dir| {
+        for class in ["red_circle", "blue_square"] {
+            std::fs::create_dir_all(dir.join("set").join(class)).unwrap();
+            for i in 0..3 {
+                write_png(&dir.join(format!("set/{class}/{i}.png")), i);
+            }
+        }
+        std::fs::write(dir.join("set/red_circle/broken.png"), b"not a png").unwrap();
+    });
+    let config = s.config("run.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let out = s.run(&[
+        "eval",
+        "--checkpoint",
+        "run",
+        "--folder",
+        "set",
+        "--out",
+        "run/eval.json",
+    ]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("skipped 1 unreadable image"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("set/red_circle/broken.png"),
+        "{}",
+        out.stdout
+    );
+    // zero-shot classifies the readable images and fails (exit 1) naming the other.
+    let out = s.run(&[
+        "zero-shot",
+        "--checkpoint",
+        "run",
+        "--classes",
+        "a,b",
+        "set/red_circle/0.png",
+        "set/red_circle/broken.png",
+    ]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("set/red_circle/0.png"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("broken.png"), "{}", out.stderr);
+    s.finish();
+}
+
+#[test]
+fn report_names_the_line_of_a_bad_metrics_record() {
+    let s = Scratch::new(|_| {});
+    let config = s.config("run.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let metrics = s.path().join("run/metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    let lines = text.lines().count();
+    text += "{\"step\": 3, \"loss\": 1.0\n"; // cut off mid-write
+    std::fs::write(&metrics, text).unwrap();
+    let out = s.run(&["report", "run"]);
+    out.assert_ok();
+    let needle = format!("metrics.jsonl line {}: invalid JSON", lines + 1);
+    assert!(
+        out.stderr.contains(&needle),
+        "{needle:?} not in {}",
+        out.stderr
+    );
+    s.finish();
+}
+
+// ---- Inconsistencies ----
+
+#[test]
+fn a_csv_file_is_comma_separated_for_every_command() {
+    let s = Scratch::new(|dir| {
+        for i in 0..8 {
+            write_png(&dir.join(format!("{i}.png")), i);
+        }
+        let rows: Vec<(String, &str)> = (0..8).map(|i| (format!("{i}.png"), "a shape")).collect();
+        let rows: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), *b)).collect();
+        csv(dir, &rows);
+    });
+    let out = s.run(&["data-check", "data.csv"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("usable samples           8"),
+        "{}",
+        out.stdout
+    );
+    let config = s.config("run.toml", 2, csv_data);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    s.finish();
+}
