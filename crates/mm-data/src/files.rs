@@ -5,6 +5,8 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::DataError;
 use crate::regular_file::open_regular;
@@ -47,7 +49,11 @@ pub fn default_csv_separator(path: &Path) -> u8 {
 pub struct CsvSource {
     path: PathBuf,
     base: PathBuf,
-    reader: csv::Reader<File>,
+    reader: csv::Reader<RowCap>,
+    /// Bytes read from the file since the last complete row.
+    row_bytes: Arc<AtomicU64>,
+    /// Set once the file cannot be read further (an I/O error or an endless row).
+    ended: bool,
     image_column: usize,
     caption_column: usize,
     record: csv::ByteRecord,
@@ -60,10 +66,14 @@ impl CsvSource {
     /// start-up, naming what exists.
     pub fn open(path: &Path, columns: &CsvColumns) -> Result<Self, DataError> {
         let file = open_regular(path).map_err(|e| DataError::io(path, e))?;
+        let row_bytes = Arc::new(AtomicU64::new(0));
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(columns.separator)
             .flexible(true)
-            .from_reader(file);
+            .from_reader(RowCap {
+                file,
+                row_bytes: row_bytes.clone(),
+            });
         let headers = reader
             .byte_headers()
             .map_err(|e| DataError::Config(format!("{}: reading the header: {e}", path.display())))?
@@ -91,9 +101,35 @@ impl CsvSource {
             base: path.parent().unwrap_or(Path::new("")).to_path_buf(),
             path: path.to_path_buf(),
             reader,
+            row_bytes,
+            ended: false,
             record: csv::ByteRecord::new(),
             row: 0,
         })
+    }
+}
+
+/// Bytes one CSV row may take: far beyond a path and a 64 KiB caption. The csv crate reads a
+/// row whole, so a file that is one endless line would otherwise be read into memory.
+pub const MAX_CSV_ROW_BYTES: u64 = 64 << 20;
+
+/// The CSV file as the csv crate reads it, failing once a row runs past
+/// [`MAX_CSV_ROW_BYTES`] (`row_bytes` is reset after every complete row).
+struct RowCap {
+    file: File,
+    row_bytes: Arc<AtomicU64>,
+}
+
+impl Read for RowCap {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.row_bytes.load(Ordering::Relaxed) > MAX_CSV_ROW_BYTES {
+            return Err(std::io::Error::other(format!(
+                "a row longer than {MAX_CSV_ROW_BYTES} bytes"
+            )));
+        }
+        let n = self.file.read(buf)?;
+        self.row_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -105,9 +141,20 @@ impl Iterator for CsvSource {
         let location = format!("{} row {}", self.path.display(), self.row);
         let err =
             |kind, message: String| Some(Err(SampleError::new(kind, location.clone(), message)));
+        if self.ended {
+            return None;
+        }
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => return None,
-            Ok(true) => {}
+            Ok(true) => self.row_bytes.store(0, Ordering::Relaxed),
+            // A row that cannot be read any further: the rest of the file is skipped.
+            Err(e) if e.is_io_error() => {
+                self.ended = true;
+                return err(
+                    SampleErrorKind::BadCaption,
+                    format!("{e}; rest of the file skipped"),
+                );
+            }
             // An unreadable row (e.g. an unterminated quote running to the end).
             Err(e) => return err(SampleErrorKind::BadCaption, e.to_string()),
         }

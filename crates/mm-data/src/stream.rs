@@ -19,7 +19,7 @@ use crate::preprocess::{
 };
 use crate::shapes::{ShapesDataset, Split};
 use crate::source::{ImageTextPair, PairSource, SampleError};
-use crate::webdataset::{TarSource, expand_shards, shards_for_rank};
+use crate::webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};
 
 /// Where training pairs come from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +164,12 @@ impl DataConfig {
                 format!("required for source = {:?}", self.source),
             ));
         }
+        if self.source == SourceKind::Webdataset {
+            // Counted before anything is read: a typo'd range is a config error, not an OOM.
+            for pattern in self.path.iter().flat_map(Paths::to_vec) {
+                expand_braces(&pattern).map_err(|e| ("data.path", e))?;
+            }
+        }
         if let Some(separator) = &self.csv_separator
             && !(separator.len() == 1 && separator.is_ascii())
         {
@@ -260,7 +266,7 @@ impl DataConfig {
                     shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
                 if shards.is_empty() {
                     return Err(DataError::Config(format!(
-                        "data.path: no shards for rank {} of {}",
+                        "no shards for rank {} of {}",
                         self.rank, self.world_size
                     )));
                 }

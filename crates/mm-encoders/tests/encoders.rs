@@ -339,13 +339,19 @@ fn the_parameter_count_is_known_before_allocating() {
         )
         .unwrap(),
     ] {
-        assert_eq!(config.num_params(), config.init(&device).num_params() as u64);
+        assert_eq!(
+            config.num_params(),
+            config.init(&device).num_params() as u64
+        );
     }
     // Caps refuse sizes no real model has, naming the key, before anything is allocated.
     let mut config = ClipConfig::preset("tiny").unwrap();
     config.vision.intermediate_size = 0;
     let err = config.validate("x.toml").unwrap_err().to_string();
-    assert!(err.contains("vision.intermediate_size") && err.contains("positive"), "{err}");
+    assert!(
+        err.contains("vision.intermediate_size") && err.contains("positive"),
+        "{err}"
+    );
     config.vision.intermediate_size = 1 << 30;
     let err = config.validate("x.toml").unwrap_err().to_string();
     assert!(err.contains("beyond any real model"), "{err}");

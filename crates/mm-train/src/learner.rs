@@ -519,7 +519,10 @@ pub fn train_from(
     .with_image_limits(config.data.image_limits())
     .with_max_consecutive_skips(config.data.max_consecutive_skips)
     .with_workers(config.data.workers)?;
-    let mut stream = config.data.open_stream(config.seed, image_size)?;
+    let mut stream = config
+        .data
+        .open_stream(config.seed, image_size)
+        .context("key `data.path`")?;
     stream.fast_forward(data_position);
     let description = stream.describe();
     let mut batches = Prefetcher::spawn(

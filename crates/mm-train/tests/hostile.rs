@@ -139,6 +139,23 @@ impl Scratch {
 /// A config file name, an edit of the tiny config, and what the error must say.
 type ConfigCase = (&'static str, fn(String) -> String, &'static [&'static str]);
 
+/// Each case's config is refused promptly, with an error naming the file and what the case
+/// says, before a run directory exists.
+fn assert_refused(s: &Scratch, cases: impl IntoIterator<Item = ConfigCase>) {
+    for (name, edit, needles) in cases {
+        let config = s.config(name, 3, edit);
+        let start = Instant::now();
+        let out = s.run(&["--config", &config]);
+        out.assert_error(&[needles, &[name]].concat());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name}: {:?}",
+            start.elapsed()
+        );
+        assert!(!s.path().join("run").exists(), "{name}: a run directory");
+    }
+}
+
 /// `key = value` lines set in a table of the tiny config.
 fn set(text: String, table: &str, lines: &str) -> String {
     text.replacen(&format!("[{table}]"), &format!("[{table}]\n{lines}"), 1)
@@ -223,14 +240,7 @@ fn values_that_would_panic_are_config_errors_naming_the_key() {
             &["optim.grad_clip_norm"],
         ),
     ];
-    for (name, edit, needles) in cases {
-        let config = s.config(name, 3, edit);
-        let out = s.run(&["--config", &config]);
-        let mut needles = needles.to_vec();
-        needles.push(name);
-        out.assert_error(&needles);
-        assert!(!s.path().join("run").exists(), "{name}: a run directory");
-    }
+    assert_refused(&s, cases);
     // Command-line values are checked by the parser.
     for (args, flag) in [
         (
@@ -375,7 +385,7 @@ fn sizes_beyond_any_real_model_or_this_machine_are_refused_before_allocating() {
             &["vision.image_size", "beyond any real model"],
         ),
         (
-            // Within every per-key cap, but ~10 billion parameters: more than this machine.
+            // Within every per-key cap, but 3.3 billion parameters: more than this machine.
             "memory.toml",
             |t| {
                 let t = replace(t, "width = 32", "width = 4096");
@@ -403,19 +413,10 @@ fn sizes_beyond_any_real_model_or_this_machine_are_refused_before_allocating() {
                     "source = \"webdataset\"\npath = \"s/{0..999999999}.tar\"",
                 )
             },
-            &["expands to more than 1000000 paths"],
+            &["data.path", "expands to more than 1000000 paths"],
         ),
     ];
-    for (name, edit, needles) in cases {
-        let config = s.config(name, 3, edit);
-        let start = Instant::now();
-        s.run(&["--config", &config]).assert_error(needles);
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{name} took {:?}",
-            start.elapsed()
-        );
-    }
+    assert_refused(&s, cases);
     s.finish();
 }
 
@@ -434,6 +435,8 @@ fn huge_captions_and_files_cost_no_memory() {
             .collect();
         rows.insert(2, ("big.png".into(), "too big".into()));
         rows.insert(4, ("3.png".into(), long_caption));
+        let endless = std::fs::File::create(dir.join("endless.csv")).unwrap();
+        endless.set_len(1 << 30).unwrap();
         let rows: Vec<(&str, &str)> = rows.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         csv(dir, &rows);
     });
@@ -445,6 +448,9 @@ fn huge_captions_and_files_cost_no_memory() {
         "{}",
         out.stderr
     );
+    // A CSV that is one endless line (a sparse 1 GB file) is refused after 64 MiB.
+    let out = s.run(&["data-check", "endless.csv"]);
+    out.assert_error(&["endless.csv", "a row longer than 67108864 bytes"]);
     // The largest child process stayed small (a 20 MB caption tokenised whole takes ~8 GB).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     assert_eq!(
