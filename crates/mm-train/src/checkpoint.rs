@@ -15,7 +15,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use mm_data::ClipTokenizer;
@@ -440,7 +439,7 @@ fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<Cli
     if let Some(error) = result.errors.first() {
         bail!("{}: {error}", path.display());
     }
-    check_finite(&model).with_context(|| format!("{}", path.display()))?;
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
     Ok(model)
 }
 
@@ -456,37 +455,6 @@ pub fn check_tokenizer_fits(
         bail!("the tokenizer has {tokens} tokens but {key} is {vocab}");
     }
     Ok(())
-}
-
-/// An error naming the first parameter that holds a NaN or infinity: such weights give NaN
-/// for every input, so no command should run with them.
-pub fn check_finite(model: &ClipModel) -> Result<()> {
-    use burn::module::{ModuleVisitor, Param};
-    use burn::tensor::Tensor;
-    #[derive(Default)]
-    struct FirstNonFinite {
-        path: crate::resume::ModulePath,
-        found: Option<String>,
-    }
-    impl ModuleVisitor for FirstNonFinite {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.enter(name);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if self.found.is_none() && !param.val().is_finite().all().into_scalar::<bool>() {
-                self.found = Some(self.path.joined());
-            }
-        }
-    }
-    let mut visitor = FirstNonFinite::default();
-    model.visit(&mut visitor);
-    match visitor.found {
-        Some(path) => bail!("tensor `{path}` holds NaN or infinite values (a diverged run?)"),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -366,8 +366,14 @@ impl TrainConfig {
             && self.device == "flex"
         {
             let model = spec.resolve()?;
+            let sizes = crate::memory::RunSizes {
+                batch_size: self.train.batch_size,
+                accum_freq: self.train.accum_freq,
+                prefetch: self.data.prefetch,
+                heldout_samples: self.eval.heldout_samples,
+            };
             crate::memory::check_fits(
-                crate::memory::training_bytes(&model, self),
+                crate::memory::training_bytes(&model, &sizes),
                 &format!(
                     "training this model ({} parameters) at batch size {}",
                     model.num_params(),

@@ -14,7 +14,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointParts, CheckpointState};
 /// is the transform mm applies.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let (model_config, model) = hf::load(dir, device)?;
-    checkpoint::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
     let tokenizer = mm_data::hf::load_tokenizer(dir)?;
     checkpoint::check_tokenizer_fits(&tokenizer, &model_config, "text_config.vocab_size")
         .with_context(|| format!("{}", dir.display()))?;

@@ -12,6 +12,7 @@ pub mod hf;
 pub mod learner;
 pub mod memory;
 pub mod optim;
+pub mod param_path;
 pub mod precision;
 pub mod report;
 pub mod resume;

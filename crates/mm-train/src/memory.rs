@@ -3,17 +3,26 @@
 
 use mm_encoders::ClipConfig;
 
-use crate::config::TrainConfig;
-
 const F32: u64 = 4;
+
+/// The sizes of a training run that decide its memory besides the model.
+pub struct RunSizes {
+    pub batch_size: usize,
+    /// Micro-batches of one accumulated step, all held on the host.
+    pub accum_freq: usize,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+    /// Held-out images kept decoded for evaluation.
+    pub heldout_samples: usize,
+}
 
 /// Bytes a training run on the CPU holds at least: fp32 weights, gradients and two AdamW
 /// moments; the activations one micro-batch keeps for backward; the prefetched batches; the
 /// decoded held-out images. A lower bound, good to a small factor.
-pub fn training_bytes(model: &ClipConfig, config: &TrainConfig) -> u64 {
+pub fn training_bytes(model: &ClipConfig, run: &RunSizes) -> u64 {
     // In f64: the caps on each key still allow products beyond u64.
     let params = model.num_params() as f64;
-    let batch = config.train.batch_size as f64;
+    let batch = run.batch_size as f64;
     let (v, t) = (&model.vision, &model.text);
     let patches = (v.grid_size() * v.grid_size()) as f64 + 1.0;
     // Per token and layer, the fused blocks keep about eight width-sized rows (inputs of
@@ -25,8 +34,8 @@ pub fn training_bytes(model: &ClipConfig, config: &TrainConfig) -> u64 {
     let image = 3.0 * (v.image_size * v.image_size) as f64;
     let pixels = batch * image;
     // Prefetched batches, and the micro-batches of one accumulated step.
-    let prefetched = (config.data.prefetch + config.train.accum_freq) as f64 * pixels;
-    let heldout = config.eval.heldout_samples as f64 * image;
+    let prefetched = (run.prefetch + run.accum_freq) as f64 * pixels;
+    let heldout = run.heldout_samples as f64 * image;
     // `as` saturates: anything beyond u64 is refused all the same.
     ((4.0 * params + activations + pixels + prefetched) * F32 as f64 + heldout) as u64
 }

@@ -14,26 +14,10 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 use mm_encoders::ClipModel;
 
+use crate::param_path::ModulePath;
+
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const PARAM_IDS_FILE: &str = "param_ids.json";
-
-/// Tracks the dotted module path during a visit or a map.
-#[derive(Default)]
-pub(crate) struct ModulePath {
-    parts: Vec<String>,
-}
-
-impl ModulePath {
-    pub(crate) fn enter(&mut self, name: &str) {
-        self.parts.push(name.to_string());
-    }
-    pub(crate) fn exit(&mut self) {
-        self.parts.pop();
-    }
-    pub(crate) fn joined(&self) -> String {
-        self.parts.join(".")
-    }
-}
 
 /// Every float parameter's id, by module path.
 pub fn param_ids(model: &ClipModel) -> BTreeMap<String, u64> {
