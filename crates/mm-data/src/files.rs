@@ -36,13 +36,21 @@ impl Default for CsvColumns {
     }
 }
 
-/// The separator of a CSV/TSV file when none is given, the one rule every command follows:
-/// `,` for a `.csv` file, tab for anything else (`.tsv`; open_clip's default).
-pub fn default_csv_separator(path: &Path) -> u8 {
-    let is_csv = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    if is_csv { b',' } else { b'\t' }
+/// The separator of CSV/TSV file `path`, the one rule every command follows: `given` if that
+/// is one ASCII character (an error otherwise), else `,` for a `.csv` file and tab for
+/// anything else (`.tsv`; open_clip's default).
+pub fn csv_separator(given: Option<&str>, path: &Path) -> Result<u8, String> {
+    match given {
+        Some(s) if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        Some(s) => Err(format!("must be one ASCII character, got {s:?}")),
+        None if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
+        {
+            Ok(b',')
+        }
+        None => Ok(b'\t'),
+    }
 }
 
 /// Streams the rows of a CSV/TSV file; image paths are relative to the file's directory.

@@ -15,7 +15,7 @@ pub mod webdataset;
 
 pub use batch::{Batcher, ClipBatch, Prefetcher, ScanReport, pixels_tensor, token_ids_tensor};
 pub use error::DataError;
-pub use files::{CsvColumns, CsvSource, FolderSource, default_csv_separator};
+pub use files::{CsvColumns, CsvSource, FolderSource, csv_separator};
 pub use preprocess::{
     CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits,
     TrainTransform, decode_input, load_image, normalize_into, preprocess_into, resize_center_crop,

@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::DataError;
-use crate::files::{CsvColumns, CsvSource, FolderSource, default_csv_separator};
+use crate::files::{CsvColumns, CsvSource, FolderSource, csv_separator};
 use crate::preprocess::{
     DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits, TrainTransform,
 };
@@ -170,14 +170,10 @@ impl DataConfig {
                 expand_braces(&pattern).map_err(|e| ("data.path", e))?;
             }
         }
-        if let Some(separator) = &self.csv_separator
-            && !(separator.len() == 1 && separator.is_ascii())
-        {
-            return Err((
-                "data.csv_separator",
-                format!("must be one ASCII character, got {separator:?}"),
-            ));
-        }
+        let csv_path = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
+        let csv_path = Path::new(csv_path.first().map_or("", String::as_str));
+        csv_separator(self.csv_separator.as_deref(), csv_path)
+            .map_err(|e| ("data.csv_separator", e))?;
         if self.source == SourceKind::Csv && self.csv_img_key == self.csv_caption_key {
             return Err((
                 "data.csv_caption_key",
@@ -241,10 +237,8 @@ impl DataConfig {
         CsvColumns {
             image: self.csv_img_key.clone(),
             caption: self.csv_caption_key.clone(),
-            separator: match &self.csv_separator {
-                Some(separator) => separator.as_bytes()[0],
-                None => default_csv_separator(path),
-            },
+            // Checked in `check`.
+            separator: csv_separator(self.csv_separator.as_deref(), path).unwrap_or(b'\t'),
         }
     }
 

@@ -262,12 +262,9 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .seed
         .or(ckpt.train_config.as_ref().map(|c| c.seed))
         .unwrap_or(0);
-    let separator = |path: &Path| -> Result<u8> {
-        match &args.csv_separator {
-            Some(s) if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
-            Some(s) => bail!("--csv-separator must be one ASCII character, got {s:?}"),
-            None => Ok(mm_data::default_csv_separator(path)),
-        }
+    let separator = |path: &Path| {
+        mm_data::csv_separator(args.csv_separator.as_deref(), path)
+            .map_err(|e| anyhow::anyhow!("--csv-separator {e}"))
     };
     let data = match (&args.folder, &args.labels_csv) {
         (Some(folder), _) => crate::eval::EvalData::Labelled {
