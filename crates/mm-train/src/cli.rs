@@ -42,10 +42,29 @@ pub enum Command {
     /// Zero-shot, retrieval and linear-probe evaluation of a checkpoint; writes eval.json.
     Eval(EvalArgs),
     /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
-    Report {
-        /// The run directory (with metrics.jsonl and checkpoints/).
-        run_dir: PathBuf,
-    },
+    Report(ReportArgs),
+}
+
+/// The device a command runs its model on, as training's `device` key names it.
+#[derive(Args, Debug)]
+pub struct DeviceArg {
+    /// Device to run on (flex, wgpu, cuda, cuda:N).
+    #[arg(long = "device", default_value = "flex")]
+    pub name: String,
+}
+
+impl DeviceArg {
+    pub fn device(&self) -> Result<burn::tensor::Device> {
+        Ok(parse_device(&self.name)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The run directory (with metrics.jsonl and checkpoints/).
+    pub run_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +107,8 @@ pub struct EvalArgs {
     /// Where to write the JSON report (default: eval.json in the checkpoint directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +144,8 @@ pub struct ImportHfArgs {
     /// The checkpoint directory to create (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +155,8 @@ pub struct ExportHfArgs {
     /// The HF directory to create (must not exist).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArg,
 }
 
 #[derive(Args, Debug, Default)]
@@ -183,9 +208,8 @@ pub struct ZeroShotArgs {
     /// Classes printed per image.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_k: u64,
-    /// Device to run on (flex, wgpu, cuda, cuda:N).
-    #[arg(long, default_value = "flex")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArg,
     /// Images to classify (any format the `image` crate reads).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -196,7 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::ZeroShot(args)) => run_zero_shot(args),
         Some(Command::ImportHf(args)) => {
-            let ckpt = crate::hf::import(&args.dir, &args.out)?;
+            let ckpt = crate::hf::import(&args.dir, &args.out, &args.device.device()?)?;
             println!(
                 "imported {} ({} parameters) into {}",
                 args.dir.display(),
@@ -207,8 +231,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::DataCheck(args)) => crate::data_check::run(&args),
         Some(Command::Eval(args)) => run_eval(args),
-        Some(Command::Report { run_dir }) => {
-            let (path, skipped) = crate::report::write_report(&run_dir)?;
+        Some(Command::Report(args)) => {
+            let (path, skipped) =
+                crate::report::write_report(&args.run_dir, &args.device.device()?)?;
             for note in skipped {
                 eprintln!("warning: {note}");
             }
@@ -216,7 +241,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::ExportHf(args)) => {
-            let ckpt = crate::hf::export(&args.checkpoint, &args.out)?;
+            let ckpt = crate::hf::export(&args.checkpoint, &args.out, &args.device.device()?)?;
             println!("exported {} to {}", ckpt.dir.display(), args.out.display());
             Ok(())
         }
@@ -251,7 +276,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let device = burn::tensor::Device::flex();
+    let device = args.device.device()?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
     let templates = if args.templates.is_empty() {
         ckpt.templates()
@@ -345,7 +370,7 @@ fn class_list(args: &ZeroShotArgs) -> Result<Vec<String>> {
 
 fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
     let classes = class_list(&args)?;
-    let device = parse_device(&args.device)?;
+    let device = args.device.device()?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
     let templates = if args.templates.is_empty() {
         ckpt.templates()

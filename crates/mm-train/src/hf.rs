@@ -36,14 +36,14 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
 }
 
 /// `mm-train import-hf DIR --out CKPT`: an mm checkpoint with the same weights, bit for bit.
-pub fn import(dir: &Path, out: &Path) -> Result<Checkpoint> {
+pub fn import(dir: &Path, out: &Path, device: &Device) -> Result<Checkpoint> {
     if out.exists() {
         bail!(
             "{} already exists; choose a new output directory",
             out.display()
         );
     }
-    let ckpt = load(dir, &Device::flex())?;
+    let ckpt = load(dir, device)?;
     checkpoint::save_to(
         out,
         &CheckpointParts {
@@ -60,14 +60,14 @@ pub fn import(dir: &Path, out: &Path) -> Result<Checkpoint> {
 
 /// `mm-train export-hf CKPT --out DIR`: an HF CLIP directory (config, weights, tokenizer,
 /// image processor). Nothing appears at `out` unless every file was written.
-pub fn export(checkpoint_path: &Path, out: &Path) -> Result<Checkpoint> {
+pub fn export(checkpoint_path: &Path, out: &Path, device: &Device) -> Result<Checkpoint> {
     if out.exists() {
         bail!(
             "{} already exists; choose a new output directory",
             out.display()
         );
     }
-    let ckpt = checkpoint::load(checkpoint_path, &Device::flex())?;
+    let ckpt = checkpoint::load(checkpoint_path, device)?;
     let config = &ckpt.model_config;
     checkpoint::write_dir_atomically(out, |dir| {
         let json = hf::config_to_hf(config, ckpt.tokenizer.sot_id(), ckpt.tokenizer.pad_id());

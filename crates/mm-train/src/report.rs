@@ -191,14 +191,13 @@ const MAX_METRICS_BYTES: u64 = 1 << 30;
 
 /// Writes `RUN_DIR/report.html` (atomically) and returns its path and a note per skipped
 /// metrics line.
-pub fn write_report(run_dir: &Path) -> Result<(PathBuf, Vec<String>)> {
+pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<String>)> {
     let metrics_path = run_dir.join("metrics.jsonl");
     let (records, skipped) = read_metrics(&metrics_path)?;
     if records.is_empty() {
         bail!("{}: no metrics yet", metrics_path.display());
     }
-    let device = Device::flex();
-    let ckpt = checkpoint::load(run_dir, &device)?;
+    let ckpt = checkpoint::load(run_dir, device)?;
     let seed = ckpt.train_config.as_ref().map_or(0, |c| c.seed);
 
     let mut html = String::from(

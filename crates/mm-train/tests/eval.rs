@@ -209,7 +209,9 @@ fn report_renders_curves_eval_and_a_gallery() {
     let mut config = common::tiny_config(&run, 10);
     config.train.eval_every = 5;
     mm_train::train(&config, false).unwrap();
-    let before = mm_train::report::write_report(&run).unwrap().0;
+    let before = mm_train::report::write_report(&run, &burn::tensor::Device::flex())
+        .unwrap()
+        .0;
     let html = std::fs::read_to_string(&before).unwrap();
     assert!(
         html.contains("No eval.json yet"),
@@ -231,13 +233,18 @@ fn report_renders_curves_eval_and_a_gallery() {
         "48",
     ]);
     assert!(ok, "{stderr}");
-    let html = std::fs::read_to_string(mm_train::report::write_report(&run).unwrap().0).unwrap();
+    let html = std::fs::read_to_string(
+        mm_train::report::write_report(&run, &burn::tensor::Device::flex())
+            .unwrap()
+            .0,
+    )
+    .unwrap();
     assert!(
         html.contains("Evaluation (step 10)") && html.contains("median rank"),
         "eval table"
     );
 
-    let err = mm_train::report::write_report(dir.path())
+    let err = mm_train::report::write_report(dir.path(), &burn::tensor::Device::flex())
         .unwrap_err()
         .to_string();
     assert!(err.contains("metrics.jsonl: not a run directory"), "{err}");

@@ -150,7 +150,12 @@ fn import_then_export_is_bit_identical() {
 fn fine_tuning_starts_from_an_imported_checkpoint_and_the_loss_falls() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("imported");
-    mm_train::hf::import(&fixtures().join("quick_gelu_legacy_eos"), &ckpt).unwrap();
+    mm_train::hf::import(
+        &fixtures().join("quick_gelu_legacy_eos"),
+        &ckpt,
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
     let mut config = common::tiny_config(&dir.path().join("run"), 40);
     config.model = None;
     config.init_from = Some(ckpt.clone());

@@ -824,3 +824,31 @@ fn a_csv_file_is_comma_separated_for_every_command() {
     s.run(&["--config", &config, "--no-progress"]).assert_ok();
     s.finish();
 }
+
+#[test]
+fn every_command_takes_a_device_and_names_a_bad_one() {
+    let s = Scratch::new(|dir| write_png(&dir.join("x.png"), 1));
+    let config = s.config("run.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let commands: [&[&str]; 5] = [
+        &["eval", "--checkpoint", "run"],
+        &[
+            "zero-shot",
+            "--checkpoint",
+            "run",
+            "--classes",
+            "a,b",
+            "x.png",
+        ],
+        &["report", "run"],
+        &["export-hf", "run", "--out", "run/hf"],
+        &["import-hf", "run/hf", "--out", "run/back"],
+    ];
+    for command in commands {
+        let bogus = [command, &["--device", "tpu9"]].concat();
+        s.run(&bogus).assert_error(&["tpu9"]);
+        let flex = [command, &["--device", "flex"]].concat();
+        s.run(&flex).assert_ok();
+    }
+    s.finish();
+}
