@@ -143,3 +143,117 @@ fn wgpu_matches_flex() {
     assert!(moved > config.optim.lr as f32);
     assert!(weight_err <= 0.05 * config.optim.lr as f32);
 }
+
+/// Probabilities `zero-shot` prints, image by image.
+fn printed_probabilities(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_command_runs_on_wgpu_as_on_flex() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    mm_train::train(&common::tiny_config(&run, 4), false).unwrap();
+    let image = dir.path().join("x.png");
+    mm_data::ShapesDataset::new(9, 40)
+        .sample(mm_data::Split::HeldOut, 1)
+        .image
+        .save(&image)
+        .unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (run_s, image_s) = (path(&run), path(&image));
+
+    let zero_shot = |device: &str| {
+        let (ok, stdout, stderr) = common::mm_train(&[
+            "zero-shot",
+            "--checkpoint",
+            &run_s,
+            "--classes",
+            "red circle,blue square,green star",
+            "--device",
+            device,
+            &image_s,
+        ]);
+        assert!(ok, "{stderr}");
+        printed_probabilities(&stdout)
+    };
+    let (flex, wgpu) = (zero_shot("flex"), zero_shot("wgpu"));
+    assert_eq!(flex.len(), 3);
+    for (a, b) in flex.iter().zip(&wgpu) {
+        assert!((a - b).abs() < 0.01, "flex {flex:?} vs wgpu {wgpu:?}");
+    }
+
+    let eval = |device: &str| {
+        let out = dir.path().join(format!("eval-{device}.json"));
+        let (ok, _, stderr) = common::mm_train(&[
+            "eval",
+            "--checkpoint",
+            &run_s,
+            "--samples",
+            "96",
+            "--device",
+            device,
+            "--out",
+            &path(&out),
+        ]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(out).unwrap()).unwrap()
+    };
+    let (flex, wgpu) = (eval("flex"), eval("wgpu"));
+    let top1 = |v: &serde_json::Value| v["zero_shot"]["top1"].as_f64().unwrap();
+    // 96 images: one image changing its class would move top-1 by 1.04 points.
+    assert!(
+        (top1(&flex) - top1(&wgpu)).abs() < 0.011,
+        "{flex} vs {wgpu}"
+    );
+
+    // Export and import through the GPU keep the weights bit for bit.
+    let hf = dir.path().join("hf");
+    let back = dir.path().join("back");
+    for args in [
+        vec![
+            "export-hf",
+            &run_s,
+            "--out",
+            hf.to_str().unwrap(),
+            "--device",
+            "wgpu",
+        ],
+        vec![
+            "import-hf",
+            hf.to_str().unwrap(),
+            "--out",
+            back.to_str().unwrap(),
+            "--device",
+            "wgpu",
+        ],
+        vec!["report", &run_s, "--device", "wgpu"],
+    ] {
+        let (ok, _, stderr) = common::mm_train(&args);
+        assert!(ok, "{args:?}: {stderr}");
+    }
+    let tensors = |file: std::path::PathBuf| {
+        let bytes = std::fs::read(file).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut all: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect();
+        all.sort();
+        all
+    };
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    assert_eq!(
+        tensors(
+            run.join("checkpoints")
+                .join(latest.trim())
+                .join("model.safetensors")
+        ),
+        tensors(back.join("model.safetensors"))
+    );
+}
