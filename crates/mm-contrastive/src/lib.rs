@@ -3,8 +3,12 @@
 //! CLIP's loss: L2-normalise both embeddings, take cosine similarities scaled by
 //! `exp(logit_scale)`, and average the cross-entropy of matching each image to its caption
 //! and each caption to its image (the i-th image and i-th text of a batch are the pair).
+//!
+//! SigLIP's loss: the same scaled cosines plus a learnable bias, and every image-text pair a
+//! binary classification (positive on the diagonal) with a log-sigmoid loss, so no softmax
+//! couples the batch.
 
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_sigmoid, log_softmax};
 use burn::tensor::{Int, Tensor};
 
 /// The logit scale is clamped at ln(100) as in CLIP, so the temperature never drops below 0.01.
@@ -66,4 +70,52 @@ pub fn clip_loss(
     (diagonal_cross_entropy(logits.logits_per_image)
         + diagonal_cross_entropy(logits.logits_per_text))
     .div_scalar(2.0)
+}
+
+/// SigLIP's initial `logit_scale` (ln 10: a temperature of 0.1), as in big_vision and
+/// open_clip's `init_logit_scale` for SigLIP models.
+pub const SIGLIP_LOGIT_SCALE_INIT: f64 = std::f64::consts::LN_10;
+
+/// SigLIP's initial `logit_bias`: with n² pairs of which n positive, a large negative bias
+/// starts the model near the prior that most pairs do not match.
+pub const SIGLIP_LOGIT_BIAS_INIT: f64 = -10.0;
+
+/// SigLIP logits `[n_images, n_texts]`: cosine similarities scaled by
+/// `exp(min(logit_scale, ln 100))`, plus `logit_bias` (both one-element tensors).
+/// `sigmoid` of a logit is the probability that the pair matches.
+pub fn siglip_logits(
+    image_embeds: Tensor<2>,
+    text_embeds: Tensor<2>,
+    logit_scale: Tensor<1>,
+    logit_bias: Tensor<1>,
+) -> Tensor<2> {
+    let logits = clip_logits(image_embeds, text_embeds, logit_scale).logits_per_image;
+    logits + logit_bias.unsqueeze::<2>()
+}
+
+/// The pairwise sigmoid loss of SigLIP (Zhai et al. 2023; open_clip's `SigLipLoss`) for paired
+/// embeddings `[n, d]`: `-sum over all (i, j) of log_sigmoid(z_ij * logit_ij) / n`, where
+/// `z_ij` is 1 for the pair (i = j) and -1 otherwise. Returns a one-element tensor.
+///
+/// The sum over pairs splits over any partition of the batch, so accumulating micro-batches
+/// (each against the cached features of the others) gives the big batch's gradient exactly.
+pub fn siglip_loss(
+    image_embeds: Tensor<2>,
+    text_embeds: Tensor<2>,
+    logit_scale: Tensor<1>,
+    logit_bias: Tensor<1>,
+) -> Tensor<1> {
+    let [n_images, _] = image_embeds.dims();
+    let [n_texts, _] = text_embeds.dims();
+    assert_eq!(n_images, n_texts, "siglip_loss needs one caption per image");
+    let device = image_embeds.device();
+    let logits = siglip_logits(image_embeds, text_embeds, logit_scale, logit_bias);
+    // +1 on the diagonal, -1 elsewhere.
+    let signs = Tensor::<2>::eye(n_images, &device)
+        .mul_scalar(2.0)
+        .sub_scalar(1.0);
+    log_sigmoid(logits * signs)
+        .sum()
+        .neg()
+        .div_scalar(n_images as f64)
 }
