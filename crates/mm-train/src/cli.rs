@@ -10,7 +10,7 @@ use mm_data::{load_image, pixels_tensor, preprocess_into};
 
 use crate::config::{Overrides, TrainConfig};
 use crate::zero_shot::ZeroShotClassifier;
-use crate::{checkpoint, device::parse_device, learner};
+use crate::{checkpoint, device::parse_device};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,7 +38,7 @@ pub enum Command {
     /// Write an mm checkpoint as a Hugging Face CLIP directory.
     ExportHf(ExportHfArgs),
     /// Read a dataset once, decoding every image, and count what is usable.
-    DataCheck(DataCheckArgs),
+    DataCheck(crate::data_check::DataCheckArgs),
     /// Zero-shot, retrieval and linear-probe evaluation of a checkpoint; writes eval.json.
     Eval(EvalArgs),
     /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
@@ -109,31 +109,6 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArg,
-}
-
-#[derive(Args, Debug)]
-pub struct DataCheckArgs {
-    /// WebDataset shard patterns (`data/{00000..00009}.tar`, globs), a .csv/.tsv file, or an
-    /// image folder. Without paths, the [data] table of --config is checked.
-    pub paths: Vec<String>,
-    /// A training config whose [data] table to check.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// CSV column with image paths.
-    #[arg(long, default_value = "filepath")]
-    pub csv_img_key: String,
-    /// CSV column with captions.
-    #[arg(long, default_value = "title")]
-    pub csv_caption_key: String,
-    /// CSV separator (default: `,` for .csv, tab otherwise).
-    #[arg(long)]
-    pub csv_separator: Option<String>,
-    /// Images declaring more pixels are counted as too large.
-    #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
-    pub max_image_pixels: u64,
-    /// Errors listed per kind.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1000))]
-    pub examples: u64,
 }
 
 #[derive(Args, Debug)]
@@ -271,7 +246,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
             r
         }
     });
-    learner::train_from(&config, show_progress, resume.as_deref())?;
+    crate::run::train_from(&config, show_progress, resume.as_deref())?;
     Ok(())
 }
 

@@ -1,14 +1,39 @@
 //! `mm-train data-check`: one full pass over a dataset, every image decoded, counts printed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use clap::Args;
 use mm_data::{
     Batcher, ClipTokenizer, DataConfig, Paths, SampleErrorKind, SourceKind, TrainTransform,
 };
 
-use crate::cli::DataCheckArgs;
 use crate::config::TrainConfig;
+
+#[derive(Args, Debug)]
+pub struct DataCheckArgs {
+    /// WebDataset shard patterns (`data/{00000..00009}.tar`, globs), a .csv/.tsv file, or an
+    /// image folder. Without paths, the [data] table of --config is checked.
+    pub paths: Vec<String>,
+    /// A training config whose [data] table to check.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// CSV column with image paths.
+    #[arg(long, default_value = "filepath")]
+    pub csv_img_key: String,
+    /// CSV column with captions.
+    #[arg(long, default_value = "title")]
+    pub csv_caption_key: String,
+    /// CSV separator (default: `,` for .csv, tab otherwise).
+    #[arg(long)]
+    pub csv_separator: Option<String>,
+    /// Images declaring more pixels are counted as too large.
+    #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
+    pub max_image_pixels: u64,
+    /// Errors listed per kind.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub examples: u64,
+}
 
 /// The [data] table the arguments describe: the config's, or one inferred from the paths.
 fn data_config(args: &DataCheckArgs) -> Result<(DataConfig, usize)> {

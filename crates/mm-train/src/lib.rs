@@ -16,11 +16,15 @@ pub mod param_path;
 pub mod precision;
 pub mod report;
 pub mod resume;
+pub mod run;
 pub mod run_dir;
+pub mod start;
 pub mod zero_shot;
 
 pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};
 pub use config::{Overrides, TrainConfig};
 pub use device::parse_device;
-pub use learner::{Learner, StartingPoint, TrainReport, starting_point, train};
+pub use learner::Learner;
+pub use run::{TrainReport, train, train_from};
+pub use start::{StartingPoint, starting_point};
 pub use zero_shot::ZeroShotClassifier;

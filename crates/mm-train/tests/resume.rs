@@ -77,7 +77,7 @@ fn a_killed_run_resumes_to_identical_weights() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
 
-    let report = mm_train::learner::train_from(&config, false, Some(&run)).unwrap();
+    let report = mm_train::train_from(&config, false, Some(&run)).unwrap();
     assert_eq!(
         report.losses.len(),
         steps - (killed_at - 5),

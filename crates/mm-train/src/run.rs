@@ -1,0 +1,452 @@
+//! The training loop: steps, logging, periodic evaluation and checkpoints. The step itself is
+//! the [`Learner`]'s; where a run starts is [`crate::start`]'s.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use indicatif::{ProgressBar, ProgressStyle};
+use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SampleErrorKind, ShapesDataset, Split};
+use mm_encoders::ClipModel;
+use serde_json::json;
+
+use crate::checkpoint::{self, CheckpointParts, CheckpointState};
+use crate::config::TrainConfig;
+use crate::eval::{
+    LabelledImages, RetrievalReport, ZeroShotReport, encode_images, encode_texts, retrieval,
+    zero_shot,
+};
+use crate::learner::NonFinite;
+use crate::optim::learning_rate;
+use crate::run_dir::RunDirLock;
+use crate::start::{Resumed, StartingPoint, resume_point, starting_point};
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainReport {
+    pub steps: usize,
+    /// Loss of every step this call ran, in order.
+    pub losses: Vec<f32>,
+    pub zero_shot_accuracy: f64,
+    pub chance_accuracy: f64,
+    pub samples_per_sec: f64,
+    pub wall_seconds: f64,
+    pub checkpoint: PathBuf,
+}
+
+/// Samples skipped so far, by kind. The first few of each kind are reported with their
+/// location; after that only the counts (progress line, log, metrics).
+#[derive(Default)]
+struct SkipTally {
+    counts: BTreeMap<SampleErrorKind, usize>,
+}
+
+/// Skipped samples reported in full, per kind.
+const REPORTED_PER_KIND: usize = 3;
+
+impl SkipTally {
+    /// Adds a batch's skipped samples; returns the lines worth showing.
+    fn add(&mut self, batch: &ClipBatch) -> Vec<String> {
+        let mut lines = Vec::new();
+        for error in &batch.errors {
+            let count = self.counts.entry(error.kind).or_insert(0);
+            *count += 1;
+            if *count <= REPORTED_PER_KIND {
+                lines.push(format!("skipped sample: {error}"));
+            }
+            if *count == REPORTED_PER_KIND {
+                lines.push(format!(
+                    "(further {} samples are counted, not listed)",
+                    error.kind
+                ));
+            }
+        }
+        lines
+    }
+
+    fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+
+    fn progress_note(&self) -> String {
+        match self.total() {
+            0 => String::new(),
+            n => format!(" skipped {n}"),
+        }
+    }
+
+    fn by_kind(&self) -> serde_json::Value {
+        self.counts
+            .iter()
+            .map(|(kind, n)| (kind.name().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+/// Appends human-readable lines to `train.log` and JSON records to `metrics.jsonl`.
+/// Also writes every metric to TensorBoard event files in the run directory.
+struct RunLog {
+    text: File,
+    metrics: File,
+    tensorboard: tensorboard_rs::summary_writer::SummaryWriter,
+    progress: ProgressBar,
+}
+
+impl RunLog {
+    fn open(run_dir: &std::path::Path, progress: ProgressBar) -> Result<Self> {
+        let open = |name: &str| {
+            let path = run_dir.join(name);
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))
+        };
+        Ok(Self {
+            text: open("train.log")?,
+            metrics: open("metrics.jsonl")?,
+            // The directory exists (the writer would panic otherwise).
+            tensorboard: tensorboard_rs::summary_writer::SummaryWriter::new(run_dir),
+            progress,
+        })
+    }
+
+    /// A line for the user (above the progress bar) and the log file.
+    fn say(&mut self, line: &str) -> Result<()> {
+        if self.progress.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.progress.println(line);
+        }
+        self.note(line)
+    }
+
+    /// A line for the log file only.
+    fn note(&mut self, line: &str) -> Result<()> {
+        writeln!(self.text, "{line}")?;
+        Ok(())
+    }
+
+    /// A JSON line in metrics.jsonl, and its numbers as TensorBoard scalars at its `step`:
+    /// `train/loss`, `train/lr`, ..., `eval/zero_shot_top1`, `data/skipped/<kind>`.
+    fn record(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.metrics, "{value}")?;
+        let step = value["step"].as_u64().unwrap_or(0) as usize;
+        for (key, field) in value.as_object().into_iter().flatten() {
+            let group = match key.as_str() {
+                "step" => continue,
+                k if k.starts_with("zero_shot") || k.starts_with("retrieval") => "eval",
+                "skipped" => "data/skipped",
+                _ => "train",
+            };
+            match field {
+                serde_json::Value::Number(n) => {
+                    let tag = format!("{group}/{key}");
+                    self.tensorboard
+                        .add_scalar(&tag, n.as_f64().unwrap_or(f64::NAN) as f32, step);
+                }
+                serde_json::Value::Object(parts) => {
+                    for (kind, n) in parts {
+                        if let Some(n) = n.as_f64() {
+                            self.tensorboard
+                                .add_scalar(&format!("{group}/{kind}"), n as f32, step);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.tensorboard.flush();
+        Ok(())
+    }
+}
+
+/// Trains as `config` says, evaluating and checkpointing along the way.
+pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
+    train_from(config, show_progress, None)
+}
+
+/// [`train`], or with `resume`, continues a run from one of its checkpoints (see
+/// [`resume_point`]) so that the result is the one an uninterrupted run would have given.
+/// The run holds its directory ([`RunDirLock`]) from start to end.
+pub fn train_from(
+    config: &TrainConfig,
+    show_progress: bool,
+    resume: Option<&Path>,
+) -> Result<TrainReport> {
+    let run_dir = &config.output_dir;
+    let lock = RunDirLock::acquire(run_dir)?;
+    let mut stale = lock.remove_stale_temps("checkpoints")?;
+    stale.extend(lock.remove_stale_temps("")?);
+    let previous = run_dir.join("checkpoints");
+    let (start_point, first_step, data_position) = match resume {
+        Some(from) => {
+            let Resumed { start, state } = resume_point(config, from)?;
+            (start, state.step, state.data_position.unwrap_or(0))
+        }
+        None => {
+            if !checkpoint::step_dirs(&previous).is_empty() {
+                bail!(
+                    "{} holds checkpoints of an earlier run; resume it (--resume latest), choose another output_dir (--output-dir) or remove it",
+                    previous.display()
+                );
+            }
+            (starting_point(config)?, 0, 0)
+        }
+    };
+    let steps = config.train.steps;
+    if first_step > steps {
+        bail!(
+            "the checkpoint is at step {first_step}, past train.steps = {steps}; raise --steps to continue it"
+        );
+    }
+    let StartingPoint {
+        model_config,
+        mut learner,
+        tokenizer,
+        description: start,
+    } = start_point;
+
+    let image_size = model_config.vision.image_size;
+    let batcher = Batcher::new(
+        tokenizer.clone(),
+        image_size,
+        model_config.text.context_length,
+    )
+    .with_transform(config.data.train_transform, config.seed)
+    .with_image_limits(config.data.image_limits())
+    .with_max_consecutive_skips(config.data.max_consecutive_skips)
+    .with_workers(config.data.workers)?;
+    let mut stream = config
+        .data
+        .open_stream(config.seed, image_size)
+        .context("key `data.path`")?;
+    stream.fast_forward(data_position);
+    let description = stream.describe();
+    let mut batches = Prefetcher::spawn(
+        stream,
+        batcher,
+        config.train.batch_size,
+        config.data.prefetch,
+    );
+    // The held-out zero-shot task of the built-in data (eval suites for other data: issue 6).
+    let dataset = ShapesDataset::new(config.seed, image_size as u32);
+
+    let progress = if show_progress {
+        ProgressBar::new(steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    progress.set_position(first_step as u64);
+    let mut log = RunLog::open(run_dir, progress.clone())?;
+    for path in &stale {
+        log.say(&format!(
+            "removed {} (left by an interrupted write)",
+            path.display()
+        ))?;
+    }
+    let params = learner.model.num_params();
+    log.say(&format!(
+        "training {params} parameters ({start}) on {} for {steps} steps of {} ({}), writing to {}",
+        config.device,
+        config.train.batch_size,
+        description,
+        run_dir.display()
+    ))?;
+
+    // Periodic evaluation on held-out pictures of the built-in data: zero-shot and retrieval
+    // (the full suites, with a linear probe, are `mm-train eval`).
+    let heldout = config.eval.heldout_samples;
+    let heldout_set = LabelledImages::shapes(&dataset, Split::HeldOut, heldout);
+    let heldout_captions: Vec<String> = (0..heldout as u64)
+        .map(|i| dataset.sample(Split::HeldOut, i).caption)
+        .collect();
+    let chance = 1.0 / heldout_set.class_names.len() as f64;
+    let evaluate = |model: &ClipModel| -> Result<(ZeroShotReport, RetrievalReport)> {
+        let model = model.valid();
+        let ctx = model_config.text.context_length;
+        let images = encode_images(&model, &heldout_set.images, image_size)?.embeddings;
+        let texts = encode_texts(&model, &tokenizer, &heldout_captions, ctx)?;
+        let zs = zero_shot(
+            &model,
+            &tokenizer,
+            ctx,
+            images.clone(),
+            &heldout_set.class_names,
+            &heldout_set.labels,
+            &config.eval.templates,
+        )?;
+        Ok((zs, retrieval(images, texts)?))
+    };
+
+    let start = Instant::now();
+    let mut train_seconds = 0.0;
+    let mut losses = Vec::with_capacity(steps - first_step);
+    let mut last_checkpoint = None;
+    let mut accuracy = None;
+    let mut skipped = SkipTally::default();
+    for step in first_step..steps {
+        let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
+        for _ in 0..config.train.accum_freq.max(1) {
+            let batch = match batches.next() {
+                Some(Ok(batch)) => batch,
+                Some(Err(e)) => return Err(e).context(format!("step {}", step + 1)),
+                None => bail!(
+                    "the data source ended at step {} (no usable samples in a whole pass?)",
+                    step + 1
+                ),
+            };
+            for line in skipped.add(&batch) {
+                log.say(&line)?;
+            }
+            micro_batches.push(batch);
+        }
+        let batch = micro_batches.last().expect("at least one micro-batch");
+        let step_start = Instant::now();
+        let out = match learner.step_accumulated(&micro_batches, step) {
+            Ok(out) => out,
+            Err(error) => {
+                let Some(non_finite) = error.downcast_ref::<NonFinite>() else {
+                    return Err(error);
+                };
+                // The weights that gave it are those after `step` updates: a checkpoint of
+                // them is no good to resume from.
+                let (moved, good) = checkpoint::set_aside_diverged(run_dir, step)?;
+                let moved = moved.map_or(String::new(), |m| {
+                    format!(
+                        "; checkpoint step-{step:06} holds the weights that gave it and was moved to {}",
+                        m.display()
+                    )
+                });
+                let good = match good {
+                    Some(good) => format!("the last good checkpoint is {}", good.display()),
+                    None => "no checkpoint with a finite loss exists".into(),
+                };
+                let message = format!("{non_finite}; stopping{moved}; {good}");
+                log.note(&message)?;
+                bail!(message);
+            }
+        };
+        train_seconds += step_start.elapsed().as_secs_f64();
+        losses.push(out.loss);
+        let done = step + 1;
+        let samples_per_sec =
+            ((done - first_step) * config.train.batch_size * config.train.accum_freq) as f64
+                / start.elapsed().as_secs_f64();
+        let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
+        progress.set_message(format!(
+            "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
+            out.loss,
+            skipped.progress_note()
+        ));
+        progress.inc(1);
+
+        let every = |n: usize| n > 0 && done.is_multiple_of(n);
+        if every(config.train.log_every) || done == steps {
+            let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
+            log.note(&format!(
+                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{}",
+                out.loss,
+                skipped.progress_note()
+            ))?;
+            log.record(json!({
+                "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
+                "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
+                "skipped": skipped.by_kind(),
+            }))?;
+        }
+        // The checkpoint comes before the evaluation, so that nothing after it can cost it;
+        // the evaluation's accuracy is added to it afterwards.
+        let checkpointed = if every(config.train.checkpoint_every) || done == steps {
+            let state = CheckpointState {
+                step: done,
+                loss: Some(out.loss),
+                zero_shot_accuracy: None,
+                imported_from: None,
+                data_position: Some(batch.stream_position),
+            };
+            let parts = CheckpointParts {
+                model: &learner.model,
+                model_config: &model_config,
+                train_config: Some(config),
+                tokenizer: &tokenizer,
+                state: &state,
+                optimizer: Some(&learner.optim),
+            };
+            let dir = checkpoint::save(run_dir, &parts, config.train.keep_checkpoints)?;
+            log.note(&format!("step {done}: checkpoint {}", dir.display()))?;
+            last_checkpoint = Some(dir.clone());
+            Some(dir)
+        } else {
+            None
+        };
+        if every(config.train.eval_every) || done == steps {
+            let (zs, ret) = evaluate(&learner.model)?;
+            accuracy = Some(zs.top1);
+            if let Some(dir) = &checkpointed {
+                checkpoint::record_accuracy(dir, zs.top1)?;
+            }
+            log.say(&format!(
+                "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%",
+                100.0 * zs.top1,
+                100.0 * chance,
+                100.0 * zs.top5,
+                100.0 * ret.image_to_text.r1,
+                100.0 * ret.text_to_image.r1
+            ))?;
+            log.record(json!({
+                "step": done, "zero_shot_top1": zs.top1, "zero_shot_top5": zs.top5,
+                "retrieval_image_to_text_r1": ret.image_to_text.r1,
+                "retrieval_text_to_image_r1": ret.text_to_image.r1,
+            }))?;
+        }
+    }
+    progress.finish_and_clear();
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let checkpoint = match last_checkpoint {
+        Some(dir) => dir,
+        // Resumed from the final checkpoint: nothing was left to do.
+        None => {
+            let dir = checkpoint::resolve(run_dir)?;
+            accuracy = checkpoint::read_state(&dir)?.zero_shot_accuracy;
+            log.say(&format!(
+                "the run already finished at step {steps} ({}); nothing to do (raise --steps to train longer)",
+                dir.display()
+            ))?;
+            dir
+        }
+    };
+    let report = TrainReport {
+        steps,
+        losses,
+        zero_shot_accuracy: accuracy.unwrap_or_default(),
+        chance_accuracy: chance,
+        samples_per_sec: ((steps - first_step) * config.train.batch_size * config.train.accum_freq)
+            as f64
+            / train_seconds.max(1e-9),
+        wall_seconds,
+        checkpoint,
+    };
+    if first_step < steps {
+        log.say(&format!(
+            "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps); zero-shot top-1 {:.1}% vs chance {:.1}%; checkpoint {}",
+            report.samples_per_sec,
+            100.0 * report.zero_shot_accuracy,
+            100.0 * report.chance_accuracy,
+            report.checkpoint.display()
+        ))?;
+    }
+    drop(lock);
+    Ok(report)
+}

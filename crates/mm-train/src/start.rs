@@ -1,0 +1,114 @@
+//! Where a run starts: a fresh model, the weights of `init_from`, or (resuming) a checkpoint of
+//! its own with the optimiser state, step and data position it recorded.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use mm_data::ClipTokenizer;
+use mm_encoders::ClipConfig;
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::config::TrainConfig;
+use crate::device::parse_device;
+use crate::learner::Learner;
+
+/// The model a run starts from and the tokenizer that goes with it.
+pub struct StartingPoint {
+    pub model_config: ClipConfig,
+    pub learner: Learner,
+    pub tokenizer: ClipTokenizer,
+    /// What the log says it is.
+    pub description: String,
+}
+
+/// A fresh model of `config.model` with OpenAI's tokenizer, or the checkpoint `init_from`.
+pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
+    if let Some(path) = &config.init_from {
+        let device = parse_device(&config.device)?;
+        let ckpt = checkpoint::load(path, &device.autodiff())
+            .with_context(|| format!("init_from = {}", path.display()))?;
+        return Ok(StartingPoint {
+            model_config: ckpt.model_config,
+            learner: Learner::from_model(config, ckpt.model),
+            tokenizer: ckpt.tokenizer,
+            description: format!("weights from {}", ckpt.dir.display()),
+        });
+    }
+    let Some(spec) = &config.model else {
+        bail!("the config has neither `model` nor `init_from`");
+    };
+    let model_config = spec.resolve()?;
+    Ok(StartingPoint {
+        learner: Learner::new(config, &model_config)?,
+        model_config,
+        tokenizer: ClipTokenizer::openai(),
+        description: "freshly initialised".into(),
+    })
+}
+
+/// A run continued from a checkpoint of its own: where, and at which step and data position.
+pub struct Resumed {
+    pub start: StartingPoint,
+    pub state: CheckpointState,
+}
+
+/// Restores a run from `from`: a checkpoint directory, or a run directory whose newest
+/// complete checkpoint that loads is used (a corrupt or partial newest one is reported and
+/// the previous one tried). Model, optimiser moments, step and data position come back.
+pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
+    let candidates = if from.join(checkpoint::STATE_FILE).exists() {
+        vec![from.to_path_buf()]
+    } else {
+        crate::resume::candidates(from)
+    };
+    if candidates.is_empty() {
+        bail!(
+            "{}: no complete checkpoint with optimiser state to resume from",
+            from.display()
+        );
+    }
+    let mut failures: Vec<(PathBuf, anyhow::Error)> = Vec::new();
+    for dir in candidates {
+        match restore(config, &dir) {
+            Ok(resumed) => {
+                for (bad, error) in &failures {
+                    eprintln!("warning: skipped checkpoint {}: {error:#}", bad.display());
+                }
+                return Ok(resumed);
+            }
+            Err(error) => failures.push((dir, error)),
+        }
+    }
+    let (dir, error) = failures.remove(0);
+    Err(error.context(format!("resuming from {}", dir.display())))
+}
+
+fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
+    let device = parse_device(&config.device)?.autodiff();
+    let ckpt = checkpoint::load(dir, &device)?;
+    if let Some(spec) = &config.model {
+        let wanted = spec.resolve()?;
+        if wanted != ckpt.model_config {
+            bail!(
+                "{}: its model differs from the config's `model`",
+                dir.display()
+            );
+        }
+    }
+    let model = crate::resume::with_param_ids(ckpt.model, &crate::resume::read_param_ids(dir)?)?;
+    let mut learner = Learner::from_model(config, model);
+    let optimizer = dir.join(crate::resume::OPTIMIZER_FILE);
+    learner.optim = learner
+        .optim
+        .load(&optimizer)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", optimizer.display()))?;
+    Ok(Resumed {
+        start: StartingPoint {
+            model_config: ckpt.model_config,
+            learner,
+            tokenizer: ckpt.tokenizer,
+            description: format!("resumed from {} at step {}", dir.display(), ckpt.state.step),
+        },
+        state: ckpt.state,
+    })
+}
