@@ -28,6 +28,7 @@ fn main() {
         output_dir: std::env::temp_dir().join("mm-bench"),
         model: Some(ModelSpec::Preset(preset.into())),
         init_from: None,
+        objective: Default::default(),
         data: DataConfig::default(),
         optim: OptimConfig {
             lr: 1e-4,

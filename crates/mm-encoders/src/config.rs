@@ -78,6 +78,10 @@ pub struct ClipConfig {
     /// Initial value of the learnable log temperature (ln(1/0.07) as in CLIP).
     #[serde(default = "default_logit_scale_init")]
     pub logit_scale_init: f64,
+    /// A learnable bias added to the scaled similarities, for the sigmoid loss (SigLIP starts
+    /// it at -10); absent for CLIP's softmax loss, which a bias would not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias_init: Option<f64>,
     pub vision: VisionConfig,
     pub text: TextConfig,
 }
@@ -203,6 +207,14 @@ impl ClipConfig {
                 ),
             );
         }
+        if let Some(bias) = self.logit_bias_init
+            && !(bias.is_finite() && bias.abs() <= 100.0)
+        {
+            return err(
+                "logit_bias_init",
+                format!("must be a finite number in [-100, 100], got {bias}"),
+            );
+        }
         let params = self.num_params();
         if params > MAX_PARAMS {
             return err(
@@ -232,7 +244,7 @@ impl ClipConfig {
         let text = (t.vocab_size + t.context_length) as u64 * tw
             + 2 * tw
             + t.layers as u64 * block(t.width, t.intermediate_size);
-        vision + text + vw * e + tw * e + 1
+        vision + text + vw * e + tw * e + 1 + self.logit_bias_init.is_some() as u64
     }
 }
 

@@ -107,6 +107,7 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
     let config = ClipConfig {
         embed_dim: top.usize_or("projection_dim", 512)?,
         logit_scale_init: top.f64_or("logit_scale_init_value", 2.6592)?,
+        logit_bias_init: None,
         vision: VisionConfig {
             image_size: vision.square_or("image_size", 224)?,
             patch_size: vision.square_or("patch_size", 32)?,
@@ -417,6 +418,12 @@ pub fn load_weights(model: &mut ClipModel, path: &Path) -> Result<(), HfError> {
 
 /// Writes `model` as HF-layout safetensors (what `CLIPModel.from_pretrained` reads).
 pub fn save_weights(model: &ClipModel, path: &Path) -> Result<(), HfError> {
+    if model.logit_bias.is_some() {
+        return Err(HfError::Weights {
+            path: path.display().to_string(),
+            message: "the model has a logit_bias (trained with the sigmoid loss): HF's CLIPModel has no such parameter, so it has no CLIP export".into(),
+        });
+    }
     // transformers refuses safetensors files whose `format` is not `pt`.
     let mut store = SafetensorsStore::from_file(path)
         .clear_metadata()

@@ -23,6 +23,8 @@ pub struct ClipModel {
     pub text_projection: Linear,
     /// Log of the inverse softmax temperature; `exp` of it scales the cosine similarities.
     pub logit_scale: Param<Tensor<1>>,
+    /// Added to the scaled similarities by sigmoid-loss (SigLIP) models; `None` for CLIP.
+    pub logit_bias: Option<Param<Tensor<1>>>,
 }
 
 impl ClipConfig {
@@ -77,6 +79,9 @@ impl ClipConfig {
                 [self.logit_scale_init as f32],
                 device,
             )),
+            logit_bias: self
+                .logit_bias_init
+                .map(|bias| Param::from_tensor(Tensor::from_floats([bias as f32], device))),
         }
     }
 }

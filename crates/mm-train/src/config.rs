@@ -27,6 +27,9 @@ pub struct TrainConfig {
     /// checkpoint) or a Hugging Face CLIP directory. The model's shape and tokenizer come with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// What the run optimises: `clip` (softmax) or `siglip` (sigmoid with a learnable bias).
+    #[serde(default)]
+    pub objective: crate::task::Objective,
     #[serde(default)]
     pub data: DataConfig,
     pub optim: OptimConfig,
@@ -247,6 +250,14 @@ impl TrainConfig {
                     ..e
                 })?;
                 model.validate(origin)?;
+                if model.logit_bias_init.is_some() && self.objective == crate::task::Objective::Clip
+                {
+                    return Err(ConfigError::new(
+                        origin,
+                        "model.logit_bias_init",
+                        "a logit bias is for the sigmoid loss: set objective = \"siglip\"",
+                    ));
+                }
                 // A fresh model is trained with OpenAI's tokenizer: every id it emits must
                 // have a row in the embedding table.
                 let tokens = mm_data::ClipTokenizer::openai().vocab_size();

@@ -6,13 +6,13 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use mm_contrastive::clip_loss;
 use mm_data::ClipBatch;
 use mm_encoders::{ClipConfig, ClipModel};
 
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::task::Objective;
 
 /// One optimisation step's model, optimiser and bookkeeping.
 pub struct Learner {
@@ -41,6 +41,7 @@ impl Learner {
     /// A freshly initialised model on the autodiff version of the configured device.
     pub fn new(config: &TrainConfig, model_config: &ClipConfig) -> Result<Self> {
         let device = parse_device(&config.device)?;
+        let model_config = config.objective.fresh_model(model_config.clone());
         Ok(Self::from_model(
             config,
             model_config.init_seeded(&device.autodiff(), config.seed),
@@ -66,15 +67,15 @@ impl Learner {
         }
     }
 
-    /// CLIP's loss of the current model on `batch` (the forward pass of a step).
+    /// The objective's loss of the current model on `batch` (the forward pass of a step).
     pub fn loss(&self, batch: &ClipBatch) -> Tensor<1> {
         let device = self.model.logit_scale.val().device();
         let image = self.model.image_features(batch.pixels_tensor(&device));
         let text = self.model.text_features(batch.input_ids_tensor(&device));
-        clip_loss(image, text, self.model.logit_scale.val())
+        self.config.objective.loss(&self.model, image, text, true)
     }
 
-    /// Loss and gradients of CLIP's loss over the concatenation of `micro_batches`, computed
+    /// Loss and gradients of the objective's loss over the concatenation of `micro_batches`, computed
     /// one micro-batch at a time (open_clip's `accum_freq`): the features of every micro-batch
     /// are first computed without keeping their graphs; then each micro-batch is re-encoded with
     /// gradients and the loss taken over its fresh features joined with the others' cached
@@ -91,7 +92,7 @@ impl Learner {
             }
             None => &self.model,
         };
-        let (loss, mut grads) = contrastive_gradients(model, micro_batches);
+        let (loss, mut grads) = contrastive_gradients(model, micro_batches, self.config.objective);
         if half.is_some() {
             crate::precision::grads_to_f32(&self.model, &mut grads);
         }
@@ -101,7 +102,11 @@ impl Learner {
 
 /// [`Learner::gradients`] for `model` in whatever dtype its parameters are: encoders run in
 /// that dtype, features and loss in fp32.
-fn contrastive_gradients(model: &ClipModel, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
+fn contrastive_gradients(
+    model: &ClipModel,
+    micro_batches: &[ClipBatch],
+    objective: Objective,
+) -> (f32, GradientsParams) {
     let dtype = model.logit_scale.val().dtype();
     let device = model.logit_scale.val().device();
     let fp32 = burn::tensor::FloatDType::F32;
@@ -115,10 +120,9 @@ fn contrastive_gradients(model: &ClipModel, micro_batches: &[ClipBatch]) -> (f32
                 .cast(fp32),
         )
     };
-    let logit_scale = || model.logit_scale.val().cast(fp32);
     if let [batch] = micro_batches {
         let (image, text) = encode(batch);
-        let loss = clip_loss(image, text, logit_scale());
+        let loss = objective.loss(model, image, text, true);
         let value = loss.clone().into_scalar::<f32>();
         return (value, GradientsParams::from_grads(loss.backward(), model));
     }
@@ -143,12 +147,8 @@ fn contrastive_gradients(model: &ClipModel, micro_batches: &[ClipBatch]) -> (f32
         };
         let image = join(image_j, |c| c.0.clone());
         let text = join(text_j, |c| c.1.clone());
-        let scale = if j == 0 {
-            logit_scale()
-        } else {
-            logit_scale().detach()
-        };
-        let loss = clip_loss(image, text, scale);
+        // The temperature (and bias) enter the graph once, in the first micro-batch.
+        let loss = objective.loss(model, image, text, j == 0);
         if j == 0 {
             loss_value = loss.clone().into_scalar::<f32>();
         }

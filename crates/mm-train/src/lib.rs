@@ -19,6 +19,7 @@ pub mod resume;
 pub mod run;
 pub mod run_dir;
 pub mod start;
+pub mod task;
 pub mod zero_shot;
 
 pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};

@@ -27,9 +27,13 @@ pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
         let device = parse_device(&config.device)?;
         let ckpt = checkpoint::load(path, &device.autodiff())
             .with_context(|| format!("init_from = {}", path.display()))?;
+        let (model_config, model) = config
+            .objective
+            .adapt(ckpt.model_config, ckpt.model)
+            .with_context(|| format!("init_from = {}", path.display()))?;
         return Ok(StartingPoint {
-            model_config: ckpt.model_config,
-            learner: Learner::from_model(config, ckpt.model),
+            model_config,
+            learner: Learner::from_model(config, model),
             tokenizer: ckpt.tokenizer,
             description: format!("weights from {}", ckpt.dir.display()),
         });
@@ -37,7 +41,7 @@ pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
     let Some(spec) = &config.model else {
         bail!("the config has neither `model` nor `init_from`");
     };
-    let model_config = spec.resolve()?;
+    let model_config = config.objective.fresh_model(spec.resolve()?);
     Ok(StartingPoint {
         learner: Learner::new(config, &model_config)?,
         model_config,
@@ -87,7 +91,7 @@ fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
     let device = parse_device(&config.device)?.autodiff();
     let ckpt = checkpoint::load(dir, &device)?;
     if let Some(spec) = &config.model {
-        let wanted = spec.resolve()?;
+        let wanted = config.objective.fresh_model(spec.resolve()?);
         if wanted != ckpt.model_config {
             bail!(
                 "{}: its model differs from the config's `model`",

@@ -3,8 +3,8 @@
 
 use anyhow::{Result, bail};
 use burn::tensor::Tensor;
-use burn::tensor::activation::softmax;
-use mm_contrastive::{MAX_LOGIT_SCALE, l2_normalize};
+use burn::tensor::activation::{sigmoid, softmax};
+use mm_contrastive::{clip_logits, l2_normalize, siglip_logits};
 use mm_data::{ClipTokenizer, token_ids_tensor};
 use mm_encoders::ClipModel;
 
@@ -48,18 +48,26 @@ impl ZeroShotClassifier {
         })
     }
 
-    /// `[n_images, n_classes]` probabilities: softmax of the scaled cosine similarities.
+    /// `[n_images, n_classes]` probabilities. A CLIP model's are a softmax over the classes of
+    /// the scaled cosine similarities; a sigmoid-loss model (with a logit bias) means each
+    /// image-class pair's own match probability, so its are `sigmoid(scale * cos + bias)`.
     pub fn probabilities(&self, model: &ClipModel, pixels: Tensor<4>) -> Tensor<2> {
-        let image = l2_normalize(model.image_features(pixels));
-        let scale = model
-            .logit_scale
-            .val()
-            .clamp_max(MAX_LOGIT_SCALE)
-            .exp()
-            .unsqueeze::<2>();
-        softmax(
-            image.matmul(self.class_embeddings.clone().transpose()) * scale,
-            1,
-        )
+        let image = model.image_features(pixels);
+        match &model.logit_bias {
+            None => {
+                let logits = clip_logits(
+                    image,
+                    self.class_embeddings.clone(),
+                    model.logit_scale.val(),
+                );
+                softmax(logits.logits_per_image, 1)
+            }
+            Some(bias) => sigmoid(siglip_logits(
+                image,
+                self.class_embeddings.clone(),
+                model.logit_scale.val(),
+                bias.val(),
+            )),
+        }
     }
 }
