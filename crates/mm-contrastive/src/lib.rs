@@ -57,15 +57,25 @@ fn diagonal_cross_entropy(logits: Tensor<2>) -> Tensor<1> {
     log_softmax(logits, 1).gather(1, targets).mean().neg()
 }
 
+/// The batch size of paired embeddings: the i-th image and the i-th text are a pair, so there
+/// must be as many of each (a caller's bug otherwise, not an input error).
+fn assert_paired(image_embeds: &Tensor<2>, text_embeds: &Tensor<2>) -> usize {
+    let [n_images, _] = image_embeds.dims();
+    let [n_texts, _] = text_embeds.dims();
+    assert_eq!(
+        n_images, n_texts,
+        "a contrastive loss needs one caption per image"
+    );
+    n_images
+}
+
 /// Symmetric InfoNCE (CLIP's loss) for paired embeddings `[n, d]`; returns a one-element tensor.
 pub fn clip_loss(
     image_embeds: Tensor<2>,
     text_embeds: Tensor<2>,
     logit_scale: Tensor<1>,
 ) -> Tensor<1> {
-    let [n_images, _] = image_embeds.dims();
-    let [n_texts, _] = text_embeds.dims();
-    assert_eq!(n_images, n_texts, "clip_loss needs one caption per image");
+    assert_paired(&image_embeds, &text_embeds);
     let logits = clip_logits(image_embeds, text_embeds, logit_scale);
     (diagonal_cross_entropy(logits.logits_per_image)
         + diagonal_cross_entropy(logits.logits_per_text))
@@ -105,9 +115,7 @@ pub fn siglip_loss(
     logit_scale: Tensor<1>,
     logit_bias: Tensor<1>,
 ) -> Tensor<1> {
-    let [n_images, _] = image_embeds.dims();
-    let [n_texts, _] = text_embeds.dims();
-    assert_eq!(n_images, n_texts, "siglip_loss needs one caption per image");
+    let n_images = assert_paired(&image_embeds, &text_embeds);
     let device = image_embeds.device();
     let logits = siglip_logits(image_embeds, text_embeds, logit_scale, logit_bias);
     // +1 on the diagonal, -1 elsewhere.

@@ -1,7 +1,10 @@
 //! The loss against values computed independently in f64, and its gradient against finite
 //! differences.
 
-use burn::tensor::{Device, Tensor, TensorData};
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::{tensor, unit};
 use mm_contrastive::{MAX_LOGIT_SCALE, clip_logits, clip_loss};
 
 const IMAGES: [[f64; 3]; 3] = [[1.0, 2.0, -0.5], [0.3, -1.0, 0.8], [-2.0, 0.1, 0.4]];
@@ -9,10 +12,6 @@ const TEXTS: [[f64; 3]; 3] = [[0.9, 1.5, 0.1], [0.2, -0.7, 1.1], [-1.0, -0.2, 0.
 
 /// Symmetric InfoNCE written out with plain loops, in f64.
 fn reference_loss(images: &[[f64; 3]], texts: &[[f64; 3]], logit_scale: f64) -> f64 {
-    let unit = |v: &[f64; 3]| {
-        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.map(|x| x / n)
-    };
     let (im, tx): (Vec<_>, Vec<_>) = (
         images.iter().map(unit).collect(),
         texts.iter().map(unit).collect(),
@@ -31,11 +30,6 @@ fn reference_loss(images: &[[f64; 3]], texts: &[[f64; 3]], logit_scale: f64) -> 
         text_to_image += ce(&|j| logit(j, i), i);
     }
     (image_to_text + text_to_image) / (2.0 * n as f64)
-}
-
-fn tensor(rows: &[[f64; 3]], device: &Device) -> Tensor<2> {
-    let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), 3]), device)
 }
 
 fn scalar(t: Tensor<1>) -> f64 {

@@ -2,7 +2,10 @@
 //! written out with loops), its gradient against finite differences, and the property that
 //! makes feature-cached accumulation exact.
 
-use burn::tensor::{Device, Tensor, TensorData};
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::{tensor, unit};
 use mm_contrastive::{
     MAX_LOGIT_SCALE, SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, siglip_logits, siglip_loss,
 };
@@ -22,10 +25,6 @@ const TEXTS: [[f64; 3]; 4] = [
 
 /// -sum_ij log sigmoid(z_ij (exp(scale) cos_ij + bias)) / n, with z = +1 on the diagonal.
 fn reference_loss(images: &[[f64; 3]], texts: &[[f64; 3]], scale: f64, bias: f64) -> f64 {
-    let unit = |v: &[f64; 3]| {
-        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        v.map(|x| x / n)
-    };
     let (im, tx): (Vec<_>, Vec<_>) = (
         images.iter().map(unit).collect(),
         texts.iter().map(unit).collect(),
@@ -42,11 +41,6 @@ fn reference_loss(images: &[[f64; 3]], texts: &[[f64; 3]], scale: f64, bias: f64
         }
     }
     loss / n as f64
-}
-
-fn tensor(rows: &[[f64; 3]], device: &Device) -> Tensor<2> {
-    let flat: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), 3]), device)
 }
 
 fn one(x: f64, device: &Device) -> Tensor<1> {

@@ -20,11 +20,7 @@ fn zero_shot_prints_ranked_classes_and_rejects_bad_input() {
     let run = dir.path().join("run");
     mm_train::train(&common::tiny_config(&run, 3), false).unwrap();
     let image = dir.path().join("shape.png");
-    mm_data::ShapesDataset::new(9, 40)
-        .sample(mm_data::Split::HeldOut, 1)
-        .image
-        .save(&image)
-        .unwrap();
+    common::save_shape(&image, 40);
     let (run, image) = (run.to_str().unwrap(), image.to_str().unwrap());
 
     let (ok, stdout, stderr) = mm_train(&[
@@ -41,10 +37,7 @@ fn zero_shot_prints_ranked_classes_and_rejects_bad_input() {
     let lines: Vec<_> = stdout.lines().collect();
     assert_eq!(lines[0], image);
     assert_eq!(lines.len(), 4);
-    let probs: Vec<f64> = lines[1..]
-        .iter()
-        .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
-        .collect();
+    let probs = common::printed_probabilities(&stdout);
     assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{stdout}");
     assert!((probs.iter().sum::<f64>() - 100.0).abs() < 0.1, "{stdout}");
     for class in ["red circle", "blue square", "green star"] {

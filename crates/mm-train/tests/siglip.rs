@@ -37,11 +37,7 @@ fn a_siglip_run_learns_and_checkpoints_its_bias() {
 
     // Zero-shot probabilities are per pair (sigmoid), not a softmax over the classes.
     let image = dir.path().join("x.png");
-    mm_data::ShapesDataset::new(9, 16)
-        .sample(mm_data::Split::HeldOut, 1)
-        .image
-        .save(&image)
-        .unwrap();
+    common::save_shape(&image, 16);
     let (ok, stdout, stderr) = common::mm_train(&[
         "zero-shot",
         "--checkpoint",
@@ -51,11 +47,7 @@ fn a_siglip_run_learns_and_checkpoints_its_bias() {
         image.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    let probs: Vec<f64> = stdout
-        .lines()
-        .skip(1)
-        .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
-        .collect();
+    let probs = common::printed_probabilities(&stdout);
     assert_eq!(probs.len(), 3);
     assert!(probs.iter().all(|p| (0.0..=100.0).contains(p)), "{stdout}");
     assert!(

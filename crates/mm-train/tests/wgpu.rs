@@ -144,26 +144,13 @@ fn wgpu_matches_flex() {
     assert!(weight_err <= 0.05 * config.optim.lr as f32);
 }
 
-/// Probabilities `zero-shot` prints, image by image.
-fn printed_probabilities(stdout: &str) -> Vec<f64> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("  "))
-        .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
-        .collect()
-}
-
 #[test]
 fn every_command_runs_on_wgpu_as_on_flex() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     mm_train::train(&common::tiny_config(&run, 4), false).unwrap();
     let image = dir.path().join("x.png");
-    mm_data::ShapesDataset::new(9, 40)
-        .sample(mm_data::Split::HeldOut, 1)
-        .image
-        .save(&image)
-        .unwrap();
+    common::save_shape(&image, 40);
     let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
     let (run_s, image_s) = (path(&run), path(&image));
 
@@ -179,7 +166,7 @@ fn every_command_runs_on_wgpu_as_on_flex() {
             &image_s,
         ]);
         assert!(ok, "{stderr}");
-        printed_probabilities(&stdout)
+        common::printed_probabilities(&stdout)
     };
     let (flex, wgpu) = (zero_shot("flex"), zero_shot("wgpu"));
     assert_eq!(flex.len(), 3);

@@ -86,3 +86,23 @@ pub fn shapes_batches(model: &mm_encoders::ClipConfig, n: usize) -> Vec<mm_data:
         })
         .collect()
 }
+
+/// Saves held-out picture 1 of the built-in data (seed 9) at `size` px as a PNG at `path`.
+#[allow(dead_code)]
+pub fn save_shape(path: &Path, size: u32) {
+    mm_data::ShapesDataset::new(9, size)
+        .sample(mm_data::Split::HeldOut, 1)
+        .image
+        .save(path)
+        .unwrap();
+}
+
+/// The percentages `mm-train zero-shot` prints (its indented lines), in order.
+#[allow(dead_code)]
+pub fn printed_probabilities(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
+        .collect()
+}
