@@ -68,7 +68,6 @@ pub fn synthetic_batch(model: &ClipConfig, batch: usize) -> ClipBatch {
         pixels,
         input_ids: ids,
         captions: vec![String::new(); batch],
-        skipped: Default::default(),
         errors: Vec::new(),
         stream_position: 0,
     }

@@ -1,7 +1,6 @@
 //! Assembling model-ready batches from a pair source: decode, augment, normalise and tokenise
 //! on a worker pool, on a background thread ahead of the training step.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -12,7 +11,7 @@ use rand::rngs::StdRng;
 use rayon::prelude::*;
 
 use crate::preprocess::{ImageLimits, TrainTransform, decode_input};
-use crate::source::{ImageTextPair, PairSource, SampleError, SampleErrorKind};
+use crate::source::{ImageTextPair, PairSource, SampleError, SampleErrorKind, SkipCounts};
 use crate::stream::{DataStream, mix};
 use crate::{ClipTokenizer, DataError};
 
@@ -27,15 +26,22 @@ pub struct ClipBatch {
     /// `[batch, context_length]`, row-major.
     pub input_ids: Vec<u32>,
     pub captions: Vec<String>,
-    /// Samples skipped while this batch was filled, by kind.
-    pub skipped: BTreeMap<SampleErrorKind, usize>,
-    /// Those samples' errors (where and why).
+    /// The samples skipped while this batch was filled: where and why.
     pub errors: Vec<SampleError>,
     /// Stream items consumed up to and including this batch: where to resume after it.
     pub stream_position: u64,
 }
 
 impl ClipBatch {
+    /// This batch's skipped samples, counted by kind (every one kept).
+    pub fn skip_counts(&self) -> SkipCounts {
+        let mut counts = SkipCounts::new(usize::MAX);
+        for error in &self.errors {
+            counts.record(error.clone());
+        }
+        counts
+    }
+
     pub fn pixels_tensor(&self, device: &Device) -> Tensor<4> {
         pixels_tensor(self.pixels.clone(), self.image_size, device)
     }
@@ -225,10 +231,6 @@ impl Batcher {
                 return broken(source, &errors, in_a_row);
             }
         }
-        let mut skipped = BTreeMap::new();
-        for e in &errors {
-            *skipped.entry(e.kind).or_insert(0) += 1;
-        }
         Ok(Some(ClipBatch {
             batch_size,
             image_size: self.image_size,
@@ -236,7 +238,6 @@ impl Batcher {
             pixels,
             input_ids,
             captions,
-            skipped,
             errors,
             stream_position: *position,
         }))
@@ -248,10 +249,8 @@ impl Batcher {
 pub struct ScanReport {
     /// Samples that decode, transform and tokenise.
     pub good: usize,
-    /// Skipped samples by kind.
-    pub skipped: BTreeMap<SampleErrorKind, usize>,
-    /// The first `examples` errors of each kind.
-    pub examples: BTreeMap<SampleErrorKind, Vec<SampleError>>,
+    /// Skipped samples by kind, with the first few of each.
+    pub skipped: SkipCounts,
 }
 
 impl Batcher {
@@ -260,13 +259,12 @@ impl Batcher {
     /// of each kind.
     pub fn scan(&self, source: &mut dyn PairSource, examples: usize) -> ScanReport {
         const CHUNK: usize = 256;
-        let mut report = ScanReport::default();
+        let mut report = ScanReport {
+            good: 0,
+            skipped: SkipCounts::new(examples),
+        };
         let record = |report: &mut ScanReport, error: SampleError| {
-            *report.skipped.entry(error.kind).or_insert(0) += 1;
-            let kept = report.examples.entry(error.kind).or_default();
-            if kept.len() < examples {
-                kept.push(error);
-            }
+            report.skipped.record(error);
         };
         let plane = 3 * self.image_size * self.image_size;
         let mut index = 0u64;

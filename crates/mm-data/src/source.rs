@@ -1,5 +1,6 @@
 //! The pair-source abstraction every dataset format implements.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -97,6 +98,59 @@ impl SampleError {
             location: location.into(),
             message: message.into(),
         }
+    }
+}
+
+/// Skipped samples counted by kind, with the first few of each kind kept to say where and
+/// why: the one tally that training logs, `data-check` prints and batches report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SkipCounts {
+    counts: BTreeMap<SampleErrorKind, usize>,
+    examples: BTreeMap<SampleErrorKind, Vec<SampleError>>,
+    keep_per_kind: usize,
+}
+
+impl SkipCounts {
+    /// A tally that keeps the first `keep_per_kind` errors of each kind.
+    pub fn new(keep_per_kind: usize) -> Self {
+        Self {
+            keep_per_kind,
+            ..Self::default()
+        }
+    }
+
+    /// Counts `error`; returns it when it is one of the first `keep_per_kind` of its kind.
+    pub fn record(&mut self, error: SampleError) -> Option<&SampleError> {
+        let count = self.counts.entry(error.kind).or_insert(0);
+        *count += 1;
+        if *count > self.keep_per_kind {
+            return None;
+        }
+        let kept = self.examples.entry(error.kind).or_default();
+        kept.push(error);
+        kept.last()
+    }
+
+    pub fn count(&self, kind: SampleErrorKind) -> usize {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+
+    /// Counts of the kinds seen, in kind order.
+    pub fn counts(&self) -> &BTreeMap<SampleErrorKind, usize> {
+        &self.counts
+    }
+
+    /// The kept errors of `kind`.
+    pub fn examples(&self, kind: SampleErrorKind) -> &[SampleError] {
+        self.examples.get(&kind).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn keep_per_kind(&self) -> usize {
+        self.keep_per_kind
     }
 }
 

@@ -105,13 +105,13 @@ pub fn run(args: &DataCheckArgs) -> Result<()> {
         .with_image_limits(config.image_limits());
     println!("{}", source.describe());
     let report = batcher.scan(source.as_mut(), args.examples as usize);
-    let skipped: usize = report.skipped.values().sum();
+    let skipped = report.skipped.total();
     println!("  usable samples   {:>9}", report.good);
     println!("  skipped          {skipped:>9}");
     for kind in SampleErrorKind::ALL {
-        let count = report.skipped.get(&kind).copied().unwrap_or(0);
+        let count = report.skipped.count(kind);
         println!("    {:<16} {count:>7}", kind.name());
-        for example in report.examples.get(&kind).into_iter().flatten() {
+        for example in report.skipped.examples(kind) {
             println!("      {}: {}", example.location, example.message);
         }
     }

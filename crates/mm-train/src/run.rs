@@ -1,7 +1,6 @@
 //! The training loop: steps, logging, periodic evaluation and checkpoints. The step itself is
 //! the [`Learner`]'s; where a run starts is [`crate::start`]'s.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SampleErrorKind, ShapesDataset, Split};
+use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, ShapesDataset, SkipCounts, Split};
 use mm_encoders::ClipModel;
 use serde_json::json;
 
@@ -38,54 +37,39 @@ pub struct TrainReport {
     pub checkpoint: PathBuf,
 }
 
-/// Samples skipped so far, by kind. The first few of each kind are reported with their
-/// location; after that only the counts (progress line, log, metrics).
-#[derive(Default)]
-struct SkipTally {
-    counts: BTreeMap<SampleErrorKind, usize>,
-}
-
-/// Skipped samples reported in full, per kind.
+/// Skipped samples reported in full, per kind; after that only the counts (progress line,
+/// log, metrics).
 const REPORTED_PER_KIND: usize = 3;
 
-impl SkipTally {
-    /// Adds a batch's skipped samples; returns the lines worth showing.
-    fn add(&mut self, batch: &ClipBatch) -> Vec<String> {
-        let mut lines = Vec::new();
-        for error in &batch.errors {
-            let count = self.counts.entry(error.kind).or_insert(0);
-            *count += 1;
-            if *count <= REPORTED_PER_KIND {
-                lines.push(format!("skipped sample: {error}"));
-            }
-            if *count == REPORTED_PER_KIND {
-                lines.push(format!(
-                    "(further {} samples are counted, not listed)",
-                    error.kind
-                ));
-            }
+/// Adds a batch's skipped samples to the run's tally; returns the lines worth showing.
+fn tally(skipped: &mut SkipCounts, batch: &ClipBatch) -> Vec<String> {
+    let mut lines = Vec::new();
+    for error in &batch.errors {
+        let kind = error.kind;
+        if let Some(error) = skipped.record(error.clone()) {
+            lines.push(format!("skipped sample: {error}"));
         }
-        lines
-    }
-
-    fn total(&self) -> usize {
-        self.counts.values().sum()
-    }
-
-    fn progress_note(&self) -> String {
-        match self.total() {
-            0 => String::new(),
-            n => format!(" skipped {n}"),
+        if skipped.count(kind) == REPORTED_PER_KIND {
+            lines.push(format!("(further {kind} samples are counted, not listed)"));
         }
     }
+    lines
+}
 
-    fn by_kind(&self) -> serde_json::Value {
-        self.counts
-            .iter()
-            .map(|(kind, n)| (kind.name().to_string(), json!(n)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
+fn progress_note(skipped: &SkipCounts) -> String {
+    match skipped.total() {
+        0 => String::new(),
+        n => format!(" skipped {n}"),
     }
+}
+
+fn by_kind(skipped: &SkipCounts) -> serde_json::Value {
+    skipped
+        .counts()
+        .iter()
+        .map(|(kind, n)| (kind.name().to_string(), json!(n)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Appends human-readable lines to `train.log` and JSON records to `metrics.jsonl`.
@@ -295,7 +279,7 @@ pub fn train_from(
     let mut losses = Vec::with_capacity(steps - first_step);
     let mut last_checkpoint = None;
     let mut accuracy = None;
-    let mut skipped = SkipTally::default();
+    let mut skipped = SkipCounts::new(REPORTED_PER_KIND);
     for step in first_step..steps {
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
         for _ in 0..config.train.accum_freq.max(1) {
@@ -307,7 +291,7 @@ pub fn train_from(
                     step + 1
                 ),
             };
-            for line in skipped.add(&batch) {
+            for line in tally(&mut skipped, &batch) {
                 log.say(&line)?;
             }
             micro_batches.push(batch);
@@ -348,7 +332,7 @@ pub fn train_from(
         progress.set_message(format!(
             "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
             out.loss,
-            skipped.progress_note()
+            progress_note(&skipped)
         ));
         progress.inc(1);
 
@@ -358,12 +342,12 @@ pub fn train_from(
             log.note(&format!(
                 "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{}",
                 out.loss,
-                skipped.progress_note()
+                progress_note(&skipped)
             ))?;
             log.record(json!({
                 "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
                 "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
-                "skipped": skipped.by_kind(),
+                "skipped": by_kind(&skipped),
             }))?;
         }
         // The checkpoint comes before the evaluation, so that nothing after it can cost it;
