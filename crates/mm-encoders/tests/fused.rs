@@ -162,6 +162,30 @@ fn layer_norm_matches_burn_forward_and_backward() {
     assert!(dparams <= 1e-4, "parameter gradients differ by {dparams}");
 }
 
+#[test]
+fn layer_norm_gradients_are_the_same_every_time() {
+    // The gain and bias gradients sum over rows in parallel; however the threads share the
+    // work, the sum must be the same to the bit, or trained weights differ between runs.
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    let device = Device::flex().autodiff();
+    let [rows, width] = [64 * 37 + 5, 128];
+    let norm = LayerNormConfig::new(width).init(&device);
+    let x = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 3.0), &device);
+    let upstream = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 1.0), &device);
+    let gamma_grad = |norm: &burn::nn::LayerNorm| {
+        let x = x.clone().detach().require_grad();
+        let out = mm_encoders::fused::layer_norm(norm, 1e-5, x);
+        let grads = (out * upstream.clone()).sum().backward();
+        let gamma: &Param<Tensor<1>> = &norm.gamma;
+        gamma.grad(&grads).unwrap().into_data()
+    };
+    let first = gamma_grad(&norm);
+    for _ in 0..30 {
+        assert_eq!(gamma_grad(&norm), first);
+    }
+}
+
 /// `x · W + b` against burn's matmul and add: output and all three gradients, for a row count
 /// that does not divide into the kernel's blocks, a transposed (strided) weight, and no bias.
 #[test]

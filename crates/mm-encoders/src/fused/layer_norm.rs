@@ -76,45 +76,44 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     );
     let width = gamma.len();
     let mut dx = Output::new(saved.x.layout().shape().clone());
-    let (dgamma, dbeta) = dx.data.spare_capacity_mut()[..xs.len()]
+    // One partial sum of the gain and bias gradients per block of ROWS rows, added in block
+    // order: a rayon fold would group blocks by how threads happened to steal work, and the
+    // float sums (so the trained weights) would differ from run to run.
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx.data.spare_capacity_mut()[..xs.len()]
         .par_chunks_mut(ROWS * width)
         .zip(xs.par_chunks(ROWS * width))
         .zip(dys.par_chunks(ROWS * width))
         .zip(stats.par_chunks(2 * ROWS))
-        .fold(
-            || (vec![0.0f32; width], vec![0.0f32; width]),
-            |(mut dgamma, mut dbeta), (((dx, xs), dys), stats)| {
-                for (r, dx) in dx.chunks_mut(width).enumerate() {
-                    let (x, dy) = (&xs[r * width..][..width], &dys[r * width..][..width]);
-                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                    // With xhat = (x - mean) * rstd and dxhat = dy * gamma:
-                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-                    let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
-                    for i in 0..width {
-                        let xhat = (x[i] - mean) * rstd;
-                        let dxhat = dy[i] * gamma[i];
-                        sum += dxhat;
-                        sum_xhat += dxhat * xhat;
-                        dgamma[i] += dy[i] * xhat;
-                        dbeta[i] += dy[i];
-                    }
-                    let (a, b) = (sum / width as f32, sum_xhat / width as f32);
-                    for i in 0..width {
-                        let xhat = (x[i] - mean) * rstd;
-                        dx[i].write(rstd * (dy[i] * gamma[i] - a - xhat * b));
-                    }
+        .map(|(((dx, xs), dys), stats)| {
+            let (mut dgamma, mut dbeta) = (vec![0.0f32; width], vec![0.0f32; width]);
+            for (r, dx) in dx.chunks_mut(width).enumerate() {
+                let (x, dy) = (&xs[r * width..][..width], &dys[r * width..][..width]);
+                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                // With xhat = (x - mean) * rstd and dxhat = dy * gamma:
+                // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+                let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
+                for i in 0..width {
+                    let xhat = (x[i] - mean) * rstd;
+                    let dxhat = dy[i] * gamma[i];
+                    sum += dxhat;
+                    sum_xhat += dxhat * xhat;
+                    dgamma[i] += dy[i] * xhat;
+                    dbeta[i] += dy[i];
                 }
-                (dgamma, dbeta)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; width], vec![0.0f32; width]),
-            |(mut g1, mut b1), (g2, b2)| {
-                g1.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
-                b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
-                (g1, b1)
-            },
-        );
+                let (a, b) = (sum / width as f32, sum_xhat / width as f32);
+                for i in 0..width {
+                    let xhat = (x[i] - mean) * rstd;
+                    dx[i].write(rstd * (dy[i] * gamma[i] - a - xhat * b));
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; width], vec![0.0f32; width]);
+    for (g, b) in partials {
+        dgamma.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+        dbeta.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    }
     let vector =
         |values: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(values, [width]));
     // SAFETY: every row of dx was written.
