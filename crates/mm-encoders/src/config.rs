@@ -8,18 +8,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::transformer::TransformerConfig;
-
-/// Non-linearity in the transformer MLPs (HF `hidden_act`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// `x * sigmoid(1.702 x)`, as in OpenAI's CLIP checkpoints.
-    #[default]
-    QuickGelu,
-    /// Exact (erf) GELU, as in most later CLIP-style models.
-    Gelu,
-}
+use crate::transformer::{Activation, TransformerConfig};
 
 fn default_layer_norm_eps() -> f64 {
     1e-5

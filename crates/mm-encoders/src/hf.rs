@@ -17,12 +17,11 @@ use burn::store::{
 use burn::tensor::{DType, Device, Shape, TensorData};
 use serde_json::{Value, json};
 
-use crate::config::{Activation, ClipConfig, ConfigError, TextConfig, VisionConfig};
+use crate::config::{ClipConfig, ConfigError, TextConfig, VisionConfig};
 use crate::model::ClipModel;
+use crate::transformer::Activation;
 
-/// HF's `eos_token_id` before transformers PR #24773. Configs that still carry it pool the text
-/// at the largest token id rather than at the first `eos_token_id` (see [`crate::eot_index`]).
-pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
+pub use crate::text::LEGACY_EOS_TOKEN_ID;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";

@@ -7,7 +7,6 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::TextConfig;
 use crate::fused;
-use crate::hf::LEGACY_EOS_TOKEN_ID;
 use crate::transformer::{Encoder, layer_norm, normal};
 use crate::vision::TowerOutput;
 
@@ -82,6 +81,10 @@ impl TextTransformer {
         }
     }
 }
+
+/// HF's `eos_token_id` before transformers PR #24773. Configs that still carry it pool the text
+/// at the largest token id rather than at the first `eos_token_id` (see [`eot_index`]).
+pub const LEGACY_EOS_TOKEN_ID: u32 = 2;
 
 /// The position whose features represent each row of `[batch, seq]` ids, as `[batch]`: the
 /// first `eos_token_id`, exactly as HF's `CLIPTextTransformer` does.

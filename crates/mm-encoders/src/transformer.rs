@@ -8,9 +8,20 @@ use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::config::Activation;
 use crate::fused;
+
+/// Non-linearity in the transformer MLPs (HF `hidden_act`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x * sigmoid(1.702 x)`, as in OpenAI's CLIP checkpoints.
+    #[default]
+    QuickGelu,
+    /// Exact (erf) GELU, as in most later CLIP-style models.
+    Gelu,
+}
 
 /// Shape of one tower's transformer; both towers build from this one config.
 #[derive(Config, Debug)]
