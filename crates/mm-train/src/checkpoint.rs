@@ -10,6 +10,7 @@
 //! [`load`] also reads Hugging Face CLIP directories, so every command that takes a
 //! checkpoint takes one of those too.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,10 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const STATE_FILE: &str = "state.json";
 const LATEST: &str = "latest";
+/// AdamW's moments, for exact resumption (burn's record of the optimiser).
+pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
+/// Each parameter's burn id by module path, which the optimiser record is keyed by.
+pub const PARAM_IDS_FILE: &str = "param_ids.json";
 
 /// What a checkpoint records beside the weights.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -102,11 +107,11 @@ impl CheckpointParts<'_> {
             self.tokenizer.to_json()?.as_bytes(),
         )?;
         if let Some(optimizer) = self.optimizer {
-            let path = dir.join(crate::resume::OPTIMIZER_FILE);
+            let path = dir.join(OPTIMIZER_FILE);
             optimizer
                 .save(&path)
                 .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-            crate::resume::write_param_ids(dir, self.model)?;
+            write_param_ids(dir, self.model)?;
         }
         write_synced(
             &dir.join(STATE_FILE),
@@ -311,6 +316,31 @@ pub fn step_dirs(root: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default();
     dirs.sort();
+    dirs
+}
+
+pub fn write_param_ids(dir: &Path, model: &ClipModel) -> Result<()> {
+    let path = dir.join(PARAM_IDS_FILE);
+    std::fs::write(
+        &path,
+        serde_json::to_string(&crate::param_path::param_ids(model))?,
+    )
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+pub fn read_param_ids(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let path = dir.join(PARAM_IDS_FILE);
+    let text = mm_data::regular_file::read_text(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid", path.display()))
+}
+
+/// Checkpoint directories of a run that could be resumed from, newest first: complete
+/// (`state.json` written last) and holding optimiser state.
+pub fn resumable(run_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = step_dirs(&run_dir.join("checkpoints"));
+    dirs.reverse();
+    dirs.retain(|d| d.join(STATE_FILE).exists() && d.join(OPTIMIZER_FILE).exists());
     dirs
 }
 

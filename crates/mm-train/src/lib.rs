@@ -15,7 +15,6 @@ pub mod optim;
 pub mod param_path;
 pub mod precision;
 pub mod report;
-pub mod resume;
 pub mod run;
 pub mod run_dir;
 pub mod start;

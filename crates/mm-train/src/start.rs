@@ -63,7 +63,7 @@ pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
     let candidates = if from.join(checkpoint::STATE_FILE).exists() {
         vec![from.to_path_buf()]
     } else {
-        crate::resume::candidates(from)
+        checkpoint::resumable(from)
     };
     if candidates.is_empty() {
         bail!(
@@ -99,9 +99,11 @@ fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
             );
         }
     }
-    let model = crate::resume::with_param_ids(ckpt.model, &crate::resume::read_param_ids(dir)?)?;
+    let ids = checkpoint::read_param_ids(dir)?;
+    let model = crate::param_path::with_param_ids(ckpt.model, &ids)
+        .with_context(|| format!("{}", dir.join(checkpoint::PARAM_IDS_FILE).display()))?;
     let mut learner = Learner::from_model(config, model);
-    let optimizer = dir.join(crate::resume::OPTIMIZER_FILE);
+    let optimizer = dir.join(checkpoint::OPTIMIZER_FILE);
     learner.optim = learner
         .optim
         .load(&optimizer)
