@@ -7,19 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use safetensors::SafeTensors;
-
 fn final_tensors(run: &Path, step: usize) -> Vec<(String, Vec<u8>)> {
-    let bytes =
-        std::fs::read(run.join(format!("checkpoints/step-{step:06}/model.safetensors"))).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().to_vec()))
-        .collect();
-    tensors.sort();
-    tensors
+    common::safetensors_tensors(&run.join(format!("checkpoints/step-{step:06}/model.safetensors")))
 }
 
 fn latest_step(run: &Path) -> Option<usize> {

@@ -223,17 +223,7 @@ fn every_command_runs_on_wgpu_as_on_flex() {
         let (ok, _, stderr) = common::mm_train(&args);
         assert!(ok, "{args:?}: {stderr}");
     }
-    let tensors = |file: std::path::PathBuf| {
-        let bytes = std::fs::read(file).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut all: Vec<(String, Vec<u8>)> = st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.data().to_vec()))
-            .collect();
-        all.sort();
-        all
-    };
+    let tensors = |file: std::path::PathBuf| common::safetensors_tensors(&file);
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     assert_eq!(
         tensors(

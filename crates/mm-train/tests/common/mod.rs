@@ -106,3 +106,18 @@ pub fn printed_probabilities(stdout: &str) -> Vec<f64> {
         .map(|l| l.trim().split('%').next().unwrap().trim().parse().unwrap())
         .collect()
 }
+
+/// Every tensor of a safetensors file as (name, raw bytes), sorted by name: equal lists mean
+/// bit-identical weights.
+#[allow(dead_code)]
+pub fn safetensors_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    tensors.sort();
+    tensors
+}
