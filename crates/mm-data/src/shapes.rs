@@ -10,6 +10,15 @@ use rand::{RngExt, SeedableRng};
 
 use crate::source::{ImageInput, ImageTextPair, PairSource, SampleError};
 
+/// Pictures [`ShapesDataset::sample`] has drawn in this process: how a test proves that a run
+/// on other data draws none (and so is never judged on the built-in task).
+static PICTURES_DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`PICTURES_DRAWN`].
+pub fn pictures_drawn() -> u64 {
+    PICTURES_DRAWN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The shapes drawn, in class order.
 pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "star", "hexagon", "cross"];
 
@@ -93,6 +102,7 @@ impl ShapesDataset {
 
     /// The `index`-th sample of `split`.
     pub fn sample(&self, split: Split, index: u64) -> ShapeSample {
+        PICTURES_DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut rng = StdRng::seed_from_u64(sample_seed(self.seed, split, index));
         let shape = rng.random_range(0..SHAPES.len());
         let color = rng.random_range(0..COLORS.len());

@@ -23,6 +23,7 @@ use mm_encoders::{ClipConfig, ClipModel, from_toml_str};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
+use crate::suite::Selection;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const MODEL_CONFIG_FILE: &str = "model.toml";
@@ -36,14 +37,18 @@ pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 pub const PARAM_IDS_FILE: &str = "param_ids.json";
 
 /// What a checkpoint records beside the weights.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Default, Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointState {
     pub step: usize,
     /// Training loss at `step` (none for imported weights).
     #[serde(default)]
     pub loss: Option<f32>,
-    #[serde(default)]
-    pub zero_shot_accuracy: Option<f64>,
+    /// The eval suites' metrics on these weights (`SUITE/METRIC`), once measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval: BTreeMap<String, f64>,
+    /// The metric that ranks the run's checkpoints (`[eval] select`): the best by it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_by: Option<String>,
     /// Where the weights came from when not from an mm run, e.g. an HF directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported_from: Option<String>,
@@ -230,16 +235,34 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Removes all but the newest `keep` step directories and the one with the best held-out
-/// zero-shot accuracy so far.
+/// Removes all but the newest `keep` step directories and the best one by the selected eval
+/// metric (that of the newest checkpoint that records one).
 fn prune(root: &Path, keep: usize) -> Result<()> {
     let steps = step_dirs(root);
-    let accuracy = |dir: &PathBuf| read_state(dir).ok()?.zero_shot_accuracy;
-    let best = steps
+    let scored: Vec<(PathBuf, CheckpointState)> = steps
         .iter()
-        .filter_map(|d| accuracy(d).map(|a| (a, d.clone())))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, d)| d);
+        .filter_map(|d| Some((d.clone(), read_state(d).ok()?)))
+        .collect();
+    let selection = scored
+        .iter()
+        .rev()
+        .find_map(|(_, s)| s.selected_by.clone())
+        .map(|metric| Selection { metric });
+    let mut best: Option<(f64, PathBuf)> = None;
+    if let Some(selection) = &selection {
+        for (dir, state) in &scored {
+            let Some(&value) = state.eval.get(&selection.metric) else {
+                continue;
+            };
+            if best
+                .as_ref()
+                .is_none_or(|(b, _)| selection.better(value, *b))
+            {
+                best = Some((value, dir.clone()));
+            }
+        }
+    }
+    let best = best.map(|(_, d)| d);
     let excess = steps.len().saturating_sub(keep);
     for old in &steps[..excess] {
         if Some(old) != best.as_ref() {
@@ -353,15 +376,26 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
         .with_context(|| format!("{}: invalid checkpoint state", path.display()))
 }
 
-/// Records the held-out accuracy measured on the weights of checkpoint `dir` after it was
-/// written (the checkpoint comes first, so that a failing evaluation never costs it).
-pub fn record_accuracy(dir: &Path, accuracy: f64) -> Result<()> {
+/// Records the eval metrics measured on the weights of checkpoint `dir` after it was written
+/// (the checkpoint comes first, so that a failing evaluation never costs it), and the metric
+/// that ranks checkpoints; then prunes as [`save`] does, now that `dir` may be the best.
+pub fn record_eval(
+    dir: &Path,
+    metrics: &[(String, f64)],
+    selection: Option<&Selection>,
+    keep: usize,
+) -> Result<()> {
     let mut state = read_state(dir)?;
-    state.zero_shot_accuracy = Some(accuracy);
+    state.eval = metrics.iter().cloned().collect();
+    state.selected_by = selection.map(|s| s.metric.clone());
     write_file_atomically(
         &dir.join(STATE_FILE),
         serde_json::to_string_pretty(&state)?.as_bytes(),
-    )
+    )?;
+    match dir.parent() {
+        Some(root) => prune(root, keep.max(1)),
+        None => Ok(()),
+    }
 }
 
 /// Takes the checkpoint at `step` out of the run when its weights produced a non-finite loss:
@@ -491,23 +525,17 @@ pub fn check_tokenizer_fits(
 mod tests {
     use super::*;
 
-    #[test]
-    fn pruning_keeps_the_newest_and_the_best() {
+    /// Step directories with `metric` at the given values, pruned to `keep`: what is left.
+    fn pruned(metric: &str, values: [(usize, Option<f64>); 4], keep: usize) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        for (step, accuracy) in [
-            (100, Some(0.2)),
-            (200, Some(0.5)),
-            (300, Some(0.3)),
-            (400, None),
-        ] {
+        for (step, value) in values {
             let step_dir = dir.path().join(format!("step-{step:06}"));
             fs::create_dir(&step_dir).unwrap();
             let state = CheckpointState {
                 step,
-                loss: Some(1.0),
-                zero_shot_accuracy: accuracy,
-                imported_from: None,
-                data_position: None,
+                eval: value.map(|v| (metric.to_string(), v)).into_iter().collect(),
+                selected_by: value.map(|_| metric.into()),
+                ..Default::default()
             };
             fs::write(
                 step_dir.join(STATE_FILE),
@@ -515,12 +543,44 @@ mod tests {
             )
             .unwrap();
         }
-        prune(dir.path(), 2).unwrap();
+        prune(dir.path(), keep).unwrap();
         let mut left: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["step-000200", "step-000300", "step-000400"]);
+        left
+    }
+
+    #[test]
+    fn pruning_keeps_the_best_by_a_loss_the_lowest() {
+        let values = [
+            (100, Some(2.0)),
+            (200, Some(0.5)),
+            (300, Some(0.3)),
+            (400, Some(0.9)),
+        ];
+        assert_eq!(
+            pruned("val/loss", values, 1),
+            ["step-000300", "step-000400"]
+        );
+        assert_eq!(
+            pruned("val/top1", values, 1),
+            ["step-000100", "step-000400"]
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_best() {
+        let values = [
+            (100, Some(0.2)),
+            (200, Some(0.5)),
+            (300, Some(0.3)),
+            (400, None),
+        ];
+        assert_eq!(
+            pruned("shapes/top1", values, 2),
+            ["step-000200", "step-000300", "step-000400"]
+        );
     }
 }

@@ -85,6 +85,10 @@ pub struct EvalArgs {
     /// CSV column with image paths (--labels-csv, --pairs).
     #[arg(long, default_value = "filepath")]
     pub csv_img_key: String,
+    /// Class names, one per line: names of the --folder class folders in sorted order, or
+    /// what --labels-csv labels are (names in it or 0-based indices into it).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
     /// CSV column with labels (--labels-csv).
     #[arg(long, default_value = "label")]
     pub csv_label_key: String,
@@ -96,7 +100,7 @@ pub struct EvalArgs {
     pub csv_separator: Option<String>,
     /// Held-out images of the built-in data (also the probe's training-set size), or the
     /// retrieval pairs read from --pairs.
-    #[arg(long, default_value_t = 960, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_HELDOUT_SAMPLES as u64))]
+    #[arg(long, default_value_t = 960, value_parser = clap::value_parser!(u64).range(1..=crate::suite::MAX_SUITE_SAMPLES as u64))]
     pub samples: u64,
     /// Seed of the built-in data (default: the checkpoint's run seed).
     #[arg(long)]
@@ -266,20 +270,34 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         mm_data::csv_separator(args.csv_separator.as_deref(), path)
             .map_err(|e| anyhow::anyhow!("--csv-separator {e}"))
     };
+    let limit = crate::suite::MAX_SUITE_SAMPLES;
+    let classes = args
+        .classes
+        .as_deref()
+        .map(crate::eval::LabelledImages::read_class_names)
+        .transpose()?;
     let data = match (&args.folder, &args.labels_csv) {
-        (Some(folder), _) => crate::eval::EvalData::Labelled {
-            set: crate::eval::LabelledImages::from_folder(folder)?,
-            name: folder.display().to_string(),
-        },
-        (None, Some(csv)) => crate::eval::EvalData::Labelled {
-            set: crate::eval::LabelledImages::from_csv(
-                csv,
-                &args.csv_img_key,
-                &args.csv_label_key,
-                separator(csv)?,
-            )?,
-            name: csv.display().to_string(),
-        },
+        (Some(folder), _) => {
+            let set = crate::eval::LabelledImages::from_folder(folder, limit)?;
+            crate::eval::EvalData::Labelled {
+                set: match classes {
+                    Some(names) => set.renamed(names)?,
+                    None => set,
+                },
+                name: folder.display().to_string(),
+            }
+        }
+        (None, Some(csv)) => {
+            let columns = mm_data::CsvColumns {
+                image: args.csv_img_key.clone(),
+                caption: args.csv_label_key.clone(),
+                separator: separator(csv)?,
+            };
+            crate::eval::EvalData::Labelled {
+                set: crate::eval::LabelledImages::from_csv(csv, &columns, classes, limit)?,
+                name: csv.display().to_string(),
+            }
+        }
         (None, None) => {
             // Held-out and probe-training images are generated and kept decoded.
             let image = 3 * (ckpt.model_config.vision.image_size as u64).pow(2);

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use mm_data::DataConfig;
 use mm_encoders::{ClipConfig, ConfigError, from_toml_str};
+
+pub use crate::suite::EvalConfig;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -119,40 +121,9 @@ fn default_keep() -> usize {
     3
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalConfig {
-    /// Held-out images classified in each zero-shot evaluation.
-    #[serde(default = "default_heldout")]
-    pub heldout_samples: usize,
-    /// Prompt templates; `{}` is replaced by the class name and the text embeddings of all
-    /// templates are averaged (OpenAI CLIP's prompt ensembling).
-    #[serde(default = "default_templates")]
-    pub templates: Vec<String>,
-}
-
-impl Default for EvalConfig {
-    fn default() -> Self {
-        Self {
-            heldout_samples: default_heldout(),
-            templates: default_templates(),
-        }
-    }
-}
-
-fn default_heldout() -> usize {
-    960
-}
-fn default_templates() -> Vec<String> {
-    vec!["a photo of a {}".into()]
-}
-
 /// Caps on run sizes: beyond them a value is a typo, not a plan.
 pub const MAX_STEPS: usize = 1 << 40;
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
-/// Held-out images are generated and kept decoded in memory for each evaluation.
-pub const MAX_HELDOUT_SAMPLES: usize = 100_000;
-pub const MAX_TEMPLATES: usize = 1000;
 
 /// The model shape: a named preset or an inline config.
 #[derive(Clone, Debug, PartialEq)]
@@ -302,22 +273,13 @@ impl TrainConfig {
             ("train.steps", self.train.steps, MAX_STEPS),
             ("train.batch_size", self.train.batch_size, MAX_BATCH_SIZE),
             ("train.accum_freq", self.train.accum_freq, MAX_BATCH_SIZE),
-            (
-                "eval.heldout_samples",
-                self.eval.heldout_samples,
-                MAX_HELDOUT_SAMPLES,
-            ),
-            ("eval.templates", self.eval.templates.len(), MAX_TEMPLATES),
         ] {
             if value > max {
                 return err(key, &format!("at most {max}, got {value}"));
             }
         }
-        if self.eval.heldout_samples == 0 {
-            return err(
-                "eval.heldout_samples",
-                "must be at least 1 (the held-out set that evaluation runs on)",
-            );
+        if let Err((key, message)) = self.eval.check(&self.data) {
+            return err(&key, &message);
         }
         for (key, value) in [
             ("optim.weight_decay", self.optim.weight_decay),
@@ -364,15 +326,6 @@ impl TrainConfig {
         {
             return err("optim.grad_clip_norm", "must be positive");
         }
-        if self.eval.templates.is_empty() {
-            return err("eval.templates", "needs at least one template");
-        }
-        if let Some(t) = self.eval.templates.iter().find(|t| !t.contains("{}")) {
-            return err(
-                "eval.templates",
-                &format!("template {t:?} has no `{{}}` for the class name"),
-            );
-        }
         if let Some(spec) = &self.model
             && self.device == "flex"
         {
@@ -381,7 +334,7 @@ impl TrainConfig {
                 batch_size: self.train.batch_size,
                 accum_freq: self.train.accum_freq,
                 prefetch: self.data.prefetch,
-                heldout_samples: self.eval.heldout_samples,
+                heldout_samples: self.eval.decoded_images(&self.data),
             };
             crate::memory::check_fits(
                 crate::memory::training_bytes(&model, &sizes),

@@ -48,32 +48,53 @@ impl LabelledImages {
     }
 
     /// A folder per class (`root/golden_retriever/*.jpg`; `_` reads as a space in the class
-    /// name), as torchvision's ImageFolder.
-    pub fn from_folder(root: &Path) -> Result<Self> {
-        let mut classes: Vec<_> = std::fs::read_dir(root)
-            .with_context(|| format!("reading {}", root.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        classes.sort();
+    /// name), as torchvision's ImageFolder. Beyond `limit` images, an evenly spaced `limit`
+    /// of them (every class keeps its share).
+    pub fn from_folder(root: &Path, limit: usize) -> Result<Self> {
+        let listing = |dir: &Path| -> Result<Vec<std::path::PathBuf>> {
+            let mut entries = Vec::new();
+            for entry in
+                std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?
+            {
+                entries.push(entry?.path());
+                if entries.len() > MAX_FOLDER_ENTRIES {
+                    bail!("{}: more than {MAX_FOLDER_ENTRIES} entries", dir.display());
+                }
+            }
+            entries.sort();
+            Ok(entries)
+        };
+        let classes: Vec<_> = listing(root)?.into_iter().filter(|p| p.is_dir()).collect();
         if classes.is_empty() {
             bail!("{}: no class folders", root.display());
         }
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         for (label, dir) in classes.iter().enumerate() {
-            let mut files: Vec<_> = std::fs::read_dir(dir)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
-            files.sort();
-            for file in files {
+            for file in listing(dir)?.into_iter().filter(|p| p.is_file()) {
                 images.push(ImageInput::File(file));
                 labels.push(label);
+                if images.len() > MAX_FOLDER_ENTRIES {
+                    bail!("{}: more than {MAX_FOLDER_ENTRIES} images", root.display());
+                }
             }
+        }
+        if images.is_empty() {
+            bail!("{}: no files in the class folders", root.display());
+        }
+        if images.len() > limit {
+            let total = images.len();
+            let keep: Vec<usize> = (0..limit).map(|i| i * total / limit).collect();
+            images = keep.iter().map(|&i| images[i].clone()).collect();
+            labels = keep.iter().map(|&i| labels[i]).collect();
         }
         let class_names = classes
             .iter()
-            .map(|d| d.file_name().unwrap().to_string_lossy().replace('_', " "))
+            .map(|d| {
+                d.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .replace('_', " ")
+            })
             .collect();
         Ok(Self {
             images,
@@ -81,57 +102,98 @@ impl LabelledImages {
             class_names,
         })
     }
-}
 
-impl LabelledImages {
-    /// A CSV/TSV of (image path, label) rows; paths relative to the file, classes in sorted
-    /// order of their labels.
-    pub fn from_csv(path: &Path, image_key: &str, label_key: &str, separator: u8) -> Result<Self> {
-        let file = mm_data::regular_file::open_regular(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(separator)
-            .from_reader(file);
-        let headers = reader.headers()?.clone();
-        let column = |key: &str| {
-            headers.iter().position(|h| h == key).with_context(|| {
-                format!(
-                    "{}: no column `{key}`; the header has {:?}",
-                    path.display(),
-                    headers.iter().collect::<Vec<_>>()
-                )
-            })
+    /// The first `limit` usable rows of a CSV/TSV of (image path, label) rows, read as
+    /// training reads a CSV (paths relative to the file; bad rows skipped). Labels are class
+    /// names; with `classes` (see [`Self::read_class_names`]) they are names in it or 0-based
+    /// indices into it, else the classes are the distinct labels, sorted.
+    pub fn from_csv(
+        path: &Path,
+        columns: &mm_data::CsvColumns,
+        classes: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Self> {
+        let rows = mm_data::CsvSource::open(path, columns)?
+            .filter_map(|row| row.ok())
+            .take(limit);
+        let (mut images, mut labels, mut names) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in rows {
+            let label = pair.caption;
+            if let Some(classes) = &classes {
+                let index = classes
+                    .iter()
+                    .position(|c| *c == label)
+                    .or_else(|| label.parse::<usize>().ok().filter(|&i| i < classes.len()))
+                    .with_context(|| {
+                        format!(
+                            "{}: label {label:?} is neither a class name nor an index below {}",
+                            pair.location,
+                            classes.len()
+                        )
+                    })?;
+                labels.push(index);
+            }
+            images.push(pair.image);
+            names.push(label);
+        }
+        if images.is_empty() {
+            bail!("{}: no usable rows", path.display());
+        }
+        let class_names = match classes {
+            Some(classes) => classes,
+            None => {
+                let mut classes = names.clone();
+                classes.sort();
+                classes.dedup();
+                labels = names
+                    .iter()
+                    .map(|l| classes.binary_search(l).expect("collected above"))
+                    .collect();
+                classes
+            }
         };
-        let (image_col, label_col) = (column(image_key)?, column(label_key)?);
-        let base = path.parent().unwrap_or(Path::new(""));
-        let mut rows = Vec::new();
-        for (i, record) in reader.records().enumerate() {
-            let record = record.with_context(|| format!("{} row {}", path.display(), i + 1))?;
-            let field = |c: usize| record.get(c).unwrap_or("").trim().to_string();
-            rows.push((base.join(field(image_col)), field(label_col)));
-        }
-        let mut class_names: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
-        class_names.sort();
-        class_names.dedup();
-        if class_names.is_empty() {
-            bail!("{}: no rows", path.display());
-        }
-        let (images, labels) = rows
-            .into_iter()
-            .map(|(p, l)| {
-                (
-                    ImageInput::File(p),
-                    class_names.binary_search(&l).expect("collected above"),
-                )
-            })
-            .unzip();
         Ok(Self {
             images,
             labels,
             class_names,
         })
     }
+
+    /// Class names from a text file, one per line (blank lines ignored).
+    pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
+        let text = mm_data::regular_file::read_text(path)
+            .with_context(|| format!("reading class names from {}", path.display()))?;
+        let names: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if names.is_empty() {
+            bail!("{}: no class names", path.display());
+        }
+        Ok(names)
+    }
+
+    /// The same set with its classes named by `names` (one per class, in class order), as
+    /// ImageNet's folders of ids are named by a class list.
+    pub fn renamed(self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.class_names.len() {
+            bail!(
+                "{} class names for {} class folders",
+                names.len(),
+                self.class_names.len()
+            );
+        }
+        Ok(Self {
+            class_names: names,
+            ..self
+        })
+    }
 }
+
+/// Entries listed from one folder of a labelled set.
+const MAX_FOLDER_ENTRIES: usize = 10_000_000;
 
 /// Image-caption pairs for retrieval.
 pub struct PairedSet {

@@ -26,11 +26,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         model,
         tokenizer,
         state: CheckpointState {
-            step: 0,
-            loss: None,
-            zero_shot_accuracy: None,
             imported_from: Some(dir.display().to_string()),
-            data_position: None,
+            ..Default::default()
         },
     })
 }

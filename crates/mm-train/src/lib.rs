@@ -18,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod run_dir;
 pub mod start;
+pub mod suite;
 pub mod task;
 pub mod zero_shot;
 

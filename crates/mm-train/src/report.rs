@@ -1,7 +1,7 @@
 //! `mm-train report RUN_DIR`: a self-contained HTML page (inline SVG charts, inline PNG
 //! thumbnails) to look at a run instead of reading its logs: loss, learning rate, temperature
-//! and throughput curves, held-out zero-shot accuracy over steps, the latest `eval.json`, and a
-//! retrieval gallery on held-out pictures of the built-in data.
+//! and throughput curves, the run's eval suites (latest values, headline metric over steps),
+//! the latest `eval.json`, and a retrieval gallery on the run's own held-out pairs.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,18 +9,23 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use burn::tensor::Device;
-use mm_data::{ShapesDataset, Split};
+use mm_data::{ImageInput, ImageLimits, decode_input};
 use plotters::prelude::*;
 use serde_json::Value;
 
 use crate::checkpoint;
-use crate::eval::{LabelledImages, encode_images, encode_texts};
+use crate::eval::{encode_images, encode_texts};
+use crate::suite::{Suite, SuiteInputs, load_suites};
 
-/// One metric over steps, from metrics.jsonl.
-fn series(records: &[Value], key: &str) -> Vec<(f64, f64)> {
+/// One metric over steps, from metrics.jsonl (`group`: the record's object holding it, as
+/// `eval`, or none for top-level training metrics).
+fn series(records: &[Value], group: Option<&str>, key: &str) -> Vec<(f64, f64)> {
     records
         .iter()
-        .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+        .filter_map(|r| {
+            let holder = group.map_or(r, |g| &r[g]);
+            Some((r["step"].as_f64()?, holder[key].as_f64()?))
+        })
         .collect()
 }
 
@@ -67,15 +72,24 @@ fn chart(title: &str, points: &[(f64, f64)], color: &RGBColor) -> Result<String>
     Ok(svg)
 }
 
-/// An RGB image as an inline PNG, scaled up `zoom` times (nearest neighbour: small pictures
-/// stay sharp).
-fn thumbnail(image: &image::RgbImage, zoom: u32) -> Result<String> {
-    let big = image::imageops::resize(
-        image,
-        image.width() * zoom,
-        image.height() * zoom,
-        image::imageops::FilterType::Nearest,
-    );
+/// Thumbnails fit a square of this many pixels.
+const THUMBNAIL: u32 = 96;
+
+/// An image as an inline PNG fitting [`THUMBNAIL`] pixels; small pictures are scaled up by a
+/// whole factor with nearest neighbour so that they stay sharp.
+fn thumbnail(image: &image::DynamicImage) -> Result<String> {
+    let image = image.to_rgb8();
+    let side = image.width().max(image.height()).max(1);
+    let (width, height, filter) = if side < THUMBNAIL {
+        let zoom = THUMBNAIL / side;
+        let filter = image::imageops::FilterType::Nearest;
+        (image.width() * zoom, image.height() * zoom, filter)
+    } else {
+        let fit = |d: u32| ((d as u64 * THUMBNAIL as u64 / side as u64) as u32).max(1);
+        let filter = image::imageops::FilterType::Triangle;
+        (fit(image.width()), fit(image.height()), filter)
+    };
+    let big = image::imageops::resize(&image, width, height, filter);
     let mut png = Vec::new();
     big.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
     Ok(format!(
@@ -91,24 +105,25 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Retrieval on `n` held-out pictures of the built-in data: a few images with their top-3
+/// Retrieval among the first `n` held-out pairs of `suite`: a few images with their top-3
 /// captions, and a few captions with their top-3 images. The true match is marked.
-fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
+fn gallery(ckpt: &crate::Checkpoint, suite: &Suite, n: usize) -> Result<String> {
     let size = ckpt.model_config.vision.image_size;
-    let shapes = ShapesDataset::new(seed, size as u32);
-    let set = LabelledImages::shapes(&shapes, Split::HeldOut, n);
-    let samples: Vec<_> = (0..n as u64)
-        .map(|i| shapes.sample(Split::HeldOut, i))
-        .collect();
-    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-    let images = encode_images(&ckpt.model, &set.images, size)?.embeddings;
+    let pairs = suite.gallery_pairs(n);
+    let inputs: Vec<ImageInput> = pairs.iter().map(|(image, _)| image.clone()).collect();
+    let encoded = encode_images(&ckpt.model, &inputs, size)?;
+    let captions: Vec<String> =
+        encoded.select(&pairs.iter().map(|p| p.1.clone()).collect::<Vec<_>>());
+    let pictures: Vec<ImageInput> = encoded.select(&inputs);
+    let n = captions.len();
     let texts = encode_texts(
         &ckpt.model,
         &ckpt.tokenizer,
         &captions,
         ckpt.model_config.text.context_length,
     )?;
-    let scores = images
+    let scores = encoded
+        .embeddings
         .matmul(texts.transpose())
         .into_data()
         .try_into_vec_as::<f32>()
@@ -119,17 +134,19 @@ fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
         order.truncate(3);
         order
     };
-    let zoom = (96 / size as u32).max(1);
+    let picture = |i: usize| -> Result<String> {
+        let location = format!("{} pair {i}", suite.name);
+        let image = decode_input(&pictures[i], &location, ImageLimits::default())?;
+        thumbnail(&image)
+    };
     let mut html = format!(
-        "<h2>Retrieval gallery</h2><p>{n} held-out pictures of the built-in data and their captions; ✔ marks the true match.</p><h3>Image → text</h3><table>"
+        "<h2>Retrieval gallery</h2><p>Eval suite <code>{}</code>: {}; among its first {n} pairs; ✔ marks the true match.</p><h3>Image → text</h3><table>",
+        escape(&suite.name),
+        escape(&suite.description)
     );
     for q in 0..4.min(n) {
         let hits = top(scores[q * n..(q + 1) * n].to_vec());
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td><ol>",
-            thumbnail(&samples[q].image, zoom)?
-        );
+        let _ = write!(html, "<tr><td>{}</td><td><ol>", picture(q)?);
         for h in hits {
             let mark = if h == q { " ✔" } else { "" };
             let _ = write!(html, "<li>{}{mark}</li>", escape(&captions[h]));
@@ -146,15 +163,66 @@ fn gallery(ckpt: &crate::Checkpoint, seed: u64, n: usize) -> Result<String> {
         );
         for h in top(column) {
             let mark = if h == q { "✔" } else { "" };
-            let _ = write!(
-                html,
-                "<td>{}<br>{mark}</td>",
-                thumbnail(&samples[h].image, zoom)?
-            );
+            let _ = write!(html, "<td>{}<br>{mark}</td>", picture(h)?);
         }
         html += "</tr>";
     }
     html += "</table>";
+    Ok(html)
+}
+
+/// The eval suites' section: each suite's metrics at the last evaluation, and a chart of each
+/// suite's headline metric over steps.
+fn suites_section(
+    records: &[Value],
+    configs: &[crate::suite::SuiteConfig],
+    suites: &[Suite],
+    selected: Option<&str>,
+) -> Result<String> {
+    let mut html = String::from("<h2>Eval suites</h2>");
+    if configs.is_empty() {
+        html += "<p>This run has no eval suites (<code>[[eval.suites]]</code>).</p>";
+        return Ok(html);
+    }
+    if let Some(metric) = selected {
+        let _ = write!(
+            html,
+            "<p>The best checkpoint is kept by <code>{}</code>.</p>",
+            escape(metric)
+        );
+    }
+    let last = records.iter().rev().find(|r| r["eval"].is_object());
+    let mut charts = String::from("<div class=\"charts\">");
+    for (config, suite) in configs.iter().zip(suites) {
+        let name = config.name();
+        let _ = write!(
+            html,
+            "<h3>{}</h3><p>{}</p><table><tr>",
+            escape(name),
+            escape(&suite.description)
+        );
+        for metric in config.metrics() {
+            let _ = write!(html, "<th>{metric}</th>");
+        }
+        html += "</tr><tr>";
+        for metric in config.metrics() {
+            let value = last.and_then(|r| r["eval"][format!("{name}/{metric}")].as_f64());
+            let cell = match value {
+                None => "–".to_string(),
+                Some(v) if *metric == "loss" => format!("{v:.4}"),
+                Some(v) => format!("{:.1}%", 100.0 * v),
+            };
+            let _ = write!(html, "<td>{cell}</td>");
+        }
+        html += "</tr></table>";
+        let headline = format!("{name}/{}", config.metrics()[0]);
+        let points = series(records, Some("eval"), &headline);
+        if !points.is_empty() {
+            charts += &chart(&headline, &points, &GREEN)?;
+        }
+    }
+    html += &charts;
+    html += "</div>";
     Ok(html)
 }
 
@@ -198,7 +266,21 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         bail!("{}: no metrics yet", metrics_path.display());
     }
     let ckpt = checkpoint::load(run_dir, device)?;
-    let seed = ckpt.train_config.as_ref().map_or(0, |c| c.seed);
+    let config = ckpt
+        .train_config
+        .clone()
+        .with_context(|| format!("{}: no training config", ckpt.dir.display()))?;
+    let configs = config.eval.suites_for(&config.data);
+    let suites = load_suites(
+        &configs,
+        &SuiteInputs {
+            eval: &config.eval,
+            data: &config.data,
+            seed: config.seed,
+            image_size: ckpt.model_config.vision.image_size,
+        },
+    )?;
+    let selected = config.eval.selection(&configs).map(|s| s.metric);
 
     let mut html = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mm run report</title><style>\
@@ -217,18 +299,18 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
     html += "<h2>Training</h2><div class=\"charts\">";
     for (key, title, color) in [
         ("loss", "loss", BLUE),
-        ("zero_shot_top1", "held-out zero-shot top-1", GREEN),
         ("lr", "learning rate", RED),
         ("logit_scale", "logit scale (log of 1/temperature)", MAGENTA),
         ("grad_norm", "gradient norm", CYAN),
         ("samples_per_sec", "samples/s", BLACK),
     ] {
-        let points = series(&records, key);
+        let points = series(&records, None, key);
         if !points.is_empty() {
             html += &chart(title, &points, &color)?;
         }
     }
     html += "</div>";
+    html += &suites_section(&records, &configs, &suites, selected.as_deref())?;
 
     for note in &skipped {
         let _ = write!(html, "<p><em>{}</em></p>", escape(note));
@@ -273,7 +355,12 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
             html += "<h2>Evaluation</h2><p>No eval.json yet: run <code>mm-train eval --checkpoint RUN_DIR</code>.</p>"
         }
     }
-    html += &gallery(&ckpt, seed, 200)?;
+    match suites.iter().find(|s| !s.gallery_pairs(1).is_empty()) {
+        Some(suite) => html += &gallery(&ckpt, suite, 200)?,
+        None => {
+            html += "<h2>Retrieval gallery</h2><p>No eval suite of this run has image-caption pairs.</p>"
+        }
+    }
     html += "</body></html>\n";
 
     let out = run_dir.join("report.html");

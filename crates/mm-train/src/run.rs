@@ -9,20 +9,24 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
-use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, ShapesDataset, SkipCounts, Split};
+use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SkipCounts};
 use mm_encoders::ClipModel;
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointParts, CheckpointState};
 use crate::config::TrainConfig;
-use crate::eval::{
-    LabelledImages, RetrievalReport, ZeroShotReport, encode_images, encode_texts, retrieval,
-    zero_shot,
-};
 use crate::learner::NonFinite;
 use crate::optim::learning_rate;
 use crate::run_dir::RunDirLock;
 use crate::start::{Resumed, StartingPoint, resume_point, starting_point};
+use crate::suite::{Measurement, SuiteInputs, load_suites};
+
+impl TrainReport {
+    /// A metric of the last evaluation, e.g. `shapes/top1`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.eval.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+}
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -30,8 +34,8 @@ pub struct TrainReport {
     pub steps: usize,
     /// Loss of every step this call ran, in order.
     pub losses: Vec<f32>,
-    pub zero_shot_accuracy: f64,
-    pub chance_accuracy: f64,
+    /// The last evaluation's metrics (`SUITE/METRIC`), in suite order; empty without suites.
+    pub eval: Vec<(String, f64)>,
     pub samples_per_sec: f64,
     pub wall_seconds: f64,
     pub checkpoint: PathBuf,
@@ -117,14 +121,14 @@ impl RunLog {
     }
 
     /// A JSON line in metrics.jsonl, and its numbers as TensorBoard scalars at its `step`:
-    /// `train/loss`, `train/lr`, ..., `eval/zero_shot_top1`, `data/skipped/<kind>`.
+    /// `train/loss`, `train/lr`, ..., `eval/<suite>/<metric>`, `data/skipped/<kind>`.
     fn record(&mut self, value: serde_json::Value) -> Result<()> {
         writeln!(self.metrics, "{value}")?;
         let step = value["step"].as_u64().unwrap_or(0) as usize;
         for (key, field) in value.as_object().into_iter().flatten() {
             let group = match key.as_str() {
                 "step" => continue,
-                k if k.starts_with("zero_shot") || k.starts_with("retrieval") => "eval",
+                "eval" => "eval",
                 "skipped" => "data/skipped",
                 _ => "train",
             };
@@ -218,8 +222,6 @@ pub fn train_from(
         config.train.batch_size,
         config.data.prefetch,
     );
-    // The held-out zero-shot task of the built-in data (eval suites for other data: issue 6).
-    let dataset = ShapesDataset::new(config.seed, image_size as u32);
 
     let progress = if show_progress {
         ProgressBar::new(steps as u64)
@@ -249,36 +251,47 @@ pub fn train_from(
         run_dir.display()
     ))?;
 
-    // Periodic evaluation on held-out pictures of the built-in data: zero-shot and retrieval
-    // (the full suites, with a linear probe, are `mm-train eval`).
-    let heldout = config.eval.heldout_samples;
-    let heldout_set = LabelledImages::shapes(&dataset, Split::HeldOut, heldout);
-    let heldout_captions: Vec<String> = (0..heldout as u64)
-        .map(|i| dataset.sample(Split::HeldOut, i).caption)
-        .collect();
-    let chance = 1.0 / heldout_set.class_names.len() as f64;
-    let evaluate = |model: &ClipModel| -> Result<(ZeroShotReport, RetrievalReport)> {
+    // The eval suites, their data read once; the shapes suite only when so configured or
+    // when training on the built-in data.
+    let suite_configs = config.eval.suites_for(&config.data);
+    let selection = config.eval.selection(&suite_configs);
+    let suites = load_suites(
+        &suite_configs,
+        &SuiteInputs {
+            eval: &config.eval,
+            data: &config.data,
+            seed: config.seed,
+            image_size,
+        },
+    )?;
+    for suite in &suites {
+        log.say(&format!("eval suite {}: {}", suite.name, suite.description))?;
+    }
+    match &selection {
+        Some(selection) => log.say(&format!(
+            "keeping the best checkpoint by {}",
+            selection.describe()
+        ))?,
+        None => log.say(
+            "no eval suites (add [[eval.suites]] to measure held-out data): checkpoints are kept by age only",
+        )?,
+    }
+    let ctx = model_config.text.context_length;
+    let loss_batch = config.train.batch_size * config.train.accum_freq;
+    let evaluate = |model: &ClipModel| -> Result<Vec<Measurement>> {
         let model = model.valid();
-        let ctx = model_config.text.context_length;
-        let images = encode_images(&model, &heldout_set.images, image_size)?.embeddings;
-        let texts = encode_texts(&model, &tokenizer, &heldout_captions, ctx)?;
-        let zs = zero_shot(
-            &model,
-            &tokenizer,
-            ctx,
-            images.clone(),
-            &heldout_set.class_names,
-            &heldout_set.labels,
-            &config.eval.templates,
-        )?;
-        Ok((zs, retrieval(images, texts)?))
+        suites
+            .iter()
+            .map(|suite| suite.measure(&model, &tokenizer, ctx, config.objective, loss_batch))
+            .collect()
     };
+    let mut best: Option<f64> = None;
 
     let start = Instant::now();
     let mut train_seconds = 0.0;
     let mut losses = Vec::with_capacity(steps - first_step);
     let mut last_checkpoint = None;
-    let mut accuracy = None;
+    let mut last_eval = Vec::new();
     let mut skipped = SkipCounts::new(REPORTED_PER_KIND);
     for step in first_step..steps {
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
@@ -356,9 +369,8 @@ pub fn train_from(
             let state = CheckpointState {
                 step: done,
                 loss: Some(out.loss),
-                zero_shot_accuracy: None,
-                imported_from: None,
                 data_position: Some(batch.stream_position),
+                ..Default::default()
             };
             let parts = CheckpointParts {
                 model: &learner.model,
@@ -375,25 +387,39 @@ pub fn train_from(
         } else {
             None
         };
-        if every(config.train.eval_every) || done == steps {
-            let (zs, ret) = evaluate(&learner.model)?;
-            accuracy = Some(zs.top1);
+        if !suites.is_empty() && (every(config.train.eval_every) || done == steps) {
+            let measured = evaluate(&learner.model)?;
+            let metrics: Vec<(String, f64)> =
+                measured.iter().flat_map(|m| m.metrics.clone()).collect();
             if let Some(dir) = &checkpointed {
-                checkpoint::record_accuracy(dir, zs.top1)?;
+                checkpoint::record_eval(
+                    dir,
+                    &metrics,
+                    selection.as_ref(),
+                    config.train.keep_checkpoints,
+                )?;
             }
-            log.say(&format!(
-                "step {done}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%",
-                100.0 * zs.top1,
-                100.0 * chance,
-                100.0 * zs.top5,
-                100.0 * ret.image_to_text.r1,
-                100.0 * ret.text_to_image.r1
-            ))?;
-            log.record(json!({
-                "step": done, "zero_shot_top1": zs.top1, "zero_shot_top5": zs.top5,
-                "retrieval_image_to_text_r1": ret.image_to_text.r1,
-                "retrieval_text_to_image_r1": ret.text_to_image.r1,
-            }))?;
+            for m in &measured {
+                log.say(&format!("step {done}: {}", m.summary))?;
+            }
+            if let Some(selection) = &selection {
+                let value = metrics
+                    .iter()
+                    .find(|(n, _)| *n == selection.metric)
+                    .map(|&(_, v)| v)
+                    .with_context(|| format!("no metric {}", selection.metric))?;
+                if best.is_none_or(|b| selection.better(value, b)) {
+                    best = Some(value);
+                    log.note(&format!(
+                        "step {done}: best {} so far: {value:.4}",
+                        selection.metric
+                    ))?;
+                }
+            }
+            let values: serde_json::Map<String, serde_json::Value> =
+                metrics.iter().map(|(n, v)| (n.clone(), json!(v))).collect();
+            log.record(json!({"step": done, "eval": values}))?;
+            last_eval = metrics;
         }
     }
     progress.finish_and_clear();
@@ -403,7 +429,7 @@ pub fn train_from(
         // Resumed from the final checkpoint: nothing was left to do.
         None => {
             let dir = checkpoint::resolve(run_dir)?;
-            accuracy = checkpoint::read_state(&dir)?.zero_shot_accuracy;
+            last_eval = checkpoint::read_state(&dir)?.eval.into_iter().collect();
             log.say(&format!(
                 "the run already finished at step {steps} ({}); nothing to do (raise --steps to train longer)",
                 dir.display()
@@ -414,8 +440,7 @@ pub fn train_from(
     let report = TrainReport {
         steps,
         losses,
-        zero_shot_accuracy: accuracy.unwrap_or_default(),
-        chance_accuracy: chance,
+        eval: last_eval,
         samples_per_sec: ((steps - first_step) * config.train.batch_size * config.train.accum_freq)
             as f64
             / train_seconds.max(1e-9),
@@ -423,11 +448,13 @@ pub fn train_from(
         checkpoint,
     };
     if first_step < steps {
+        let selected = selection
+            .as_ref()
+            .and_then(|s| Some((s, report.metric(&s.metric)?)))
+            .map_or(String::new(), |(s, v)| format!("; {} {v:.4}", s.metric));
         log.say(&format!(
-            "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps); zero-shot top-1 {:.1}% vs chance {:.1}%; checkpoint {}",
+            "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps){selected}; checkpoint {}",
             report.samples_per_sec,
-            100.0 * report.zero_shot_accuracy,
-            100.0 * report.chance_accuracy,
             report.checkpoint.display()
         ))?;
     }

@@ -217,8 +217,13 @@ fn report_renders_curves_eval_and_a_gallery() {
         html.contains("No eval.json yet"),
         "eval section before `mm-train eval`"
     );
-    assert_eq!(html.matches("<svg").count(), 6, "six charts");
-    assert!(html.contains("held-out zero-shot top-1"));
+    assert_eq!(
+        html.matches("<svg").count(),
+        6,
+        "five training charts, one per suite"
+    );
+    assert!(html.contains("<h3>shapes</h3>"), "the default suite");
+    assert!(html.contains("shapes/top1"));
     assert_eq!(
         html.matches("data:image/png;base64,").count(),
         4 + 3 * 3,

@@ -272,6 +272,80 @@ fn values_that_would_panic_are_config_errors_naming_the_key() {
     s.finish();
 }
 
+/// The tiny config with `suites` appended after its `[eval]` table (the last one).
+fn with_suites(text: String, suites: &str) -> String {
+    format!("{text}\n{suites}\n")
+}
+
+#[test]
+fn eval_suite_mistakes_are_config_errors_naming_the_key() {
+    let s = Scratch::new(|_| {});
+    let cases: [ConfigCase; 8] = [
+        (
+            "kind.toml",
+            |t| with_suites(t, "[[eval.suites]]\nkind = \"imagenet\"\nname = \"x\""),
+            &["eval.suites", "imagenet"],
+        ),
+        (
+            "field.toml",
+            |t| with_suites(t, "[[eval.suites]]\nkind = \"shapes\"\nsample = 3"),
+            &["eval.suites", "sample"],
+        ),
+        (
+            "twice.toml",
+            |t| {
+                with_suites(
+                    t,
+                    "[[eval.suites]]\nkind = \"shapes\"\n[[eval.suites]]\nkind = \"shapes\"",
+                )
+            },
+            &["eval.suites[1].name", "names two suites"],
+        ),
+        (
+            "select.toml",
+            |t| set(t, "eval", "select = \"shapes/accuracy\""),
+            &["eval.select", "shapes/accuracy", "shapes/top1"],
+        ),
+        (
+            "pairs.toml",
+            |t| {
+                with_suites(
+                    t,
+                    "[[eval.suites]]\nkind = \"pairs\"\nname = \"val\"\nsource = \"shapes\"\npath = \"x\"",
+                )
+            },
+            &["eval.suites[0].source", "kind = \"shapes\""],
+        ),
+        (
+            "braces.toml",
+            |t| {
+                with_suites(
+                    t,
+                    "[[eval.suites]]\nkind = \"pairs\"\nname = \"val\"\nsource = \"webdataset\"\npath = \"{0..99999999}.tar\"",
+                )
+            },
+            &["eval.suites[0].path"],
+        ),
+        (
+            "template.toml",
+            |t| {
+                with_suites(
+                    t,
+                    "[[eval.suites]]\nkind = \"zero_shot\"\nname = \"cls\"\nsource = \"csv\"\npath = \"l.csv\"\ntemplates = [\"a photo\"]",
+                )
+            },
+            &["eval.suites[0].templates", "{}"],
+        ),
+        (
+            "samples.toml",
+            |t| with_suites(t, "[[eval.suites]]\nkind = \"shapes\"\nsamples = 0"),
+            &["eval.suites[0].samples", "at least 1"],
+        ),
+    ];
+    assert_refused(&s, cases);
+    s.finish();
+}
+
 #[test]
 fn eval_fails_after_the_final_checkpoint_never_before_it() {
     // A run whose last step both checkpoints and evaluates keeps its checkpoint, with the
@@ -285,7 +359,8 @@ fn eval_fails_after_the_final_checkpoint_never_before_it() {
         &std::fs::read_to_string(s.path().join("run/checkpoints/step-000004/state.json")).unwrap(),
     )
     .unwrap();
-    assert!(state["zero_shot_accuracy"].is_number(), "{state}");
+    assert!(state["eval"]["shapes/top1"].is_number(), "{state}");
+    assert_eq!(state["selected_by"], "shapes/top1");
 
     // Resuming a finished run has nothing to do; a checkpoint past train.steps is refused.
     let out = s.run(&["--config", &config, "--resume", "latest", "--no-progress"]);

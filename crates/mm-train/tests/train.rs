@@ -59,7 +59,8 @@ fn a_tiny_run_lowers_the_loss_and_checkpoints() {
     let bytes = std::fs::read(&events[0]).unwrap();
     let count = |tag: &[u8]| bytes.windows(tag.len()).filter(|w| *w == tag).count();
     assert_eq!(count(b"train/loss"), 16);
-    assert!(count(b"eval/zero_shot_top1") >= 1);
+    assert!(count(b"eval/shapes/top1") >= 1);
+    assert!(count(b"eval/shapes/loss") >= 1);
     let first_record = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     assert!(bytes.len() > 16 + first_record, "not TFRecord-framed");
 }

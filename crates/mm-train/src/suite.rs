@@ -1,0 +1,687 @@
+//! Evaluation suites (`[[eval.suites]]`): what a run measures periodically and at its end, and
+//! the metric that keeps its best checkpoint (`[eval] select`). A suite is zero-shot
+//! classification on a labelled set, retrieval and validation loss on held-out image-caption
+//! pairs, or the built-in shapes task, which is the default only when training on the built-in
+//! data: a run on your own data is never judged on generated pictures.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Tensor;
+use mm_data::{ClipTokenizer, DataConfig, Paths, ShapesDataset, SourceKind, Split};
+use mm_encoders::ClipModel;
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{
+    LabelledImages, PairedSet, RetrievalReport, encode_images, encode_texts, retrieval, zero_shot,
+};
+use crate::task::Objective;
+
+/// Images of one suite: each is kept (decoded for the built-in set, encoded otherwise) for the
+/// whole run.
+pub const MAX_SUITE_SAMPLES: usize = 100_000;
+pub const MAX_SUITES: usize = 64;
+pub const MAX_TEMPLATES: usize = 1000;
+
+/// `[eval]`: the suites a run measures and the metric that ranks its checkpoints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Held-out images of the built-in shapes suite (when a `shapes` suite does not say).
+    #[serde(default = "default_heldout")]
+    pub heldout_samples: usize,
+    /// Prompt templates of zero-shot suites that give none; `{}` is replaced by the class name
+    /// and the text embeddings of all templates are averaged (OpenAI CLIP's prompt ensembling).
+    #[serde(default = "default_templates")]
+    pub templates: Vec<String>,
+    /// The suites, in the order they run. None given: the built-in `shapes` suite when the
+    /// data is the built-in set, no suite otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suites: Vec<SuiteConfig>,
+    /// `SUITE/METRIC` whose best value keeps its checkpoint from pruning (default: the first
+    /// suite's headline metric: `top1` of a classification suite, `loss` of a pairs suite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select: Option<String>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            heldout_samples: default_heldout(),
+            templates: default_templates(),
+            suites: Vec::new(),
+            select: None,
+        }
+    }
+}
+
+fn default_heldout() -> usize {
+    960
+}
+fn default_templates() -> Vec<String> {
+    vec!["a photo of a {}".into()]
+}
+
+/// One `[[eval.suites]]` table; `kind` says which.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SuiteConfig {
+    /// The built-in data's held-out split: zero-shot over its 48 colour x shape classes,
+    /// retrieval and loss on its captions.
+    Shapes(ShapesSuite),
+    /// Zero-shot classification of a labelled set: a folder per class, or a CSV/TSV with image
+    /// and label columns.
+    ZeroShot(LabelledSuite),
+    /// Retrieval (R@1/5/10 both ways) and validation loss on the first `samples` usable pairs
+    /// of any source kind (shards, CSV, folder), as open_clip's `--val-data`.
+    Pairs(PairsSuite),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShapesSuite {
+    #[serde(default = "shapes_name")]
+    pub name: String,
+    /// Held-out images (default: `eval.heldout_samples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+}
+
+fn shapes_name() -> String {
+    "shapes".into()
+}
+
+/// Where a labelled set's labels come from.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelledSource {
+    /// `path/<class name>/*.jpg` (`_` reads as a space), as torchvision's ImageFolder.
+    Folder,
+    /// A CSV/TSV file with an image-path column and a label column.
+    Csv,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LabelledSuite {
+    pub name: String,
+    pub source: LabelledSource,
+    pub path: PathBuf,
+    #[serde(default = "default_img_key")]
+    pub csv_img_key: String,
+    #[serde(default = "default_label_key")]
+    pub csv_label_key: String,
+    /// One ASCII character; by default `,` for `.csv` and tab otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv_separator: Option<String>,
+    /// A text file of class names, one per line: labels are 0-based indices into it or names
+    /// in it (default: the distinct labels, sorted, or the folder names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<PathBuf>,
+    /// Prompt templates (default: `eval.templates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<Vec<String>>,
+    /// Classify the first N images only (default: all of them, at most 100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PairsSuite {
+    pub name: String,
+    /// `webdataset`, `csv` or `folder`, read as `[data]` reads them (in order, unshuffled).
+    pub source: SourceKind,
+    pub path: Paths,
+    #[serde(default = "default_img_key")]
+    pub csv_img_key: String,
+    #[serde(default = "default_caption_key")]
+    pub csv_caption_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv_separator: Option<String>,
+    /// Pairs used: the first N usable ones.
+    #[serde(default = "default_pairs")]
+    pub samples: usize,
+}
+
+fn default_img_key() -> String {
+    "filepath".into()
+}
+fn default_label_key() -> String {
+    "label".into()
+}
+fn default_caption_key() -> String {
+    "title".into()
+}
+fn default_pairs() -> usize {
+    1000
+}
+
+impl SuiteConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Shapes(s) => &s.name,
+            Self::ZeroShot(s) => &s.name,
+            Self::Pairs(s) => &s.name,
+        }
+    }
+
+    /// The metrics this suite reports (`SUITE/` prefixed in logs), headline first.
+    pub fn metrics(&self) -> &'static [&'static str] {
+        const CLASSIFY: &[&str] = &["top1", "top5", "mean_per_class"];
+        const PAIRS: &[&str] = &[
+            "loss",
+            "image_to_text_r1",
+            "image_to_text_r5",
+            "image_to_text_r10",
+            "text_to_image_r1",
+            "text_to_image_r5",
+            "text_to_image_r10",
+        ];
+        const SHAPES: &[&str] = &[
+            "top1",
+            "top5",
+            "mean_per_class",
+            "loss",
+            "image_to_text_r1",
+            "image_to_text_r5",
+            "image_to_text_r10",
+            "text_to_image_r1",
+            "text_to_image_r5",
+            "text_to_image_r10",
+        ];
+        match self {
+            Self::Shapes(_) => SHAPES,
+            Self::ZeroShot(_) => CLASSIFY,
+            Self::Pairs(_) => PAIRS,
+        }
+    }
+
+    /// The image-caption source of a pairs suite, with `[data]`'s image limits.
+    fn pairs_data(suite: &PairsSuite, data: &DataConfig) -> DataConfig {
+        DataConfig {
+            source: suite.source,
+            path: Some(suite.path.clone()),
+            csv_img_key: suite.csv_img_key.clone(),
+            csv_caption_key: suite.csv_caption_key.clone(),
+            csv_separator: suite.csv_separator.clone(),
+            shuffle_buffer: 0,
+            rank: 0,
+            world_size: 1,
+            ..data.clone()
+        }
+    }
+}
+
+/// The metric that ranks checkpoints, and which way is better.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    /// `SUITE/METRIC`.
+    pub metric: String,
+}
+
+impl Selection {
+    /// Losses are better lower; accuracies and recalls higher.
+    pub fn lower_is_better(&self) -> bool {
+        self.metric.ends_with("/loss")
+    }
+
+    /// Whether `a` beats `b`.
+    pub fn better(&self, a: f64, b: f64) -> bool {
+        if self.lower_is_better() { a < b } else { a > b }
+    }
+
+    pub fn describe(&self) -> String {
+        let way = if self.lower_is_better() {
+            "lower"
+        } else {
+            "higher"
+        };
+        format!("{} ({way} is better)", self.metric)
+    }
+}
+
+impl EvalConfig {
+    /// The suites a run on `data` measures: the configured ones, else the built-in shapes
+    /// suite when `data` is the built-in set.
+    pub fn suites_for(&self, data: &DataConfig) -> Vec<SuiteConfig> {
+        match (self.suites.is_empty(), data.source) {
+            (false, _) => self.suites.clone(),
+            (true, SourceKind::Shapes) => vec![SuiteConfig::Shapes(ShapesSuite {
+                name: shapes_name(),
+                samples: None,
+            })],
+            (true, _) => Vec::new(),
+        }
+    }
+
+    /// The metric that keeps the best checkpoint, if any suite runs.
+    pub fn selection(&self, suites: &[SuiteConfig]) -> Option<Selection> {
+        match &self.select {
+            Some(metric) => Some(Selection {
+                metric: metric.clone(),
+            }),
+            None => suites.first().map(|s| Selection {
+                metric: format!("{}/{}", s.name(), s.metrics()[0]),
+            }),
+        }
+    }
+
+    /// Decoded images the suites keep in memory for a whole run (the built-in set's).
+    pub fn decoded_images(&self, data: &DataConfig) -> usize {
+        self.suites_for(data)
+            .iter()
+            .map(|s| match s {
+                SuiteConfig::Shapes(s) => s.samples.unwrap_or(self.heldout_samples),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Checks what serde cannot; errors are `(key, message)` with keys as in the file
+    /// (`eval.suites[1].path`).
+    pub fn check(&self, data: &DataConfig) -> Result<(), (String, String)> {
+        let err = |key: String, message: String| Err((key, message));
+        if !(1..=MAX_SUITE_SAMPLES).contains(&self.heldout_samples) {
+            return err(
+                "eval.heldout_samples".into(),
+                format!(
+                    "must be at least 1 and at most {MAX_SUITE_SAMPLES}, got {}",
+                    self.heldout_samples
+                ),
+            );
+        }
+        check_templates("eval.templates", &self.templates)?;
+        if self.suites.len() > MAX_SUITES {
+            return err(
+                "eval.suites".into(),
+                format!("at most {MAX_SUITES} suites, got {}", self.suites.len()),
+            );
+        }
+        for (i, suite) in self.suites.iter().enumerate() {
+            let key = |k: &str| format!("eval.suites[{i}].{k}");
+            let name = suite.name();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || "_-.".contains(c))
+            {
+                return err(
+                    key("name"),
+                    format!("{name:?}: use letters, digits, `_`, `-` or `.` (it names metrics)"),
+                );
+            }
+            if self.suites[..i].iter().any(|s| s.name() == name) {
+                return err(key("name"), format!("{name:?} names two suites"));
+            }
+            let samples = match suite {
+                SuiteConfig::Shapes(s) => s.samples,
+                SuiteConfig::ZeroShot(s) => s.samples,
+                SuiteConfig::Pairs(s) => Some(s.samples),
+            };
+            if let Some(n) = samples
+                && !(1..=MAX_SUITE_SAMPLES).contains(&n)
+            {
+                return err(
+                    key("samples"),
+                    format!("must be at least 1 and at most {MAX_SUITE_SAMPLES}, got {n}"),
+                );
+            }
+            match suite {
+                SuiteConfig::Shapes(_) => {}
+                SuiteConfig::ZeroShot(s) => {
+                    if let Some(templates) = &s.templates {
+                        check_templates(&key("templates"), templates)?;
+                    }
+                    if s.source == LabelledSource::Csv {
+                        mm_data::csv_separator(s.csv_separator.as_deref(), &s.path)
+                            .map_err(|e| (key("csv_separator"), e))?;
+                        if s.csv_img_key == s.csv_label_key {
+                            return err(
+                                key("csv_label_key"),
+                                format!("is the same column as csv_img_key ({:?})", s.csv_img_key),
+                            );
+                        }
+                    }
+                }
+                SuiteConfig::Pairs(s) => {
+                    if s.source == SourceKind::Shapes {
+                        return err(
+                            key("source"),
+                            "the built-in data is the `kind = \"shapes\"` suite".into(),
+                        );
+                    }
+                    SuiteConfig::pairs_data(s, data)
+                        .check()
+                        .map_err(|(k, m)| (key(k.strip_prefix("data.").unwrap_or(k)), m))?;
+                }
+            }
+        }
+        let suites = self.suites_for(data);
+        if let Some(metric) = &self.select {
+            let known: Vec<String> = suites
+                .iter()
+                .flat_map(|s| s.metrics().iter().map(|m| format!("{}/{m}", s.name())))
+                .collect();
+            if !known.contains(metric) {
+                return err(
+                    "eval.select".into(),
+                    match known.is_empty() {
+                        true => format!("{metric:?}: no eval suite runs (add [[eval.suites]])"),
+                        false => format!("{metric:?} is not measured; the suites give {known:?}"),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_templates(key: &str, templates: &[String]) -> Result<(), (String, String)> {
+    if templates.is_empty() {
+        return Err((key.into(), "needs at least one template".into()));
+    }
+    if templates.len() > MAX_TEMPLATES {
+        return Err((
+            key.into(),
+            format!("at most {MAX_TEMPLATES}, got {}", templates.len()),
+        ));
+    }
+    if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
+        return Err((
+            key.into(),
+            format!("template {t:?} has no `{{}}` for the class name"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a suite needs besides its own table.
+pub struct SuiteInputs<'a> {
+    pub eval: &'a EvalConfig,
+    /// `[data]`: image limits (and the kind of data trained on).
+    pub data: &'a DataConfig,
+    /// Seed of the built-in data.
+    pub seed: u64,
+    pub image_size: usize,
+}
+
+/// A suite with its data read, ready to measure a model any number of times.
+pub struct Suite {
+    pub name: String,
+    /// What the data is, for logs and the report.
+    pub description: String,
+    image_size: usize,
+    data: SuiteData,
+}
+
+enum SuiteData {
+    Shapes {
+        set: LabelledImages,
+        captions: Vec<String>,
+        templates: Vec<String>,
+    },
+    ZeroShot {
+        set: LabelledImages,
+        templates: Vec<String>,
+    },
+    Pairs(PairedSet),
+}
+
+/// One measurement of one suite.
+pub struct Measurement {
+    /// `(SUITE/METRIC, value)`, in the order of [`SuiteConfig::metrics`].
+    pub metrics: Vec<(String, f64)>,
+    /// One line for the log.
+    pub summary: String,
+}
+
+impl Suite {
+    /// Reads the suite's data (its image files are read at each measurement).
+    pub fn load(config: &SuiteConfig, inputs: &SuiteInputs) -> Result<Self> {
+        let name = config.name().to_string();
+        let (description, data) = match config {
+            SuiteConfig::Shapes(s) => {
+                let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
+                let shapes = ShapesDataset::new(inputs.seed, inputs.image_size as u32);
+                let set = LabelledImages::shapes(&shapes, Split::HeldOut, n);
+                let captions = (0..n as u64)
+                    .map(|i| shapes.sample(Split::HeldOut, i).caption)
+                    .collect();
+                (
+                    format!(
+                        "built-in shapes, held-out split (seed {}), {n} images",
+                        inputs.seed
+                    ),
+                    SuiteData::Shapes {
+                        set,
+                        captions,
+                        templates: inputs.eval.templates.clone(),
+                    },
+                )
+            }
+            SuiteConfig::ZeroShot(s) => {
+                let limit = s.samples.unwrap_or(MAX_SUITE_SAMPLES);
+                let classes = s
+                    .classes
+                    .as_deref()
+                    .map(LabelledImages::read_class_names)
+                    .transpose()?;
+                let set = match s.source {
+                    LabelledSource::Folder => LabelledImages::from_folder(&s.path, limit)?,
+                    LabelledSource::Csv => {
+                        let separator = mm_data::csv_separator(s.csv_separator.as_deref(), &s.path)
+                            .map_err(|e| anyhow::anyhow!("csv_separator: {e}"))?;
+                        let columns = mm_data::CsvColumns {
+                            image: s.csv_img_key.clone(),
+                            caption: s.csv_label_key.clone(),
+                            separator,
+                        };
+                        LabelledImages::from_csv(&s.path, &columns, classes.clone(), limit)?
+                    }
+                };
+                let set = match (s.source, classes) {
+                    (LabelledSource::Folder, Some(names)) => set.renamed(names)?,
+                    _ => set,
+                };
+                (
+                    format!(
+                        "{}: {} images, {} classes",
+                        s.path.display(),
+                        set.images.len(),
+                        set.class_names.len()
+                    ),
+                    SuiteData::ZeroShot {
+                        set,
+                        templates: s
+                            .templates
+                            .clone()
+                            .unwrap_or_else(|| inputs.eval.templates.clone()),
+                    },
+                )
+            }
+            SuiteConfig::Pairs(s) => {
+                let data = SuiteConfig::pairs_data(s, inputs.data);
+                let pairs = PairedSet::from_source(&data, s.samples, inputs.image_size)?;
+                (pairs.name.clone(), SuiteData::Pairs(pairs))
+            }
+        };
+        Ok(Self {
+            name,
+            description,
+            image_size: inputs.image_size,
+            data,
+        })
+    }
+
+    /// The suite's metrics for `model` (an inference model), the loss under `objective` over
+    /// consecutive groups of `loss_batch` pairs (the contrastive loss depends on the batch).
+    pub fn measure(
+        &self,
+        model: &ClipModel,
+        tokenizer: &ClipTokenizer,
+        ctx: usize,
+        objective: Objective,
+        loss_batch: usize,
+    ) -> Result<Measurement> {
+        let size = self.image_size;
+        let mut metrics = Vec::new();
+        let mut put =
+            |name: &str, value: f64| metrics.push((format!("{}/{name}", self.name), value));
+        let summary = match &self.data {
+            SuiteData::Shapes {
+                set,
+                captions,
+                templates,
+            } => {
+                let images = encode_images(model, &set.images, size)?.embeddings;
+                let texts = encode_texts(model, tokenizer, captions, ctx)?;
+                let zs = zero_shot(
+                    model,
+                    tokenizer,
+                    ctx,
+                    images.clone(),
+                    &set.class_names,
+                    &set.labels,
+                    templates,
+                )?;
+                let loss = pair_loss(model, objective, images.clone(), texts.clone(), loss_batch)?;
+                let ret = retrieval(images, texts)?;
+                put("top1", zs.top1);
+                put("top5", zs.top5);
+                put("mean_per_class", zs.mean_per_class);
+                put_pairs(&mut put, loss, &ret);
+                format!(
+                    "{}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%; loss {loss:.4}",
+                    self.name,
+                    100.0 * zs.top1,
+                    100.0 / set.class_names.len() as f64,
+                    100.0 * zs.top5,
+                    100.0 * ret.image_to_text.r1,
+                    100.0 * ret.text_to_image.r1
+                )
+            }
+            SuiteData::ZeroShot { set, templates } => {
+                let encoded = encode_images(model, &set.images, size)?;
+                let labels = encoded.select(&set.labels);
+                let zs = zero_shot(
+                    model,
+                    tokenizer,
+                    ctx,
+                    encoded.embeddings,
+                    &set.class_names,
+                    &labels,
+                    templates,
+                )?;
+                put("top1", zs.top1);
+                put("top5", zs.top5);
+                put("mean_per_class", zs.mean_per_class);
+                format!(
+                    "{}: zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%, mean per class {:.1}% on {} images{}",
+                    self.name,
+                    100.0 * zs.top1,
+                    100.0 / set.class_names.len() as f64,
+                    100.0 * zs.top5,
+                    100.0 * zs.mean_per_class,
+                    labels.len(),
+                    skipped_note(encoded.skipped.len())
+                )
+            }
+            SuiteData::Pairs(pairs) => {
+                let encoded = encode_images(model, &pairs.images, size)?;
+                let captions = encoded.select(&pairs.captions);
+                let texts = encode_texts(model, tokenizer, &captions, ctx)?;
+                let images = encoded.embeddings;
+                let loss = pair_loss(model, objective, images.clone(), texts.clone(), loss_batch)?;
+                let ret = retrieval(images, texts)?;
+                put_pairs(&mut put, loss, &ret);
+                format!(
+                    "{}: loss {loss:.4}; retrieval R@1 image->text {:.1}%, text->image {:.1}% on {} pairs{}",
+                    self.name,
+                    100.0 * ret.image_to_text.r1,
+                    100.0 * ret.text_to_image.r1,
+                    ret.pairs,
+                    skipped_note(encoded.skipped.len())
+                )
+            }
+        };
+        if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
+            bail!("{name} is {value} (diverged weights?)");
+        }
+        Ok(Measurement { metrics, summary })
+    }
+
+    /// Up to `n` image-caption pairs of the suite (images decoded), for the report's gallery.
+    pub fn gallery_pairs(&self, n: usize) -> Vec<(mm_data::ImageInput, String)> {
+        match &self.data {
+            SuiteData::Shapes { set, captions, .. } => set
+                .images
+                .iter()
+                .cloned()
+                .zip(captions.iter().cloned())
+                .take(n)
+                .collect(),
+            SuiteData::Pairs(pairs) => pairs
+                .images
+                .iter()
+                .cloned()
+                .zip(pairs.captions.iter().cloned())
+                .take(n)
+                .collect(),
+            SuiteData::ZeroShot { .. } => Vec::new(),
+        }
+    }
+}
+
+fn skipped_note(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} unreadable images skipped)"),
+    }
+}
+
+fn put_pairs(put: &mut impl FnMut(&str, f64), loss: f64, ret: &RetrievalReport) {
+    put("loss", loss);
+    for (way, r) in [
+        ("image_to_text", &ret.image_to_text),
+        ("text_to_image", &ret.text_to_image),
+    ] {
+        put(&format!("{way}_r1"), r.r1);
+        put(&format!("{way}_r5"), r.r5);
+        put(&format!("{way}_r10"), r.r10);
+    }
+}
+
+/// The objective's loss over consecutive groups of `batch` pairs, weighted by group size
+/// (open_clip's validation loss).
+fn pair_loss(
+    model: &ClipModel,
+    objective: Objective,
+    images: Tensor<2>,
+    texts: Tensor<2>,
+    batch: usize,
+) -> Result<f64> {
+    let n = images.dims()[0];
+    let batch = batch.max(2);
+    let (mut total, mut start) = (0.0, 0);
+    while start < n {
+        let end = (start + batch).min(n);
+        let loss = objective.loss(
+            model,
+            images.clone().slice(start..end),
+            texts.clone().slice(start..end),
+            false,
+        );
+        total += loss.into_scalar::<f32>() as f64 * (end - start) as f64;
+        start = end;
+    }
+    Ok(total / n.max(1) as f64)
+}
+
+/// Loads every suite a run measures, with context in errors.
+pub fn load_suites(configs: &[SuiteConfig], inputs: &SuiteInputs) -> Result<Vec<Suite>> {
+    configs
+        .iter()
+        .map(|c| Suite::load(c, inputs).with_context(|| format!("eval suite `{}`", c.name())))
+        .collect()
+}
