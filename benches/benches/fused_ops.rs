@@ -8,7 +8,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Distribution, Tensor};
-use mm_encoders::fused;
+use mm_kernels as fused;
 
 fn time_ms(iters: usize, mut f: impl FnMut()) -> f64 {
     f();

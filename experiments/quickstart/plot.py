@@ -23,8 +23,9 @@ def curve(run: pathlib.Path):
     first = (run / "train.log").read_text().splitlines()[0]
     batch = int(first.split(" steps of ")[1].split()[0])
     rates = [r["samples_per_sec"] for r in records if "samples_per_sec" in r]
-    points = [(r["step"] * batch / 1000, 100 * r["zero_shot_top1"]) for r in records
-              if "zero_shot_top1" in r]
+    # Runs before eval suites logged "zero_shot_top1"; now it is "shapes/top1" under "eval".
+    top1 = [(r["step"], r.get("eval", {}).get("shapes/top1", r.get("zero_shot_top1"))) for r in records]
+    points = [(step * batch / 1000, 100 * v) for step, v in top1 if v is not None]
     return points, sum(rates) / max(len(rates), 1)
 
 

@@ -15,9 +15,9 @@
 //! ```
 
 pub mod config;
-pub mod fused;
 pub mod hf;
 pub mod model;
+mod ops;
 pub mod text;
 pub mod transformer;
 pub mod vision;

@@ -6,7 +6,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::TextConfig;
-use crate::fused;
+use crate::ops;
 use crate::transformer::{Encoder, layer_norm, normal};
 use crate::vision::TowerOutput;
 
@@ -65,7 +65,7 @@ impl TextTransformer {
         let eot = eot_index(input_ids.clone(), self.eos_token_id);
         let hidden = self.encoder.forward(self.embeddings.forward(input_ids));
         let last_hidden_state =
-            fused::layer_norm(&self.final_layer_norm, self.layer_norm_eps, hidden);
+            ops::layer_norm(&self.final_layer_norm, self.layer_norm_eps, hidden);
         let [batch, seq, width] = last_hidden_state.dims();
         // Row `b * seq + eot[b]` of the flattened states is sequence b's end-of-text token.
         let device = last_hidden_state.device();

@@ -10,7 +10,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::fused;
+use crate::ops;
 
 /// Non-linearity in the transformer MLPs (HF `hidden_act`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -134,7 +134,7 @@ impl EncoderLayer {
     }
 
     fn norm(&self, norm: &LayerNorm, hidden: Tensor<2>) -> Tensor<2> {
-        fused::layer_norm(norm, self.layer_norm_eps, hidden)
+        ops::layer_norm(norm, self.layer_norm_eps, hidden)
     }
 }
 
@@ -152,8 +152,8 @@ pub struct Attention {
 impl Attention {
     /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
     pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
-        let context = fused::attention(self.packed_qkv(hidden), seq, self.num_heads, self.causal);
-        fused::linear_layer(&self.out_proj, context)
+        let context = ops::attention(self.packed_qkv(hidden), seq, self.num_heads, self.causal);
+        ops::linear_layer(&self.out_proj, context)
     }
 
     /// The q, k and v projections as one GEMM: `[rows, width]` -> `[rows, 3 * width]`, each row
@@ -166,7 +166,7 @@ impl Attention {
             Some(bias) => bias.val(),
             None => Tensor::zeros([p.weight.dims()[1]], &hidden.device()),
         });
-        fused::linear(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
+        ops::linear(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
     }
 }
 
@@ -182,11 +182,11 @@ pub struct Mlp {
 impl Mlp {
     /// `[rows, width]` -> `[rows, width]`.
     pub fn forward(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let hidden = fused::linear_layer(&self.fc1, hidden);
+        let hidden = ops::linear_layer(&self.fc1, hidden);
         let hidden = match self.activation {
-            Activation::QuickGelu => fused::quick_gelu(hidden),
+            Activation::QuickGelu => ops::quick_gelu(hidden),
             Activation::Gelu => gelu(hidden),
         };
-        fused::linear_layer(&self.fc2, hidden)
+        ops::linear_layer(&self.fc2, hidden)
     }
 }

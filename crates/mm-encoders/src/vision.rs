@@ -7,7 +7,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::VisionConfig;
-use crate::fused;
+use crate::ops;
 use crate::transformer::{Encoder, layer_norm, normal};
 
 #[derive(Module, Debug)]
@@ -82,7 +82,7 @@ pub struct TowerOutput {
 impl VisionTransformer {
     pub fn forward(&self, pixels: Tensor<4>) -> TowerOutput {
         let embeddings = self.embeddings.forward(pixels);
-        let hidden = fused::layer_norm(&self.pre_layrnorm, self.layer_norm_eps, embeddings);
+        let hidden = ops::layer_norm(&self.pre_layrnorm, self.layer_norm_eps, embeddings);
         let last_hidden_state = self.encoder.forward(hidden);
         let [batch, _, width] = last_hidden_state.dims();
         let class_token = last_hidden_state
@@ -91,7 +91,7 @@ impl VisionTransformer {
             .reshape([batch, width]);
         TowerOutput {
             last_hidden_state,
-            pooled: fused::layer_norm(&self.post_layernorm, self.layer_norm_eps, class_token),
+            pooled: ops::layer_norm(&self.post_layernorm, self.layer_norm_eps, class_token),
         }
     }
 }

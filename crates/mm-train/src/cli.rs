@@ -161,6 +161,10 @@ pub struct TrainArgs {
     /// Override `device` (flex, wgpu, cuda, cuda:N).
     #[arg(long)]
     pub device: Option<String>,
+    /// Set any config key, e.g. `--set objective=siglip --set train.accum_freq=4` (repeat;
+    /// dotted keys name tables; values are TOML, or else strings).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
     /// Continue the run from a checkpoint: `latest` (the output_dir's newest good one), a run
     /// directory, or a checkpoint directory.
     #[arg(long)]
@@ -229,7 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn run_train(args: TrainArgs) -> Result<()> {
-    let mut config = TrainConfig::load(&args.config)?;
+    let mut config = TrainConfig::load_with(&args.config, &args.settings)?;
     config.apply(&Overrides {
         steps: args.steps,
         batch_size: args.batch_size,

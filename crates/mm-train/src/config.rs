@@ -195,11 +195,25 @@ impl TrainConfig {
 
     /// Reads a config file; a bare file name that does not exist is looked up in `configs/`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &[])
+    }
+
+    /// [`Self::load`] with `KEY=VALUE` settings applied to the file's text first (any key,
+    /// dotted for tables: `train.accum_freq=4`, `objective="siglip"`); a value that is not
+    /// TOML is a string. Errors name the file, or the setting.
+    pub fn load_with(path: &Path, settings: &[String]) -> Result<Self, ConfigError> {
         let path = resolve_config_path(path);
         let origin = path.display().to_string();
         let text = mm_data::regular_file::read_text(&path)
             .map_err(|e| ConfigError::new(&origin, "", format!("cannot read config: {e}")))?;
-        Self::from_toml(&text, &origin)
+        if settings.is_empty() {
+            return Self::from_toml(&text, &origin);
+        }
+        let text = apply_settings(&text, settings, &origin)?;
+        Self::from_toml(
+            &text,
+            &format!("{origin} with --set {}", settings.join(" ")),
+        )
     }
 
     pub fn apply(&mut self, overrides: &Overrides) {
@@ -363,6 +377,39 @@ impl TrainConfig {
     }
 }
 
+/// `text` with each `KEY=VALUE` of `settings` set (tables created as needed).
+fn apply_settings(text: &str, settings: &[String], origin: &str) -> Result<String, ConfigError> {
+    let mut root: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigError::new(origin, "", format!("invalid TOML: {}", e.message())))?;
+    for setting in settings {
+        let refuse = |key: &str, message: &str| ConfigError::new("--set", key, message);
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| refuse(setting, "give KEY=VALUE"))?;
+        let key = key.trim();
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut table) => table.remove("v").expect("parsed above"),
+            Err(_) => toml::Value::String(value.to_string()),
+        };
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().filter(|k| !k.is_empty());
+        let (Some(last), false) = (last, parts.iter().any(|p| p.is_empty())) else {
+            return Err(refuse(key, "not a key"));
+        };
+        let mut table = &mut root;
+        for part in parts {
+            let entry = table
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| refuse(key, &format!("`{part}` is not a table")))?;
+        }
+        table.insert(last.to_string(), value);
+    }
+    toml::to_string(&root).map_err(|e| ConfigError::new("--set", "", e.to_string()))
+}
+
 /// `clip_base.toml` -> `configs/clip_base.toml` when the former does not exist.
 pub fn resolve_config_path(path: &Path) -> PathBuf {
     let bare = path.components().count() == 1;
@@ -373,4 +420,51 @@ pub fn resolve_config_path(path: &Path) -> PathBuf {
         }
     }
     path.to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn settings_set_any_key_and_name_the_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "output_dir = \"r\"\nmodel = \"tiny\"\n[optim]\nlr = 1e-3\n[train]\nsteps = 5\nbatch_size = 8\n",
+        )
+        .unwrap();
+        let config = TrainConfig::load_with(
+            &path,
+            &settings(&[
+                "objective=siglip",
+                "train.accum_freq=4",
+                "eval.templates=[\"a {}\", \"the {}\"]",
+                "data.shuffle_buffer = 7",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.objective, crate::task::Objective::Siglip);
+        assert_eq!(config.train.accum_freq, 4);
+        assert_eq!(config.eval.templates, ["a {}", "the {}"]);
+        assert_eq!(config.data.shuffle_buffer, 7);
+        for (setting, needle) in [
+            ("train.accum_freq=0", "train.accum_freq"),
+            ("train.acum_freq=2", "acum_freq"),
+            ("model.vision.layers=2", "`model` is not a table"),
+            ("objective", "KEY=VALUE"),
+            ("train..steps=2", "not a key"),
+        ] {
+            let err = TrainConfig::load_with(&path, &settings(&[setting]))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains(needle), "{setting}: {err}");
+        }
+    }
 }

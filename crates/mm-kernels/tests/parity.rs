@@ -2,7 +2,7 @@
 
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Distribution, Tensor};
-use mm_encoders::fused::quick_gelu;
+use mm_kernels::quick_gelu;
 
 fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     let a = a.into_data().try_to_vec::<f32>().unwrap();
@@ -105,7 +105,7 @@ fn attention_matches_burn_forward_and_backward() {
             let grads = (out.clone() * upstream.clone()).sum().backward();
             (out, leaf.grad(&grads).unwrap())
         };
-        let (out, grad) = run(&|qkv| mm_encoders::fused::attention(qkv, seq, heads, causal));
+        let (out, grad) = run(&|qkv| mm_kernels::attention(qkv, seq, heads, causal));
         let (want, want_grad) = run(&reference);
         let (forward, backward) = (max_diff(out, want), max_diff(grad, want_grad));
         println!("attention (causal {causal}): forward {forward:.2e}, gradients {backward:.2e}");
@@ -138,7 +138,7 @@ fn layer_norm_matches_burn_forward_and_backward() {
     let run = |fused: bool| {
         let x = x.clone().detach().require_grad();
         let out = if fused {
-            mm_encoders::fused::layer_norm(&norm, eps, x.clone())
+            mm_kernels::layer_norm(&norm, eps, x.clone())
         } else {
             norm.forward(x.clone())
         };
@@ -175,7 +175,7 @@ fn layer_norm_gradients_are_the_same_every_time() {
     let upstream = Tensor::<2>::random([rows, width], Distribution::Normal(0.0, 1.0), &device);
     let gamma_grad = |norm: &burn::nn::LayerNorm| {
         let x = x.clone().detach().require_grad();
-        let out = mm_encoders::fused::layer_norm(norm, 1e-5, x);
+        let out = mm_kernels::layer_norm(norm, 1e-5, x);
         let grads = (out * upstream.clone()).sum().backward();
         let gamma: &Param<Tensor<1>> = &norm.gamma;
         gamma.grad(&grads).unwrap().into_data()
@@ -190,7 +190,7 @@ fn layer_norm_gradients_are_the_same_every_time() {
 /// that does not divide into the kernel's blocks, a transposed (strided) weight, and no bias.
 #[test]
 fn linear_matches_burn_forward_and_backward() {
-    use mm_encoders::fused::linear;
+    use mm_kernels::linear;
     let device = Device::flex().autodiff();
     let [rows, d_in, d_out] = [601, 40, 72];
     let normal = Distribution::Normal(0.0, 1.0);

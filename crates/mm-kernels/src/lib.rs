@@ -1,4 +1,6 @@
-//! mm's CPU kernels for the encoder's hot ops, each with its own backward pass.
+//! mm's CPU kernels for the encoder's hot ops, each with its own backward pass, and the
+//! optimiser's update ([`FusedAdamW`]). Model code reaches them only through
+//! `mm_encoders::ops`; the trainer only through its optimiser.
 //!
 //! burn 0.22 runs these on Flex as chains of single-threaded tensor ops under autodiff (its
 //! `Dispatch` has no `linear`, attention is the decomposed fallback, QuickGELU is three passes
@@ -8,7 +10,7 @@
 //! backend extension: [`FusedOps`] is implemented for Flex (the kernels) and for `Autodiff<Flex>`
 //! (their backward passes), and the public functions route a [`Tensor`] to it on Flex in f32.
 //! Other devices (wgpu, CUDA, whose compilers fuse) and other dtypes get the composite burn ops,
-//! with the same results to float rounding (`tests/fused.rs` holds them within 1e-5).
+//! with the same results to float rounding (`tests/parity.rs` holds them within 1e-5).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -24,10 +26,13 @@ use burn::tensor::{Bytes, DType, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+mod adamw;
 mod attention;
 mod layer_norm;
 mod linear;
 mod matrix;
+
+pub use adamw::FusedAdamW;
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;
