@@ -434,12 +434,34 @@ pub fn set_aside_diverged(
     Ok((moved, good))
 }
 
+/// Loads an HF CLIP directory: config, weights, tokenizer, and a check that its image processor
+/// is the transform mm applies.
+fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let (model_config, model) = mm_encoders::hf::load(dir, device)?;
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
+    let tokenizer = mm_data::hf::load_tokenizer(dir)?;
+    check_tokenizer_fits(&tokenizer, &model_config, "text_config.vocab_size")
+        .with_context(|| format!("{}", dir.display()))?;
+    mm_data::hf::check_image_processor(dir, model_config.vision.image_size)?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        train_config: None,
+        model_config,
+        model,
+        tokenizer,
+        state: CheckpointState {
+            imported_from: Some(dir.display().to_string()),
+            ..Default::default()
+        },
+    })
+}
+
 /// Loads a checkpoint (mm or HF) onto `device`. Every tensor of the model must be present and
 /// of the right shape; anything else is an error naming the tensor.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let dir = resolve(path)?;
     if is_hf_dir(&dir) {
-        return crate::hf::load(&dir, device);
+        return load_hf(&dir, device);
     }
     for file in [STATE_FILE, MODEL_CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE] {
         if !dir.join(file).exists() {

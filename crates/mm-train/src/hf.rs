@@ -1,36 +1,14 @@
-//! Hugging Face CLIP directories as checkpoints: load one directly, import it as an mm
-//! checkpoint, export an mm checkpoint as one (what `CLIPModel.from_pretrained` and
-//! `CLIPProcessor.from_pretrained` read).
+//! Hugging Face CLIP directories and mm checkpoints: import one as an mm checkpoint, export an
+//! mm checkpoint as one (what `CLIPModel.from_pretrained` and `CLIPProcessor.from_pretrained`
+//! read). [`checkpoint::load`] reads an HF directory directly.
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::tensor::Device;
 use mm_encoders::hf;
 
-use crate::checkpoint::{self, Checkpoint, CheckpointParts, CheckpointState};
-
-/// Loads an HF CLIP directory: config, weights, tokenizer, and a check that its image processor
-/// is the transform mm applies.
-pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
-    let (model_config, model) = hf::load(dir, device)?;
-    crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
-    let tokenizer = mm_data::hf::load_tokenizer(dir)?;
-    checkpoint::check_tokenizer_fits(&tokenizer, &model_config, "text_config.vocab_size")
-        .with_context(|| format!("{}", dir.display()))?;
-    mm_data::hf::check_image_processor(dir, model_config.vision.image_size)?;
-    Ok(Checkpoint {
-        dir: dir.to_path_buf(),
-        train_config: None,
-        model_config,
-        model,
-        tokenizer,
-        state: CheckpointState {
-            imported_from: Some(dir.display().to_string()),
-            ..Default::default()
-        },
-    })
-}
+use crate::checkpoint::{self, Checkpoint, CheckpointParts};
 
 /// `mm-train import-hf DIR --out CKPT`: an mm checkpoint with the same weights, bit for bit.
 pub fn import(dir: &Path, out: &Path, device: &Device) -> Result<Checkpoint> {
@@ -40,7 +18,7 @@ pub fn import(dir: &Path, out: &Path, device: &Device) -> Result<Checkpoint> {
             out.display()
         );
     }
-    let ckpt = load(dir, device)?;
+    let ckpt = checkpoint::load(dir, device)?;
     checkpoint::save_to(
         out,
         &CheckpointParts {
