@@ -8,51 +8,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::transformer::{Activation, TransformerConfig};
-
-fn default_layer_norm_eps() -> f64 {
-    1e-5
-}
-
-/// The image tower: a ViT (HF `CLIPVisionConfig`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VisionConfig {
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub width: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub intermediate_size: usize,
-    #[serde(default)]
-    pub activation: Activation,
-    #[serde(default = "default_layer_norm_eps")]
-    pub layer_norm_eps: f64,
-}
-
-/// The text tower: a causal transformer (HF `CLIPTextConfig`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TextConfig {
-    pub context_length: usize,
-    pub vocab_size: usize,
-    pub width: usize,
-    pub layers: usize,
-    pub heads: usize,
-    pub intermediate_size: usize,
-    #[serde(default)]
-    pub activation: Activation,
-    #[serde(default = "default_layer_norm_eps")]
-    pub layer_norm_eps: f64,
-    /// Token whose position pools the sequence (`<|endoftext|>` in the CLIP vocabulary).
-    /// `2` is HF's legacy value and means "pool at the largest id" (see `eot_index`).
-    #[serde(default = "default_eos_token_id")]
-    pub eos_token_id: u32,
-}
-
-fn default_eos_token_id() -> u32 {
-    49407
-}
+pub use crate::text::TextConfig;
+pub use crate::vision::VisionConfig;
 
 fn default_logit_scale_init() -> f64 {
     (1.0f64 / 0.07).ln()
@@ -248,28 +205,6 @@ pub const MAX_CONTEXT_LENGTH: usize = 16_384;
 pub const MAX_VOCAB_SIZE: usize = 4 << 20;
 /// ViT-bigG/14 CLIP has 2.5 billion.
 pub const MAX_PARAMS: u64 = 50_000_000_000;
-
-impl VisionConfig {
-    /// Patches per image side.
-    pub fn grid_size(&self) -> usize {
-        self.image_size / self.patch_size
-    }
-
-    pub(crate) fn transformer(&self) -> TransformerConfig {
-        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
-            .with_activation(self.activation)
-            .with_layer_norm_eps(self.layer_norm_eps)
-    }
-}
-
-impl TextConfig {
-    pub(crate) fn transformer(&self) -> TransformerConfig {
-        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
-            .with_activation(self.activation)
-            .with_layer_norm_eps(self.layer_norm_eps)
-            .with_causal(true)
-    }
-}
 
 /// A config that could not be read: names the file (or preset) and the offending key.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,11 +4,44 @@
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::config::TextConfig;
 use crate::ops;
-use crate::transformer::{Encoder, layer_norm, normal};
+use crate::transformer::{Activation, Encoder, TransformerConfig, layer_norm, normal};
 use crate::vision::TowerOutput;
+
+/// The text tower: a causal transformer (HF `CLIPTextConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default = "crate::transformer::default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    /// Token whose position pools the sequence (`<|endoftext|>` in the CLIP vocabulary).
+    /// `2` is HF's legacy value and means "pool at the largest id" (see `eot_index`).
+    #[serde(default = "default_eos_token_id")]
+    pub eos_token_id: u32,
+}
+
+fn default_eos_token_id() -> u32 {
+    49407
+}
+
+impl TextConfig {
+    pub(crate) fn transformer(&self) -> TransformerConfig {
+        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
+            .with_activation(self.activation)
+            .with_layer_norm_eps(self.layer_norm_eps)
+            .with_causal(true)
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct TextEmbeddings {

@@ -39,6 +39,11 @@ pub struct TransformerConfig {
     pub causal: bool,
 }
 
+/// LayerNorm epsilon when a config gives none (HF CLIP's).
+pub(crate) fn default_layer_norm_eps() -> f64 {
+    1e-5
+}
+
 /// A `Linear` initialised as HF CLIP does: normal weights, zero bias.
 pub(crate) fn linear(d_in: usize, d_out: usize, std: f64, bias: bool, device: &Device) -> Linear {
     Linear {
@@ -97,18 +102,10 @@ pub struct Encoder {
 
 impl Encoder {
     /// `[batch, seq, width]` -> `[batch, seq, width]`.
-    ///
-    /// Inside, hidden states are `[batch * seq, width]` matrices: every projection is then one
-    /// 2-D GEMM (and its backward two more) instead of `batch` small ones, whose weight
-    /// gradients autodiff would have to sum afterwards.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let [batch, seq, width] = hidden.dims();
         self.layers
             .iter()
-            .fold(hidden.reshape([batch * seq, width]), |hidden, layer| {
-                layer.forward(hidden, seq)
-            })
-            .reshape([batch, seq, width])
+            .fold(hidden, |hidden, layer| layer.forward(hidden))
     }
 }
 
@@ -124,16 +121,13 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
-    pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
-        let hidden = hidden.clone()
-            + self
-                .self_attn
-                .forward(self.norm(&self.layer_norm1, hidden), seq);
+    /// `[batch, seq, width]` -> the same shape.
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let hidden = hidden.clone() + self.self_attn.forward(self.norm(&self.layer_norm1, hidden));
         hidden.clone() + self.mlp.forward(self.norm(&self.layer_norm2, hidden))
     }
 
-    fn norm(&self, norm: &LayerNorm, hidden: Tensor<2>) -> Tensor<2> {
+    fn norm(&self, norm: &LayerNorm, hidden: Tensor<3>) -> Tensor<3> {
         ops::layer_norm(norm, self.layer_norm_eps, hidden)
     }
 }
@@ -150,23 +144,23 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `[batch * seq, width]` rows, sequence by sequence -> the same shape.
-    pub fn forward(&self, hidden: Tensor<2>, seq: usize) -> Tensor<2> {
-        let context = ops::attention(self.packed_qkv(hidden), seq, self.num_heads, self.causal);
-        ops::linear_layer(&self.out_proj, context)
+    /// `[batch, seq, width]` -> the same shape.
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let context = ops::attention(self.packed_qkv(hidden), self.num_heads, self.causal);
+        ops::linear(&self.out_proj, context)
     }
 
-    /// The q, k and v projections as one GEMM: `[rows, width]` -> `[rows, 3 * width]`, each row
-    /// q | k | v. The weights stay three HF-named parameters; their concatenation is cheap next
-    /// to the GEMMs (and the backward passes) it saves.
-    fn packed_qkv(&self, hidden: Tensor<2>) -> Tensor<2> {
+    /// The q, k and v projections as one GEMM: `[batch, seq, width]` -> `[batch, seq, 3 *
+    /// width]`, each position q | k | v. The weights stay three HF-named parameters; their
+    /// concatenation is cheap next to the GEMMs (and the backward passes) it saves.
+    fn packed_qkv(&self, hidden: Tensor<3>) -> Tensor<3> {
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
         let weight = Tensor::cat(projections.map(|p| p.weight.val()).to_vec(), 1);
         let bias = projections.map(|p| match &p.bias {
             Some(bias) => bias.val(),
             None => Tensor::zeros([p.weight.dims()[1]], &hidden.device()),
         });
-        ops::linear(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
+        ops::linear_weights(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
     }
 }
 
@@ -180,13 +174,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `[rows, width]` -> `[rows, width]`.
-    pub fn forward(&self, hidden: Tensor<2>) -> Tensor<2> {
-        let hidden = ops::linear_layer(&self.fc1, hidden);
+    /// `[batch, seq, width]` -> the same shape.
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let hidden = ops::linear(&self.fc1, hidden);
         let hidden = match self.activation {
             Activation::QuickGelu => ops::quick_gelu(hidden),
             Activation::Gelu => gelu(hidden),
         };
-        ops::linear_layer(&self.fc2, hidden)
+        ops::linear(&self.fc2, hidden)
     }
 }

@@ -5,10 +5,39 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::config::VisionConfig;
 use crate::ops;
-use crate::transformer::{Encoder, layer_norm, normal};
+use crate::transformer::{Activation, Encoder, TransformerConfig, layer_norm, normal};
+
+/// The image tower: a ViT (HF `CLIPVisionConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    #[serde(default = "crate::transformer::default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    /// Patches per image side.
+    pub fn grid_size(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub(crate) fn transformer(&self) -> TransformerConfig {
+        TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
+            .with_activation(self.activation)
+            .with_layer_norm_eps(self.layer_norm_eps)
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct VisionEmbeddings {

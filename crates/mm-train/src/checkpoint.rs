@@ -436,7 +436,7 @@ pub fn set_aside_diverged(
 
 /// Loads an HF CLIP directory: config, weights, tokenizer, and a check that its image processor
 /// is the transform mm applies.
-fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
+pub fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let (model_config, model) = mm_encoders::hf::load(dir, device)?;
     crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
     let tokenizer = mm_data::hf::load_tokenizer(dir)?;

@@ -18,7 +18,7 @@ pub fn import(dir: &Path, out: &Path, device: &Device) -> Result<Checkpoint> {
             out.display()
         );
     }
-    let ckpt = checkpoint::load(dir, device)?;
+    let ckpt = checkpoint::load_hf(dir, device)?;
     checkpoint::save_to(
         out,
         &CheckpointParts {
