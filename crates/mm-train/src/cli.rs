@@ -261,6 +261,23 @@ fn run_train(args: TrainArgs) -> Result<()> {
 fn run_eval(args: EvalArgs) -> Result<()> {
     let device = args.device.device()?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| ckpt.dir.join("eval.json"));
+    // Without a set named here, a run that configured eval suites (or trained on other data
+    // than the built-in set) is measured by its own suites, never by the built-in task.
+    let named = args.folder.is_some() || args.labels_csv.is_some() || !args.pairs.is_empty();
+    if let Some(config) = ckpt.train_config.as_ref().filter(|c| {
+        !named && !(c.eval.suites.is_empty() && c.data.source == mm_data::SourceKind::Shapes)
+    }) {
+        let report = crate::suite::evaluate_run_suites(&ckpt, config)?;
+        print!("{}", report.table());
+        let json = serde_json::to_string_pretty(&report)? + "\n";
+        checkpoint::write_file_atomically(&out, json.as_bytes())?;
+        println!("\nwrote {}", out.display());
+        return Ok(());
+    }
     let templates = if args.templates.is_empty() {
         ckpt.templates()
     } else {
@@ -337,7 +354,6 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, &device)?;
     print!("{}", report.table());
-    let out = args.out.unwrap_or_else(|| ckpt.dir.join("eval.json"));
     let json = serde_json::to_string_pretty(&report)? + "\n";
     checkpoint::write_file_atomically(&out, json.as_bytes())?;
     println!("\nwrote {}", out.display());

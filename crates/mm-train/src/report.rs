@@ -254,6 +254,11 @@ fn read_metrics(path: &Path) -> Result<(Vec<Value>, Vec<String>)> {
     Ok((records, skipped))
 }
 
+/// Whether an eval.json is a run's suites (`SuitesReport`) rather than the full evaluation.
+fn eval_has_metrics(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|v| v["metrics"].is_object())
+}
+
 /// metrics.jsonl is read whole; a line per logged step is ~200 bytes.
 const MAX_METRICS_BYTES: u64 = 1 << 30;
 
@@ -316,6 +321,23 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         let _ = write!(html, "<p><em>{}</em></p>", escape(note));
     }
     match mm_data::regular_file::read_text(&ckpt.dir.join("eval.json")) {
+        Ok(eval) if eval_has_metrics(&eval) => {
+            let eval: Value = serde_json::from_str(&eval).context("eval.json")?;
+            let _ = write!(
+                html,
+                "<h2>Evaluation (step {})</h2><p>The run's suites, measured by <code>mm-train eval</code>.</p><table><tr><th>metric</th><th>value</th></tr>",
+                eval["step"]
+            );
+            for (name, value) in eval["metrics"].as_object().into_iter().flatten() {
+                let _ = write!(
+                    html,
+                    "<tr><td>{}</td><td>{:.4}</td></tr>",
+                    escape(name),
+                    value.as_f64().unwrap_or(f64::NAN)
+                );
+            }
+            html += "</table>";
+        }
         Ok(eval) => {
             let eval: Value = serde_json::from_str(&eval).context("eval.json")?;
             let pct = |v: &Value| {

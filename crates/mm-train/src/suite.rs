@@ -685,3 +685,76 @@ pub fn load_suites(configs: &[SuiteConfig], inputs: &SuiteInputs) -> Result<Vec<
         .map(|c| Suite::load(c, inputs).with_context(|| format!("eval suite `{}`", c.name())))
         .collect()
 }
+
+/// A checkpoint measured by its run's own suites (`mm-train eval` on such a run), as written
+/// to `eval.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuitesReport {
+    pub checkpoint: String,
+    pub step: usize,
+    /// Each suite's name, what its data is, and its one-line summary.
+    pub suites: Vec<SuiteSummary>,
+    /// `SUITE/METRIC` -> value.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SuiteSummary {
+    pub name: String,
+    pub data: String,
+    pub summary: String,
+}
+
+impl SuitesReport {
+    pub fn table(&self) -> String {
+        let mut out = format!("{} (step {})\n", self.checkpoint, self.step);
+        for suite in &self.suites {
+            out += &format!("  {}\n    {}\n", suite.data, suite.summary);
+        }
+        out
+    }
+}
+
+/// Runs `config`'s suites on `ckpt`'s model, as training does at each evaluation.
+pub fn evaluate_run_suites(
+    ckpt: &crate::Checkpoint,
+    config: &crate::TrainConfig,
+) -> Result<SuitesReport> {
+    let configs = config.eval.suites_for(&config.data);
+    if configs.is_empty() {
+        bail!(
+            "the run has no eval suites ([[eval.suites]]) and did not train on the built-in data: name a set with --folder, --labels-csv or --pairs"
+        );
+    }
+    let suites = load_suites(
+        &configs,
+        &SuiteInputs {
+            eval: &config.eval,
+            data: &config.data,
+            seed: config.seed,
+            image_size: ckpt.model_config.vision.image_size,
+        },
+    )?;
+    let (mut summaries, mut metrics) = (Vec::new(), std::collections::BTreeMap::new());
+    for suite in &suites {
+        let measured = suite.measure(
+            &ckpt.model,
+            &ckpt.tokenizer,
+            ckpt.model_config.text.context_length,
+            config.objective,
+            config.train.batch_size * config.train.accum_freq,
+        )?;
+        metrics.extend(measured.metrics);
+        summaries.push(SuiteSummary {
+            name: suite.name.clone(),
+            data: suite.description.clone(),
+            summary: measured.summary,
+        });
+    }
+    Ok(SuitesReport {
+        checkpoint: ckpt.dir.display().to_string(),
+        step: ckpt.state.step,
+        suites: summaries,
+        metrics,
+    })
+}

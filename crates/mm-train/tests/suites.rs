@@ -175,6 +175,34 @@ fn a_run_on_shards_is_measured_by_its_own_suites_and_never_by_shapes() {
 
     // Nothing of the above drew a single built-in picture.
     assert_eq!(mm_data::shapes::pictures_drawn(), 0);
+
+    // `mm-train eval` on the run measures the run's suites (not the built-in task) and the
+    // report shows what it wrote.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(["eval", "--checkpoint", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("labelled: zero-shot top-1") && stdout.contains("val: loss"));
+    let eval: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("checkpoints/step-000040/eval.json")).unwrap(),
+    )
+    .unwrap();
+    let measured = eval["metrics"].as_object().unwrap();
+    assert_eq!(measured.len(), 10);
+    assert_eq!(
+        measured["val/loss"].as_f64(),
+        report.metric("val/loss"),
+        "the same weights, the same suite: the same loss"
+    );
+    let (page, _) = mm_train::report::write_report(&run, &burn::tensor::Device::flex()).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("The run's suites, measured by"));
 }
 
 #[test]
