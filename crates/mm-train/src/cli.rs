@@ -268,9 +268,13 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     // Without a set named here, a run that configured eval suites (or trained on other data
     // than the built-in set) is measured by its own suites, never by the built-in task.
     let named = args.folder.is_some() || args.labels_csv.is_some() || !args.pairs.is_empty();
-    if let Some(config) = ckpt.train_config.as_ref().filter(|c| {
-        !named && !(c.eval.suites.is_empty() && c.data.source == mm_data::SourceKind::Shapes)
-    }) {
+    let default_shapes =
+        |c: &TrainConfig| c.eval.suites.is_empty() && c.data.source == mm_data::SourceKind::Shapes;
+    if let Some(config) = ckpt
+        .train_config
+        .as_ref()
+        .filter(|c| !named && !default_shapes(c))
+    {
         let report = crate::suite::evaluate_run_suites(&ckpt, config)?;
         print!("{}", report.table());
         let json = serde_json::to_string_pretty(&report)? + "\n";
