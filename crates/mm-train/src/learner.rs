@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use mm_data::ClipBatch;
 use mm_encoders::{ClipConfig, ClipModel};
@@ -12,7 +12,6 @@ use mm_encoders::{ClipConfig, ClipModel};
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
-use crate::task::Objective;
 
 /// One optimisation step's model, optimiser and bookkeeping.
 pub struct Learner {
@@ -69,19 +68,12 @@ impl Learner {
 
     /// The objective's loss of the current model on `batch` (the forward pass of a step).
     pub fn loss(&self, batch: &ClipBatch) -> Tensor<1> {
-        let device = self.model.logit_scale.val().device();
-        let image = self.model.image_features(batch.pixels_tensor(&device));
-        let text = self.model.text_features(batch.input_ids_tensor(&device));
-        self.config.objective.loss(&self.model, image, text, true)
+        self.config.objective.batch_loss(&self.model, batch)
     }
 
-    /// Loss and gradients of the objective's loss over the concatenation of `micro_batches`, computed
-    /// one micro-batch at a time (open_clip's `accum_freq`): the features of every micro-batch
-    /// are first computed without keeping their graphs; then each micro-batch is re-encoded with
-    /// gradients and the loss taken over its fresh features joined with the others' cached
-    /// ones, so every sample still sees all `k * b` negatives. Summed over micro-batches these
-    /// gradients are those of the one big batch; `logit_scale` enters the graph only once (in
-    /// the first micro-batch), so its gradient is not counted `k` times.
+    /// Loss and gradients of the objective over `micro_batches` taken as one batch (see
+    /// [`crate::task::Objective::gradients`]), in the configured precision: a half-precision copy of the
+    /// model computes them and they come back as fp32 for the master weights.
     pub fn gradients(&self, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
         let half = self.config.train.precision.half();
         let half_model;
@@ -92,69 +84,12 @@ impl Learner {
             }
             None => &self.model,
         };
-        let (loss, mut grads) = contrastive_gradients(model, micro_batches, self.config.objective);
+        let (loss, mut grads) = self.config.objective.gradients(model, micro_batches);
         if half.is_some() {
             crate::precision::grads_to_f32(&self.model, &mut grads);
         }
         (loss, grads)
     }
-}
-
-/// [`Learner::gradients`] for `model` in whatever dtype its parameters are: encoders run in
-/// that dtype, features and loss in fp32.
-fn contrastive_gradients(
-    model: &ClipModel,
-    micro_batches: &[ClipBatch],
-    objective: Objective,
-) -> (f32, GradientsParams) {
-    let dtype = model.logit_scale.val().dtype();
-    let device = model.logit_scale.val().device();
-    let fp32 = burn::tensor::FloatDType::F32;
-    let encode = |batch: &ClipBatch| {
-        (
-            model
-                .image_features(batch.pixels_tensor(&device).cast(dtype))
-                .cast(fp32),
-            model
-                .text_features(batch.input_ids_tensor(&device))
-                .cast(fp32),
-        )
-    };
-    if let [batch] = micro_batches {
-        let (image, text) = encode(batch);
-        let loss = objective.loss(model, image, text, true);
-        let value = loss.clone().into_scalar::<f32>();
-        return (value, GradientsParams::from_grads(loss.backward(), model));
-    }
-    let cached: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
-        .iter()
-        .map(|batch| {
-            let (image, text) = encode(batch);
-            (image.detach(), text.detach())
-        })
-        .collect();
-    let mut accumulator = GradientsAccumulator::<ClipModel>::new();
-    let mut loss_value = 0.0;
-    for (j, batch) in micro_batches.iter().enumerate() {
-        let (image_j, text_j) = encode(batch);
-        let join = |fresh: Tensor<2>, pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
-            let parts: Vec<Tensor<2>> = cached
-                .iter()
-                .enumerate()
-                .map(|(i, c)| if i == j { fresh.clone() } else { pick(c) })
-                .collect();
-            Tensor::cat(parts, 0)
-        };
-        let image = join(image_j, |c| c.0.clone());
-        let text = join(text_j, |c| c.1.clone());
-        // The temperature (and bias) enter the graph once, in the first micro-batch.
-        let loss = objective.loss(model, image, text, j == 0);
-        if j == 0 {
-            loss_value = loss.clone().into_scalar::<f32>();
-        }
-        accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
-    }
-    (loss_value, accumulator.grads())
 }
 
 impl Learner {
