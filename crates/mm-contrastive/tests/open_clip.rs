@@ -7,6 +7,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use mm_contrastive::{clip_loss, siglip_loss};
 use safetensors::SafeTensors;
 
+mod common;
+use common::values;
+
 const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../fixtures/losses/open_clip_losses.safetensors"
@@ -21,15 +24,6 @@ fn read(file: &SafeTensors, name: &str) -> (Vec<f64>, Vec<usize>) {
         .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
         .collect();
     (values, view.shape().to_vec())
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 /// Largest |a - b| relative to the largest |b| (at least 1): f32 against f64.

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::{Device, Tensor};
-use common::{tensor, unit};
+use common::{tensor, unit, values};
 use mm_contrastive::{
     MAX_LOGIT_SCALE, SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, siglip_logits, siglip_loss,
 };
@@ -45,15 +45,6 @@ fn reference_loss(images: &[[f64; 3]], texts: &[[f64; 3]], scale: f64, bias: f64
 
 fn one(x: f64, device: &Device) -> Tensor<1> {
     Tensor::from_floats([x as f32], device)
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
 }
 
 #[test]

@@ -109,10 +109,12 @@ pub struct DataConfig {
     pub world_size: usize,
 }
 
-fn default_img_key() -> String {
+/// CSV column of image paths when none is named (open_clip's `--csv-img-key` default).
+pub fn default_img_key() -> String {
     "filepath".into()
 }
-fn default_caption_key() -> String {
+/// CSV column of captions when none is named (open_clip's `--csv-caption-key` default).
+pub fn default_caption_key() -> String {
     "title".into()
 }
 fn default_shuffle_buffer() -> usize {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
@@ -275,7 +275,21 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         .as_ref()
         .filter(|c| !named && !default_shapes(c))
     {
-        let report = crate::suite::evaluate_run_suites(&ckpt, config)?;
+        let suites = crate::suite::RunSuites::load(
+            &config.eval,
+            &config.data,
+            config.seed,
+            ckpt.model_config.vision.image_size,
+        )?;
+        let measuring = crate::suite::Measuring {
+            model: &ckpt.model,
+            tokenizer: &ckpt.tokenizer,
+            context_length: ckpt.model_config.text.context_length,
+            objective: config.objective,
+            loss_batch: config.train.batch_size * config.train.accum_freq,
+        };
+        let report =
+            crate::suite::SuitesReport::measure(&ckpt.dir, ckpt.state.step, &suites, &measuring)?;
         print!("{}", report.table());
         let json = serde_json::to_string_pretty(&report)? + "\n";
         checkpoint::write_file_atomically(&out, json.as_bytes())?;
@@ -365,18 +379,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn class_list(args: &ZeroShotArgs) -> Result<Vec<String>> {
-    let text = match (&args.classes, &args.classes_file) {
-        (Some(classes), _) => classes.replace(',', "\n"),
-        (None, Some(path)) => mm_data::regular_file::read_text(path)
-            .with_context(|| format!("reading classes file {}", path.display()))?,
-        (None, None) => String::new(),
+    let classes = match (&args.classes, &args.classes_file) {
+        (Some(classes), _) => crate::eval::class_names(&classes.replace(',', "\n")),
+        (None, Some(path)) => crate::eval::LabelledImages::read_class_names(path)?,
+        (None, None) => Vec::new(),
     };
-    let classes: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(String::from)
-        .collect();
     if classes.is_empty() {
         bail!(
             "the class list is empty: give --classes \"a,b,...\" or a --classes-file with one class per line"

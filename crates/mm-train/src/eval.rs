@@ -159,16 +159,11 @@ impl LabelledImages {
         })
     }
 
-    /// Class names from a text file, one per line (blank lines ignored).
+    /// Class names from a text file, one per line (see [`class_names`]).
     pub fn read_class_names(path: &Path) -> Result<Vec<String>> {
         let text = mm_data::regular_file::read_text(path)
             .with_context(|| format!("reading class names from {}", path.display()))?;
-        let names: Vec<String> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
+        let names = class_names(&text);
         if names.is_empty() {
             bail!("{}: no class names", path.display());
         }
@@ -190,6 +185,15 @@ impl LabelledImages {
             ..self
         })
     }
+}
+
+/// Class names, one per line, trimmed; blank lines are not classes.
+pub fn class_names(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Entries listed from one folder of a labelled set.

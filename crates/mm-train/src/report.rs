@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::checkpoint;
 use crate::eval::{encode_images, encode_texts};
-use crate::suite::{Suite, SuiteInputs, load_suites};
+use crate::suite::{RunSuites, Suite};
 
 /// One metric over steps, from metrics.jsonl (`group`: the record's object holding it, as
 /// `eval`, or none for top-level training metrics).
@@ -209,7 +209,7 @@ fn suites_section(
             let value = last.and_then(|r| r["eval"][format!("{name}/{metric}")].as_f64());
             let cell = match value {
                 None => "–".to_string(),
-                Some(v) if *metric == "loss" => format!("{v:.4}"),
+                Some(v) if metric == "loss" => format!("{v:.4}"),
                 Some(v) => format!("{:.1}%", 100.0 * v),
             };
             let _ = write!(html, "<td>{cell}</td>");
@@ -275,17 +275,17 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         .train_config
         .clone()
         .with_context(|| format!("{}: no training config", ckpt.dir.display()))?;
-    let configs = config.eval.suites_for(&config.data);
-    let suites = load_suites(
-        &configs,
-        &SuiteInputs {
-            eval: &config.eval,
-            data: &config.data,
-            seed: config.seed,
-            image_size: ckpt.model_config.vision.image_size,
-        },
+    let RunSuites {
+        configs,
+        suites,
+        selection,
+    } = RunSuites::load(
+        &config.eval,
+        &config.data,
+        config.seed,
+        ckpt.model_config.vision.image_size,
     )?;
-    let selected = config.eval.selection(&configs).map(|s| s.metric);
+    let selected = selection.map(|s| s.metric);
 
     let mut html = String::from(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mm run report</title><style>\

@@ -19,7 +19,7 @@ use crate::learner::NonFinite;
 use crate::optim::learning_rate;
 use crate::run_dir::RunDirLock;
 use crate::start::{Resumed, StartingPoint, resume_point, starting_point};
-use crate::suite::{Measurement, SuiteInputs, load_suites};
+use crate::suite::{Measurement, Measuring, RunSuites};
 
 impl TrainReport {
     /// A metric of the last evaluation, e.g. `shapes/top1`.
@@ -253,17 +253,9 @@ pub fn train_from(
 
     // The eval suites, their data read once; the shapes suite only when so configured or
     // when training on the built-in data.
-    let suite_configs = config.eval.suites_for(&config.data);
-    let selection = config.eval.selection(&suite_configs);
-    let suites = load_suites(
-        &suite_configs,
-        &SuiteInputs {
-            eval: &config.eval,
-            data: &config.data,
-            seed: config.seed,
-            image_size,
-        },
-    )?;
+    let RunSuites {
+        suites, selection, ..
+    } = RunSuites::load(&config.eval, &config.data, config.seed, image_size)?;
     for suite in &suites {
         log.say(&format!("eval suite {}: {}", suite.name, suite.description))?;
     }
@@ -280,9 +272,16 @@ pub fn train_from(
     let loss_batch = config.train.batch_size * config.train.accum_freq;
     let evaluate = |model: &ClipModel| -> Result<Vec<Measurement>> {
         let model = model.valid();
+        let measuring = Measuring {
+            model: &model,
+            tokenizer: &tokenizer,
+            context_length: ctx,
+            objective: config.objective,
+            loss_batch,
+        };
         suites
             .iter()
-            .map(|suite| suite.measure(&model, &tokenizer, ctx, config.objective, loss_batch))
+            .map(|suite| suite.measure(&measuring))
             .collect()
     };
     let mut best: Option<f64> = None;

@@ -4,7 +4,7 @@
 //! pairs, or the built-in shapes task, which is the default only when training on the built-in
 //! data: a run on your own data is never judged on generated pictures.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
@@ -107,7 +107,7 @@ pub struct LabelledSuite {
     pub name: String,
     pub source: LabelledSource,
     pub path: PathBuf,
-    #[serde(default = "default_img_key")]
+    #[serde(default = "mm_data::stream::default_img_key")]
     pub csv_img_key: String,
     #[serde(default = "default_label_key")]
     pub csv_label_key: String,
@@ -133,9 +133,9 @@ pub struct PairsSuite {
     /// `webdataset`, `csv` or `folder`, read as `[data]` reads them (in order, unshuffled).
     pub source: SourceKind,
     pub path: Paths,
-    #[serde(default = "default_img_key")]
+    #[serde(default = "mm_data::stream::default_img_key")]
     pub csv_img_key: String,
-    #[serde(default = "default_caption_key")]
+    #[serde(default = "mm_data::stream::default_caption_key")]
     pub csv_caption_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv_separator: Option<String>,
@@ -144,14 +144,8 @@ pub struct PairsSuite {
     pub samples: usize,
 }
 
-fn default_img_key() -> String {
-    "filepath".into()
-}
 fn default_label_key() -> String {
     "label".into()
-}
-fn default_caption_key() -> String {
-    "title".into()
 }
 fn default_pairs() -> usize {
     1000
@@ -167,7 +161,7 @@ impl SuiteConfig {
     }
 
     /// The metrics this suite reports (`SUITE/` prefixed in logs), headline first.
-    pub fn metrics(&self) -> &'static [&'static str] {
+    pub fn metrics(&self) -> Vec<&'static str> {
         const CLASSIFY: &[&str] = &["top1", "top5", "mean_per_class"];
         const PAIRS: &[&str] = &[
             "loss",
@@ -178,22 +172,10 @@ impl SuiteConfig {
             "text_to_image_r5",
             "text_to_image_r10",
         ];
-        const SHAPES: &[&str] = &[
-            "top1",
-            "top5",
-            "mean_per_class",
-            "loss",
-            "image_to_text_r1",
-            "image_to_text_r5",
-            "image_to_text_r10",
-            "text_to_image_r1",
-            "text_to_image_r5",
-            "text_to_image_r10",
-        ];
         match self {
-            Self::Shapes(_) => SHAPES,
-            Self::ZeroShot(_) => CLASSIFY,
-            Self::Pairs(_) => PAIRS,
+            Self::Shapes(_) => [CLASSIFY, PAIRS].concat(),
+            Self::ZeroShot(_) => CLASSIFY.to_vec(),
+            Self::Pairs(_) => PAIRS.to_vec(),
         }
     }
 
@@ -361,7 +343,7 @@ impl EvalConfig {
         if let Some(metric) = &self.select {
             let known: Vec<String> = suites
                 .iter()
-                .flat_map(|s| s.metrics().iter().map(|m| format!("{}/{m}", s.name())))
+                .flat_map(|s| s.metrics().into_iter().map(|m| format!("{}/{m}", s.name())))
                 .collect();
             if !known.contains(metric) {
                 return err(
@@ -397,13 +379,13 @@ fn check_templates(key: &str, templates: &[String]) -> Result<(), (String, Strin
 }
 
 /// What a suite needs besides its own table.
-pub struct SuiteInputs<'a> {
-    pub eval: &'a EvalConfig,
-    /// `[data]`: image limits (and the kind of data trained on).
-    pub data: &'a DataConfig,
+struct SuiteInputs<'a> {
+    eval: &'a EvalConfig,
+    /// `[data]`: image limits.
+    data: &'a DataConfig,
     /// Seed of the built-in data.
-    pub seed: u64,
-    pub image_size: usize,
+    seed: u64,
+    image_size: usize,
 }
 
 /// A suite with its data read, ready to measure a model any number of times.
@@ -438,7 +420,7 @@ pub struct Measurement {
 
 impl Suite {
     /// Reads the suite's data (its image files are read at each measurement).
-    pub fn load(config: &SuiteConfig, inputs: &SuiteInputs) -> Result<Self> {
+    fn load(config: &SuiteConfig, inputs: &SuiteInputs) -> Result<Self> {
         let name = config.name().to_string();
         let (description, data) = match config {
             SuiteConfig::Shapes(s) => {
@@ -514,16 +496,10 @@ impl Suite {
         })
     }
 
-    /// The suite's metrics for `model` (an inference model), the loss under `objective` over
-    /// consecutive groups of `loss_batch` pairs (the contrastive loss depends on the batch).
-    pub fn measure(
-        &self,
-        model: &ClipModel,
-        tokenizer: &ClipTokenizer,
-        ctx: usize,
-        objective: Objective,
-        loss_batch: usize,
-    ) -> Result<Measurement> {
+    /// The suite's metrics for `m.model`.
+    pub fn measure(&self, m: &Measuring) -> Result<Measurement> {
+        let (model, tokenizer, ctx) = (m.model, m.tokenizer, m.context_length);
+        let (objective, loss_batch) = (m.objective, m.loss_batch);
         let size = self.image_size;
         let mut metrics = Vec::new();
         let mut put =
@@ -678,12 +654,56 @@ fn pair_loss(
     Ok(total / n.max(1) as f64)
 }
 
-/// Loads every suite a run measures, with context in errors.
-pub fn load_suites(configs: &[SuiteConfig], inputs: &SuiteInputs) -> Result<Vec<Suite>> {
-    configs
-        .iter()
-        .map(|c| Suite::load(c, inputs).with_context(|| format!("eval suite `{}`", c.name())))
-        .collect()
+/// A run's suites with their data read, and the metric that ranks its checkpoints: what
+/// training, `mm-train eval` on a run and the report all measure.
+pub struct RunSuites {
+    pub configs: Vec<SuiteConfig>,
+    pub suites: Vec<Suite>,
+    pub selection: Option<Selection>,
+}
+
+impl RunSuites {
+    /// The suites `eval` gives a run on `data` (see [`EvalConfig::suites_for`]), loaded.
+    pub fn load(
+        eval: &EvalConfig,
+        data: &DataConfig,
+        seed: u64,
+        image_size: usize,
+    ) -> Result<Self> {
+        let configs = eval.suites_for(data);
+        let inputs = SuiteInputs {
+            eval,
+            data,
+            seed,
+            image_size,
+        };
+        let suites = configs
+            .iter()
+            .map(|c| Suite::load(c, &inputs).with_context(|| format!("eval suite `{}`", c.name())))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            selection: eval.selection(&configs),
+            configs,
+            suites,
+        })
+    }
+
+    /// Every suite's measurement of `model`, in order.
+    pub fn measure(&self, model: &Measuring) -> Result<Vec<Measurement>> {
+        self.suites.iter().map(|s| s.measure(model)).collect()
+    }
+}
+
+/// The model a suite measures, and how its loss is taken.
+pub struct Measuring<'a> {
+    /// An inference (non-autodiff) model.
+    pub model: &'a ClipModel,
+    pub tokenizer: &'a ClipTokenizer,
+    pub context_length: usize,
+    pub objective: Objective,
+    /// Pairs per group of the validation loss (the contrastive loss depends on the batch):
+    /// the run's `batch_size * accum_freq`.
+    pub loss_batch: usize,
 }
 
 /// A checkpoint measured by its run's own suites (`mm-train eval` on such a run), as written
@@ -706,6 +726,35 @@ pub struct SuiteSummary {
 }
 
 impl SuitesReport {
+    /// `suites` measured on the model of checkpoint `checkpoint` at `step`.
+    pub fn measure(
+        checkpoint: &Path,
+        step: usize,
+        suites: &RunSuites,
+        model: &Measuring,
+    ) -> Result<Self> {
+        if suites.suites.is_empty() {
+            bail!(
+                "the run has no eval suites ([[eval.suites]]) and did not train on the built-in data: name a set with --folder, --labels-csv or --pairs"
+            );
+        }
+        let (mut summaries, mut metrics) = (Vec::new(), std::collections::BTreeMap::new());
+        for (suite, measured) in suites.suites.iter().zip(suites.measure(model)?) {
+            metrics.extend(measured.metrics);
+            summaries.push(SuiteSummary {
+                name: suite.name.clone(),
+                data: suite.description.clone(),
+                summary: measured.summary,
+            });
+        }
+        Ok(Self {
+            checkpoint: checkpoint.display().to_string(),
+            step,
+            suites: summaries,
+            metrics,
+        })
+    }
+
     pub fn table(&self) -> String {
         let mut out = format!("{} (step {})\n", self.checkpoint, self.step);
         for suite in &self.suites {
@@ -713,48 +762,4 @@ impl SuitesReport {
         }
         out
     }
-}
-
-/// Runs `config`'s suites on `ckpt`'s model, as training does at each evaluation.
-pub fn evaluate_run_suites(
-    ckpt: &crate::Checkpoint,
-    config: &crate::TrainConfig,
-) -> Result<SuitesReport> {
-    let configs = config.eval.suites_for(&config.data);
-    if configs.is_empty() {
-        bail!(
-            "the run has no eval suites ([[eval.suites]]) and did not train on the built-in data: name a set with --folder, --labels-csv or --pairs"
-        );
-    }
-    let suites = load_suites(
-        &configs,
-        &SuiteInputs {
-            eval: &config.eval,
-            data: &config.data,
-            seed: config.seed,
-            image_size: ckpt.model_config.vision.image_size,
-        },
-    )?;
-    let (mut summaries, mut metrics) = (Vec::new(), std::collections::BTreeMap::new());
-    for suite in &suites {
-        let measured = suite.measure(
-            &ckpt.model,
-            &ckpt.tokenizer,
-            ckpt.model_config.text.context_length,
-            config.objective,
-            config.train.batch_size * config.train.accum_freq,
-        )?;
-        metrics.extend(measured.metrics);
-        summaries.push(SuiteSummary {
-            name: suite.name.clone(),
-            data: suite.description.clone(),
-            summary: measured.summary,
-        });
-    }
-    Ok(SuitesReport {
-        checkpoint: ckpt.dir.display().to_string(),
-        step: ckpt.state.step,
-        suites: summaries,
-        metrics,
-    })
 }

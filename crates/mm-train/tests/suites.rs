@@ -8,52 +8,27 @@ use std::path::{Path, PathBuf};
 use mm_train::TrainConfig;
 use mm_train::eval::LabelledImages;
 
+mod common;
+
 fn assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets")
 }
 
+/// The tests' tiny model trained on shards 0-2 of `assets/shards`, evaluated every 10 steps as
+/// `eval` says, keeping one checkpoint besides the best.
 fn shards_config(run: &Path, steps: usize, eval: &str) -> TrainConfig {
-    let assets = assets();
-    let text = format!(
-        r#"
-        seed = 3
-        output_dir = "{run}"
-        [model]
-        embed_dim = 16
-        [model.vision]
-        image_size = 32
-        patch_size = 8
-        width = 32
-        layers = 1
-        heads = 2
-        intermediate_size = 64
-        [model.text]
-        context_length = 16
-        vocab_size = 49408
-        width = 32
-        layers = 1
-        heads = 2
-        intermediate_size = 64
-        [data]
-        source = "webdataset"
-        path = "{assets}/shards/shapes-{{00000..00002}}.tar"
-        shuffle_buffer = 50
-        train_transform = "center_crop"
-        [optim]
-        lr = 3e-3
-        warmup_steps = 2
-        [train]
-        steps = {steps}
-        batch_size = 16
-        log_every = 5
-        eval_every = 10
-        checkpoint_every = 10
-        keep_checkpoints = 1
-        {eval}
-        "#,
-        run = run.display(),
-        assets = assets.display(),
+    let data = format!(
+        "[data]\nsource = \"webdataset\"\npath = \"{}/shards/shapes-{{00000..00002}}.tar\"\nshuffle_buffer = 50\n",
+        assets().display()
     );
+    let text = common::tiny_toml(run, steps)
+        .replacen("[data]\n", &data, 1)
+        .replacen(
+            "keep_checkpoints = 2",
+            "keep_checkpoints = 1\neval_every = 10",
+            1,
+        )
+        .replacen("[eval]\n        heldout_samples = 48", eval, 1);
     TrainConfig::from_toml(&text, "suites.toml").unwrap()
 }
 
