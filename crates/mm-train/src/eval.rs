@@ -199,6 +199,9 @@ pub fn class_names(text: &str) -> Vec<String> {
 /// Entries listed from one folder of a labelled set.
 const MAX_FOLDER_ENTRIES: usize = 10_000_000;
 
+/// Encoded images (tar members) a paired set may keep in memory.
+pub const MAX_PAIRS_BYTES: u64 = 2 << 30;
+
 /// Image-caption pairs for retrieval.
 pub struct PairedSet {
     pub images: Vec<ImageInput>,
@@ -213,9 +216,20 @@ impl PairedSet {
         let mut source = config.open_epoch(0, 0, image_size)?;
         let name = source.describe();
         let (mut images, mut captions, mut skipped) = (Vec::new(), Vec::new(), 0);
+        let mut held = 0u64;
         for item in source.as_mut() {
             match item {
                 Ok(pair) => {
+                    if let ImageInput::Encoded(bytes) = &pair.image {
+                        held += bytes.len() as u64;
+                    }
+                    if held > MAX_PAIRS_BYTES {
+                        bail!(
+                            "{name}: the first {} pairs hold more than {} MiB of encoded images, kept in memory for the whole run; use fewer pairs",
+                            images.len() + 1,
+                            MAX_PAIRS_BYTES >> 20
+                        );
+                    }
                     images.push(pair.image);
                     captions.push(pair.caption);
                 }
