@@ -17,9 +17,12 @@ use burn::store::{
 use burn::tensor::{DType, Device, Shape, TensorData};
 use serde_json::{Value, json};
 
-use crate::config::{ClipConfig, ConfigError, TextConfig, VisionConfig};
+use crate::config::ConfigError;
+use crate::model::ClipConfig;
 use crate::model::ClipModel;
+use crate::text::TextConfig;
 use crate::transformer::Activation;
+use crate::vision::VisionConfig;
 
 pub use crate::text::LEGACY_EOS_TOKEN_ID;
 

@@ -22,9 +22,9 @@ pub mod text;
 pub mod transformer;
 pub mod vision;
 
-pub use config::{ClipConfig, ConfigError, TextConfig, VisionConfig, from_toml_str};
+pub use config::{ConfigError, from_toml_str};
 pub use hf::HfError;
-pub use model::ClipModel;
-pub use text::{TextTransformer, eot_index};
+pub use model::{ClipConfig, ClipModel};
+pub use text::{TextConfig, TextTransformer, eot_index};
 pub use transformer::{Activation, Encoder, TransformerConfig};
-pub use vision::{TowerOutput, VisionTransformer};
+pub use vision::{TowerOutput, VisionConfig, VisionTransformer};

@@ -1,14 +1,201 @@
 //! The two towers joined (HF `CLIPModel`): projections into a shared embedding space and the
-//! learnable temperature.
+//! learnable temperature; `ClipConfig`, the whole model's shape as data, and its TOML presets.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
 
-use crate::config::ClipConfig;
-use crate::text::TextTransformer;
+use crate::config::{
+    ConfigError, MAX_CONTEXT_LENGTH, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PARAMS, MAX_PATCHES,
+    MAX_VOCAB_SIZE, MAX_WIDTH, from_toml_str,
+};
+use crate::text::{TextConfig, TextTransformer};
 use crate::transformer::linear;
-use crate::vision::VisionTransformer;
+use crate::vision::{VisionConfig, VisionTransformer};
+
+fn default_logit_scale_init() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+/// A whole CLIP model: both towers and the shared embedding space.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipConfig {
+    /// Dimension of the joint image-text embedding (HF `projection_dim`).
+    pub embed_dim: usize,
+    /// Initial value of the learnable log temperature (ln(1/0.07) as in CLIP).
+    #[serde(default = "default_logit_scale_init")]
+    pub logit_scale_init: f64,
+    /// A learnable bias added to the scaled similarities, for the sigmoid loss (SigLIP starts
+    /// it at -10); absent for CLIP's softmax loss, which a bias would not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias_init: Option<f64>,
+    pub vision: VisionConfig,
+    pub text: TextConfig,
+}
+
+/// Named model shapes shipped with mm (files in `crates/mm-encoders/presets/`).
+const PRESETS: &[(&str, &str)] = &[
+    ("vit-b-32", include_str!("../presets/vit-b-32.toml")),
+    ("tiny", include_str!("../presets/tiny.toml")),
+];
+
+impl ClipConfig {
+    /// Names accepted by [`ClipConfig::preset`].
+    pub fn preset_names() -> Vec<&'static str> {
+        PRESETS.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// A named preset, e.g. `vit-b-32` or `tiny`.
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            ConfigError::new(
+                "model presets",
+                "model",
+                format!(
+                    "unknown preset `{name}` (known: {})",
+                    Self::preset_names().join(", ")
+                ),
+            )
+        })?;
+        let config: Self = from_toml_str(text, &format!("preset `{name}`"))?;
+        config.validate(&format!("preset `{name}`"))?;
+        Ok(config)
+    }
+
+    /// Checks the relations between fields that serde cannot express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(origin, key, msg));
+        let v = &self.vision;
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+            return err(
+                "vision.patch_size",
+                format!(
+                    "must divide vision.image_size ({}) exactly, got {}",
+                    v.image_size, v.patch_size
+                ),
+            );
+        }
+        for (tower, width, heads) in [
+            ("vision", v.width, v.heads),
+            ("text", self.text.width, self.text.heads),
+        ] {
+            if heads == 0 || !width.is_multiple_of(heads) {
+                return err(
+                    &format!("{tower}.heads"),
+                    format!("must divide {tower}.width ({width}) exactly, got {heads}"),
+                );
+            }
+        }
+        if self.text.context_length < 2 {
+            return err(
+                "text.context_length",
+                "must be at least 2 (start and end tokens)".into(),
+            );
+        }
+        if self.text.eos_token_id as usize >= self.text.vocab_size {
+            return err(
+                "text.eos_token_id",
+                format!("must be below text.vocab_size ({})", self.text.vocab_size),
+            );
+        }
+        let t = &self.text;
+        for (key, value, max) in [
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("vision.image_size", v.image_size, MAX_IMAGE_SIZE),
+            ("vision.patch_size", v.patch_size, MAX_IMAGE_SIZE),
+            ("vision.width", v.width, MAX_WIDTH),
+            ("vision.layers", v.layers, MAX_LAYERS),
+            ("vision.heads", v.heads, MAX_WIDTH),
+            (
+                "vision.intermediate_size",
+                v.intermediate_size,
+                4 * MAX_WIDTH,
+            ),
+            ("text.context_length", t.context_length, MAX_CONTEXT_LENGTH),
+            ("text.vocab_size", t.vocab_size, MAX_VOCAB_SIZE),
+            ("text.width", t.width, MAX_WIDTH),
+            ("text.layers", t.layers, MAX_LAYERS),
+            ("text.heads", t.heads, MAX_WIDTH),
+            ("text.intermediate_size", t.intermediate_size, 4 * MAX_WIDTH),
+        ] {
+            if value == 0 {
+                return err(key, "must be positive".into());
+            }
+            if value > max {
+                return err(
+                    key,
+                    format!("{value} is beyond any real model (at most {max})"),
+                );
+            }
+        }
+        if v.grid_size() * v.grid_size() > MAX_PATCHES {
+            return err(
+                "vision.patch_size",
+                format!(
+                    "{} patches per image (image_size / patch_size squared) is beyond any real model (at most {MAX_PATCHES})",
+                    v.grid_size() * v.grid_size()
+                ),
+            );
+        }
+        for (key, value) in [
+            ("vision.layer_norm_eps", v.layer_norm_eps),
+            ("text.layer_norm_eps", t.layer_norm_eps),
+        ] {
+            if !(value > 0.0 && value < 1.0) {
+                return err(key, format!("must be in (0, 1), got {value}"));
+            }
+        }
+        if !self.logit_scale_init.is_finite() || self.logit_scale_init.abs() > 20.0 {
+            return err(
+                "logit_scale_init",
+                format!(
+                    "must be a finite log temperature in [-20, 20], got {}",
+                    self.logit_scale_init
+                ),
+            );
+        }
+        if let Some(bias) = self.logit_bias_init
+            && !(bias.is_finite() && bias.abs() <= 100.0)
+        {
+            return err(
+                "logit_bias_init",
+                format!("must be a finite number in [-100, 100], got {bias}"),
+            );
+        }
+        let params = self.num_params();
+        if params > MAX_PARAMS {
+            return err(
+                "model",
+                format!("{params} parameters is beyond any real model (at most {MAX_PARAMS})"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model this config builds, counted without allocating it (checked
+    /// against the built model in the tests).
+    pub fn num_params(&self) -> u64 {
+        let block = |width: usize, intermediate: usize| -> u64 {
+            let (w, i) = (width as u64, intermediate as u64);
+            // Two LayerNorms, q/k/v/out projections with biases, fc1 and fc2 with biases.
+            2 * 2 * w + 4 * (w * w + w) + (w * i + i) + (i * w + w)
+        };
+        let (v, t) = (&self.vision, &self.text);
+        let (vw, tw, e) = (v.width as u64, t.width as u64, self.embed_dim as u64);
+        let patches = (v.grid_size() * v.grid_size()) as u64;
+        let vision = 3 * (v.patch_size * v.patch_size) as u64 * vw // patch embedding, no bias
+            + vw // class embedding
+            + (patches + 1) * vw // positions
+            + 2 * 2 * vw // pre and post LayerNorm
+            + v.layers as u64 * block(v.width, v.intermediate_size);
+        let text = (t.vocab_size + t.context_length) as u64 * tw
+            + 2 * tw
+            + t.layers as u64 * block(t.width, t.intermediate_size);
+        vision + text + vw * e + tw * e + 1 + self.logit_bias_init.is_some() as u64
+    }
+}
 
 /// Serialises model initialisations within the process (see [`ClipConfig::init_seeded`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
