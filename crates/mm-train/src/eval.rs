@@ -31,20 +31,28 @@ pub struct LabelledImages {
 impl LabelledImages {
     /// The first `n` samples of a split of the built-in data, labelled by colour x shape.
     pub fn shapes(dataset: &ShapesDataset, split: Split, n: usize) -> Self {
-        let (images, labels) = (0..n as u64)
-            .map(|i| {
-                let s = dataset.sample(split, i);
-                (
-                    ImageInput::Decoded(image::DynamicImage::ImageRgb8(s.image)),
-                    s.class,
-                )
-            })
-            .unzip();
-        Self {
+        Self::shapes_with_captions(dataset, split, n).0
+    }
+
+    /// [`Self::shapes`] and the samples' captions, each picture drawn once.
+    pub fn shapes_with_captions(
+        dataset: &ShapesDataset,
+        split: Split,
+        n: usize,
+    ) -> (Self, Vec<String>) {
+        let (mut images, mut labels, mut captions) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n as u64 {
+            let s = dataset.sample(split, i);
+            images.push(ImageInput::Decoded(image::DynamicImage::ImageRgb8(s.image)));
+            labels.push(s.class);
+            captions.push(s.caption);
+        }
+        let set = Self {
             images,
             labels,
             class_names: ShapesDataset::class_names(),
-        }
+        };
+        (set, captions)
     }
 
     /// A folder per class (`root/golden_retriever/*.jpg`; `_` reads as a space in the class
@@ -609,7 +617,8 @@ pub fn evaluate(
     let (dataset, labels, images, probe, builtin_pairs) = match data {
         EvalData::Shapes { seed, samples } => {
             let shapes = ShapesDataset::new(seed, size as u32);
-            let set = LabelledImages::shapes(&shapes, Split::HeldOut, samples);
+            let (set, captions) =
+                LabelledImages::shapes_with_captions(&shapes, Split::HeldOut, samples);
             let images = encode_images(model, &set.images, size)?.embeddings;
             let train = LabelledImages::shapes(&shapes, Split::Train, samples);
             let train_images = encode_images(model, &train.images, size)?.embeddings;
@@ -620,9 +629,6 @@ pub fn evaluate(
                 device,
             )?;
             let name = format!("built-in shapes, held-out split (seed {seed}), {samples} images");
-            let captions: Vec<String> = (0..samples as u64)
-                .map(|i| shapes.sample(Split::HeldOut, i).caption)
-                .collect();
             (name, set.labels, images, probe, Some(captions))
         }
         EvalData::Labelled { set, name } => {

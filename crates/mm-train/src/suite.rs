@@ -13,7 +13,8 @@ use mm_encoders::ClipModel;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{
-    LabelledImages, PairedSet, RetrievalReport, encode_images, encode_texts, retrieval, zero_shot,
+    LabelledImages, PairedSet, RetrievalReport, ZeroShotReport, encode_images, encode_texts,
+    retrieval, zero_shot,
 };
 use crate::task::Objective;
 
@@ -426,10 +427,8 @@ impl Suite {
             SuiteConfig::Shapes(s) => {
                 let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
                 let shapes = ShapesDataset::new(inputs.seed, inputs.image_size as u32);
-                let set = LabelledImages::shapes(&shapes, Split::HeldOut, n);
-                let captions = (0..n as u64)
-                    .map(|i| shapes.sample(Split::HeldOut, i).caption)
-                    .collect();
+                let (set, captions) =
+                    LabelledImages::shapes_with_captions(&shapes, Split::HeldOut, n);
                 (
                     format!(
                         "built-in shapes, held-out split (seed {}), {n} images",
@@ -523,9 +522,7 @@ impl Suite {
                 )?;
                 let loss = pair_loss(model, objective, images.clone(), texts.clone(), loss_batch)?;
                 let ret = retrieval(images, texts)?;
-                put("top1", zs.top1);
-                put("top5", zs.top5);
-                put("mean_per_class", zs.mean_per_class);
+                put_zero_shot(&mut put, &zs);
                 put_pairs(&mut put, loss, &ret);
                 format!(
                     "{}: held-out zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%; retrieval R@1 image->text {:.1}%, text->image {:.1}%; loss {loss:.4}",
@@ -549,9 +546,7 @@ impl Suite {
                     &labels,
                     templates,
                 )?;
-                put("top1", zs.top1);
-                put("top5", zs.top5);
-                put("mean_per_class", zs.mean_per_class);
+                put_zero_shot(&mut put, &zs);
                 format!(
                     "{}: zero-shot top-1 {:.1}% (chance {:.1}%), top-5 {:.1}%, mean per class {:.1}% on {} images{}",
                     self.name,
@@ -614,6 +609,12 @@ fn skipped_note(n: usize) -> String {
         0 => String::new(),
         n => format!(" ({n} unreadable images skipped)"),
     }
+}
+
+fn put_zero_shot(put: &mut impl FnMut(&str, f64), zs: &ZeroShotReport) {
+    put("top1", zs.top1);
+    put("top5", zs.top5);
+    put("mean_per_class", zs.mean_per_class);
 }
 
 fn put_pairs(put: &mut impl FnMut(&str, f64), loss: f64, ret: &RetrievalReport) {
