@@ -8,6 +8,8 @@
 //! binary classification (positive on the diagonal) with a log-sigmoid loss, so no softmax
 //! couples the batch.
 
+pub mod dist;
+
 use burn::tensor::activation::{log_sigmoid, log_softmax};
 use burn::tensor::{Int, Tensor};
 

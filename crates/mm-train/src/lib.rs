@@ -11,6 +11,8 @@ pub mod eval;
 pub mod hf;
 pub mod learner;
 pub mod memory;
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
 pub mod optim;
 pub mod param_path;
 pub mod precision;
