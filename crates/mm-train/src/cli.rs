@@ -286,7 +286,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             tokenizer: &ckpt.tokenizer,
             context_length: ckpt.model_config.text.context_length,
             objective: config.objective,
-            loss_batch: config.train.batch_size * config.train.accum_freq,
+            loss_batch: config.train.contrastive_batch(),
         };
         let report =
             crate::suite::SuitesReport::measure(&ckpt.dir, ckpt.state.step, &suites, &measuring)?;

@@ -110,6 +110,14 @@ pub struct ScheduleConfig {
     pub precision: crate::precision::Precision,
 }
 
+impl ScheduleConfig {
+    /// Samples per optimiser step, all of which see each other as negatives:
+    /// `batch_size * accum_freq`.
+    pub fn contrastive_batch(&self) -> usize {
+        self.batch_size * self.accum_freq
+    }
+}
+
 fn default_accum_freq() -> usize {
     1
 }

@@ -253,10 +253,9 @@ pub fn train_from(
 
     // The eval suites, their data read once; the shapes suite only when so configured or
     // when training on the built-in data.
-    let RunSuites {
-        suites, selection, ..
-    } = RunSuites::load(&config.eval, &config.data, config.seed, image_size)?;
-    for suite in &suites {
+    let run_suites = RunSuites::load(&config.eval, &config.data, config.seed, image_size)?;
+    let selection = run_suites.selection.clone();
+    for suite in &run_suites.suites {
         log.say(&format!("eval suite {}: {}", suite.name, suite.description))?;
     }
     match &selection {
@@ -269,20 +268,15 @@ pub fn train_from(
         )?,
     }
     let ctx = model_config.text.context_length;
-    let loss_batch = config.train.batch_size * config.train.accum_freq;
     let evaluate = |model: &ClipModel| -> Result<Vec<Measurement>> {
         let model = model.valid();
-        let measuring = Measuring {
+        run_suites.measure(&Measuring {
             model: &model,
             tokenizer: &tokenizer,
             context_length: ctx,
             objective: config.objective,
-            loss_batch,
-        };
-        suites
-            .iter()
-            .map(|suite| suite.measure(&measuring))
-            .collect()
+            loss_batch: config.train.contrastive_batch(),
+        })
     };
     let mut best: Option<f64> = None;
 
@@ -337,9 +331,8 @@ pub fn train_from(
         train_seconds += step_start.elapsed().as_secs_f64();
         losses.push(out.loss);
         let done = step + 1;
-        let samples_per_sec =
-            ((done - first_step) * config.train.batch_size * config.train.accum_freq) as f64
-                / start.elapsed().as_secs_f64();
+        let samples_per_sec = ((done - first_step) * config.train.contrastive_batch()) as f64
+            / start.elapsed().as_secs_f64();
         let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
         progress.set_message(format!(
             "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
@@ -386,7 +379,7 @@ pub fn train_from(
         } else {
             None
         };
-        if !suites.is_empty() && (every(config.train.eval_every) || done == steps) {
+        if !run_suites.suites.is_empty() && (every(config.train.eval_every) || done == steps) {
             let measured = evaluate(&learner.model)?;
             let metrics: Vec<(String, f64)> =
                 measured.iter().flat_map(|m| m.metrics.clone()).collect();
@@ -440,8 +433,7 @@ pub fn train_from(
         steps,
         losses,
         eval: last_eval,
-        samples_per_sec: ((steps - first_step) * config.train.batch_size * config.train.accum_freq)
-            as f64
+        samples_per_sec: ((steps - first_step) * config.train.contrastive_batch()) as f64
             / train_seconds.max(1e-9),
         wall_seconds,
         checkpoint,
