@@ -50,6 +50,8 @@ fn main() {
             lock_image: false,
             lock_text: false,
             precision: Default::default(),
+            local_loss: false,
+            checksum_every: 0,
         },
         eval: EvalConfig::default(),
     };

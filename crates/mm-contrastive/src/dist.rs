@@ -66,6 +66,108 @@ impl Communicator for SingleProcess {
     }
 }
 
+/// `n` ranks in one process, one per thread, exchanging buffers through shared memory: data
+/// parallelism simulated without MPI (tests, and checking a run's maths on one machine).
+/// Collectives reduce in rank order, so every rank gets bit-identical results.
+pub struct ThreadRank {
+    rank: usize,
+    shared: std::sync::Arc<ThreadShared>,
+}
+
+struct ThreadShared {
+    world_size: usize,
+    barrier: std::sync::Barrier,
+    slots: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl ThreadRank {
+    /// The `n` ranks of one group; hand one to each thread.
+    pub fn group(n: usize) -> Vec<ThreadRank> {
+        let shared = std::sync::Arc::new(ThreadShared {
+            world_size: n,
+            barrier: std::sync::Barrier::new(n),
+            slots: std::sync::Mutex::new(vec![Vec::new(); n]),
+        });
+        (0..n)
+            .map(|rank| ThreadRank {
+                rank,
+                shared: shared.clone(),
+            })
+            .collect()
+    }
+
+    /// Every rank's buffer, in rank order.
+    fn exchange(&self, local: &[f32]) -> Vec<Vec<f32>> {
+        let lock = || match self.shared.slots.lock() {
+            Ok(slots) => slots,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        lock()[self.rank] = local.to_vec();
+        self.shared.barrier.wait();
+        let all = lock().clone();
+        // Nobody writes the next round's slot before everyone has read this one.
+        self.shared.barrier.wait();
+        all
+    }
+
+    fn sum_blocks(blocks: &[Vec<f32>], range: std::ops::Range<usize>) -> Vec<f32> {
+        let mut sum = vec![0f32; range.len()];
+        for block in blocks {
+            for (s, x) in sum.iter_mut().zip(&block[range.clone()]) {
+                *s += x;
+            }
+        }
+        sum
+    }
+}
+
+impl Communicator for ThreadRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.shared.world_size
+    }
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
+        Ok(self.exchange(local).concat())
+    }
+    fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<(), CommError> {
+        let all = self.exchange(buffer);
+        buffer.copy_from_slice(&Self::sum_blocks(&all, 0..buffer.len()));
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, buffer: &[f32]) -> Result<Vec<f32>, CommError> {
+        let world = self.world_size();
+        if !buffer.len().is_multiple_of(world) {
+            return Err(CommError {
+                operation: "reduce_scatter",
+                message: format!("{} values do not split into {world} blocks", buffer.len()),
+            });
+        }
+        let block = buffer.len() / world;
+        let all = self.exchange(buffer);
+        Ok(Self::sum_blocks(
+            &all,
+            self.rank * block..(self.rank + 1) * block,
+        ))
+    }
+    fn broadcast(&self, buffer: &mut [f32], root: usize) -> Result<(), CommError> {
+        if root >= self.world_size() {
+            return Err(CommError {
+                operation: "broadcast",
+                message: format!("root {root} is not one of {} ranks", self.world_size()),
+            });
+        }
+        let all = self.exchange(buffer);
+        buffer.copy_from_slice(&all[root]);
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), CommError> {
+        self.shared.barrier.wait();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +185,35 @@ mod tests {
         let err = comm.broadcast(&mut buffer, 1).unwrap_err().to_string();
         assert!(err.contains("broadcast") && err.contains("root 1"), "{err}");
         comm.barrier().unwrap();
+    }
+
+    #[test]
+    fn thread_ranks_gather_reduce_and_scatter_in_rank_order() {
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadRank::group(3)
+                .into_iter()
+                .map(|comm| {
+                    scope.spawn(move || {
+                        let r = comm.rank() as f32;
+                        let gathered = comm.all_gather(&[r, 10.0 * r]).unwrap();
+                        let mut sum = [r, 1.0];
+                        comm.all_reduce_sum(&mut sum).unwrap();
+                        let block = comm.reduce_scatter_sum(&[r, 2.0 * r, 3.0 * r]).unwrap();
+                        let mut root = [r + 5.0];
+                        comm.broadcast(&mut root, 2).unwrap();
+                        comm.barrier().unwrap();
+                        (gathered, sum, block, root)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, (gathered, sum, block, root)) in results.into_iter().enumerate() {
+            assert_eq!(gathered, [0.0, 0.0, 1.0, 10.0, 2.0, 20.0]);
+            assert_eq!(sum, [3.0, 3.0]);
+            // Sum over ranks of [r, 2r, 3r] is [3, 6, 9]; rank k gets element k.
+            assert_eq!(block, [3.0 * (rank + 1) as f32]);
+            assert_eq!(root, [7.0]);
+        }
     }
 }

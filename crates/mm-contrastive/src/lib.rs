@@ -11,6 +11,8 @@
 pub mod dist;
 
 use burn::tensor::activation::{log_sigmoid, log_softmax};
+use std::ops::Range;
+
 use burn::tensor::{Int, Tensor};
 
 /// The logit scale is clamped at ln(100) as in CLIP, so the temperature never drops below 0.01.
@@ -52,11 +54,13 @@ pub fn clip_logits(
     }
 }
 
-/// Mean cross-entropy of `[n, n]` logits whose correct class for row i is column i.
-fn diagonal_cross_entropy(logits: Tensor<2>) -> Tensor<1> {
-    let n = logits.dims()[0];
-    let targets = Tensor::<1, Int>::arange(0..n as i64, &logits.device()).reshape([n, 1]);
-    log_softmax(logits, 1).gather(1, targets).mean().neg()
+/// Summed cross-entropy of logits `[b, n]` whose correct class for row i is column
+/// `first + i` (the rows `first..first + b` of a batch's `[n, n]` logits).
+fn diagonal_cross_entropy_sum(logits: Tensor<2>, first: usize) -> Tensor<1> {
+    let b = logits.dims()[0];
+    let targets = Tensor::<1, Int>::arange(first as i64..(first + b) as i64, &logits.device())
+        .reshape([b, 1]);
+    log_softmax(logits, 1).gather(1, targets).sum().neg()
 }
 
 /// The batch size of paired embeddings: the i-th image and the i-th text are a pair, so there
@@ -77,11 +81,38 @@ pub fn clip_loss(
     text_embeds: Tensor<2>,
     logit_scale: Tensor<1>,
 ) -> Tensor<1> {
-    assert_paired(&image_embeds, &text_embeds);
+    let n = assert_paired(&image_embeds, &text_embeds);
     let logits = clip_logits(image_embeds, text_embeds, logit_scale);
-    (diagonal_cross_entropy(logits.logits_per_image)
-        + diagonal_cross_entropy(logits.logits_per_text))
-    .div_scalar(2.0)
+    (diagonal_cross_entropy_sum(logits.logits_per_image, 0)
+        + diagonal_cross_entropy_sum(logits.logits_per_text, 0))
+    .div_scalar(2.0 * n as f64)
+}
+
+/// The share of [`clip_loss`] over the whole batch that its rows `rows` contribute: those
+/// images against every caption and those captions against every image (open_clip's
+/// `local_loss`, where each rank takes only its own rows of the global logits). Summed over
+/// a partition of `0..n` the shares give the batch's loss, and so do their gradients.
+pub fn clip_loss_rows(
+    image_embeds: Tensor<2>,
+    text_embeds: Tensor<2>,
+    logit_scale: Tensor<1>,
+    rows: Range<usize>,
+) -> Tensor<1> {
+    let n = assert_paired(&image_embeds, &text_embeds);
+    assert!(rows.end <= n, "rows {rows:?} of a batch of {n}");
+    let scale = logit_scale
+        .clamp_max(MAX_LOGIT_SCALE)
+        .exp()
+        .unsqueeze::<2>();
+    let (image, text) = (l2_normalize(image_embeds), l2_normalize(text_embeds));
+    let per_image = image
+        .clone()
+        .slice(rows.clone())
+        .matmul(text.clone().transpose());
+    let per_text = text.slice(rows.clone()).matmul(image.transpose());
+    (diagonal_cross_entropy_sum(per_image * scale.clone(), rows.start)
+        + diagonal_cross_entropy_sum(per_text * scale, rows.start))
+    .div_scalar(2.0 * n as f64)
 }
 
 /// SigLIP's initial `logit_scale` (ln 10: a temperature of 0.1), as in big_vision and
@@ -117,15 +148,33 @@ pub fn siglip_loss(
     logit_scale: Tensor<1>,
     logit_bias: Tensor<1>,
 ) -> Tensor<1> {
-    let n_images = assert_paired(&image_embeds, &text_embeds);
+    let n = assert_paired(&image_embeds, &text_embeds);
+    siglip_loss_rows(image_embeds, text_embeds, logit_scale, logit_bias, 0..n)
+}
+
+/// The share of [`siglip_loss`] over the whole batch that the images of rows `rows` contribute
+/// (against every caption; still divided by the whole batch's size), so shares over a
+/// partition of `0..n` sum to the batch's loss: each rank of a data-parallel run takes its own.
+pub fn siglip_loss_rows(
+    image_embeds: Tensor<2>,
+    text_embeds: Tensor<2>,
+    logit_scale: Tensor<1>,
+    logit_bias: Tensor<1>,
+    rows: Range<usize>,
+) -> Tensor<1> {
+    let n = assert_paired(&image_embeds, &text_embeds);
+    assert!(rows.end <= n, "rows {rows:?} of a batch of {n}");
     let device = image_embeds.device();
-    let logits = siglip_logits(image_embeds, text_embeds, logit_scale, logit_bias);
-    // +1 on the diagonal, -1 elsewhere.
-    let signs = Tensor::<2>::eye(n_images, &device)
+    let logits = siglip_logits(
+        image_embeds.slice(rows.clone()),
+        text_embeds,
+        logit_scale,
+        logit_bias,
+    );
+    // +1 where image i meets its own caption, -1 elsewhere.
+    let signs = Tensor::<2>::eye(n, &device)
+        .slice(rows)
         .mul_scalar(2.0)
         .sub_scalar(1.0);
-    log_sigmoid(logits * signs)
-        .sum()
-        .neg()
-        .div_scalar(n_images as f64)
+    log_sigmoid(logits * signs).sum().neg().div_scalar(n as f64)
 }

@@ -102,10 +102,11 @@ pub struct DataConfig {
     /// missing, the wrong CSV column): training stops with an error naming it.
     #[serde(default = "default_max_consecutive_skips")]
     pub max_consecutive_skips: usize,
-    /// This process's rank and the number of ranks: shards are split so ranks see disjoint data.
-    #[serde(default)]
+    /// This process's rank and the number of ranks training together, from the communicator
+    /// (never from the config file: see [`DataConfig::for_rank`]).
+    #[serde(skip)]
     pub rank: usize,
-    #[serde(default = "default_world_size")]
+    #[serde(skip, default = "default_world_size")]
     pub world_size: usize,
 }
 
@@ -227,6 +228,18 @@ impl DataConfig {
         Ok(())
     }
 
+    /// This config as rank `rank` of `world_size` reads it: whole shards for WebDataset (every
+    /// `world_size`-th, as open_clip splits them), every `world_size`-th row or picture
+    /// otherwise, so ranks see disjoint data and, unshuffled, step s of all ranks together
+    /// reads the same samples as step s of one process with the whole global batch.
+    pub fn for_rank(&self, rank: usize, world_size: usize) -> Self {
+        Self {
+            rank,
+            world_size,
+            ..self.clone()
+        }
+    }
+
     /// The caps on an image file this config sets.
     pub fn image_limits(&self) -> ImageLimits {
         ImageLimits {
@@ -253,10 +266,16 @@ impl DataConfig {
         image_size: usize,
     ) -> Result<Box<dyn PairSource>, DataError> {
         let paths = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
-        Ok(match self.source {
-            SourceKind::Shapes => {
-                Box::new(ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0))
+        let share = |source: Box<dyn PairSource>| -> Box<dyn PairSource> {
+            match self.world_size {
+                0 | 1 => source,
+                world => Box::new(RankShare::new(source, self.rank, world)),
             }
+        };
+        Ok(match self.source {
+            SourceKind::Shapes => share(Box::new(
+                ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0),
+            )),
             SourceKind::Webdataset => {
                 let mut shards =
                     shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
@@ -271,9 +290,9 @@ impl DataConfig {
             }
             SourceKind::Csv => {
                 let path = PathBuf::from(&paths[0]);
-                Box::new(CsvSource::open(&path, &self.csv_columns(&path))?)
+                share(Box::new(CsvSource::open(&path, &self.csv_columns(&path))?))
             }
-            SourceKind::Folder => Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?),
+            SourceKind::Folder => share(Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?)),
         })
     }
 
@@ -358,6 +377,54 @@ impl PairSource for ShuffleBuffer {
             "{}, shuffled in a buffer of {}",
             self.inner.describe(),
             self.capacity
+        )
+    }
+}
+
+/// Items `rank`, `rank + world`, `rank + 2 world`, ... of a source: one rank's share of the rows
+/// of a CSV, a folder or the built-in pictures (skipped items are not decoded).
+struct RankShare {
+    inner: Box<dyn PairSource>,
+    rank: usize,
+    world: usize,
+    started: bool,
+}
+
+impl RankShare {
+    fn new(inner: Box<dyn PairSource>, rank: usize, world: usize) -> Self {
+        Self {
+            inner,
+            rank,
+            world,
+            started: false,
+        }
+    }
+}
+
+impl Iterator for RankShare {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.nth(0)
+    }
+
+    /// Skips through the inner source's `nth`: fast-forwarding the built-in pictures draws none.
+    fn nth(&mut self, n: usize) -> Option<Self::Item> {
+        let first = match std::mem::replace(&mut self.started, true) {
+            false => self.rank,
+            true => self.world - 1,
+        };
+        self.inner.nth(first + n * self.world)
+    }
+}
+
+impl PairSource for RankShare {
+    fn describe(&self) -> String {
+        format!(
+            "{} (rank {}'s share: every {}th item)",
+            self.inner.describe(),
+            self.rank,
+            self.world
         )
     }
 }

@@ -108,6 +108,15 @@ pub struct ScheduleConfig {
     /// weights and optimiser.
     #[serde(default)]
     pub precision: crate::precision::Precision,
+    /// Data-parallel runs: each rank computes only its own rows of the global logits and the
+    /// feature gradients are reduce-scattered back (open_clip's `--local-loss`), so a rank's
+    /// loss memory grows with the global batch once, not squared. The result is the same.
+    #[serde(default)]
+    pub local_loss: bool,
+    /// Data-parallel runs: every this many steps the ranks compare checksums of their weights
+    /// and stop with an error naming the first parameter that differs (0: never).
+    #[serde(default = "default_checksum_every")]
+    pub checksum_every: usize,
 }
 
 impl ScheduleConfig {
@@ -116,6 +125,10 @@ impl ScheduleConfig {
     pub fn contrastive_batch(&self) -> usize {
         self.batch_size * self.accum_freq
     }
+}
+
+fn default_checksum_every() -> usize {
+    100
 }
 
 fn default_accum_freq() -> usize {

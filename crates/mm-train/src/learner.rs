@@ -9,15 +9,21 @@ use burn::tensor::Tensor;
 use mm_data::ClipBatch;
 use mm_encoders::{ClipConfig, ClipModel};
 
+use std::rc::Rc;
+
+use mm_contrastive::dist::{Communicator, SingleProcess};
+
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::replicas::{all_reduce_grads, broadcast_weights};
 
-/// One optimisation step's model, optimiser and bookkeeping.
+/// One optimisation step's model, optimiser and bookkeeping, and the ranks it trains with.
 pub struct Learner {
     pub model: ClipModel,
     pub optim: ModuleOptimizer,
     config: TrainConfig,
+    comm: Rc<dyn Communicator>,
 }
 
 /// A step whose loss (or gradient norm) is NaN or infinite: the model was not updated.
@@ -63,7 +69,21 @@ impl Learner {
             model,
             optim,
             config: config.clone(),
+            comm: Rc::new(SingleProcess),
         }
+    }
+
+    /// This learner as one rank of `comm`'s data-parallel group: every rank takes rank 0's
+    /// weights (a collective: all ranks call it together).
+    pub fn with_communicator(mut self, comm: Rc<dyn Communicator>) -> Result<Self> {
+        self.model = broadcast_weights(self.model, comm.as_ref())?;
+        self.comm = comm;
+        Ok(self)
+    }
+
+    /// The ranks this learner trains with.
+    pub fn comm(&self) -> &dyn Communicator {
+        self.comm.as_ref()
     }
 
     /// The objective's loss of the current model on `batch` (the forward pass of a step).
@@ -71,10 +91,11 @@ impl Learner {
         self.config.objective.batch_loss(&self.model, batch)
     }
 
-    /// Loss and gradients of the objective over `micro_batches` taken as one batch (see
-    /// [`crate::task::Objective::gradients`]), in the configured precision: a half-precision copy of the
-    /// model computes them and they come back as fp32 for the master weights.
-    pub fn gradients(&self, micro_batches: &[ClipBatch]) -> (f32, GradientsParams) {
+    /// Loss and gradients of the objective over the global batch (every rank's
+    /// `micro_batches`, see [`crate::task::Objective::gradients`]), summed over ranks, in the
+    /// configured precision: a half-precision copy of the model computes them and they come
+    /// back as fp32 for the master weights. Every rank gets the same values.
+    pub fn gradients(&self, micro_batches: &[ClipBatch]) -> Result<(f32, GradientsParams)> {
         let half = self.config.train.precision.half();
         let half_model;
         let model = match half {
@@ -84,11 +105,21 @@ impl Learner {
             }
             None => &self.model,
         };
-        let (loss, mut grads) = self.config.objective.gradients(model, micro_batches);
+        let comm = self.comm.as_ref();
+        let (loss, mut grads) = self.config.objective.gradients(
+            model,
+            micro_batches,
+            comm,
+            self.config.train.local_loss,
+        )?;
         if half.is_some() {
             crate::precision::grads_to_f32(&self.model, &mut grads);
         }
-        (loss, grads)
+        let mut loss = [loss];
+        if comm.world_size() > 1 {
+            all_reduce_grads(&self.model, &mut grads, &mut loss, comm)?;
+        }
+        Ok((loss[0], grads))
     }
 }
 
@@ -102,7 +133,7 @@ impl Learner {
         micro_batches: &[ClipBatch],
         step: usize,
     ) -> Result<StepOutput> {
-        let (loss_value, mut grads) = self.gradients(micro_batches);
+        let (loss_value, mut grads) = self.gradients(micro_batches)?;
         let non_finite = |what, value: f64| NonFinite {
             step: step + 1,
             what,

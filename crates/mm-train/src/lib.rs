@@ -16,6 +16,7 @@ pub mod mpi_comm;
 pub mod optim;
 pub mod param_path;
 pub mod precision;
+pub mod replicas;
 pub mod report;
 pub mod run;
 pub mod run_dir;

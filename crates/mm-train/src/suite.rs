@@ -647,6 +647,7 @@ fn pair_loss(
             model,
             images.clone().slice(start..end),
             texts.clone().slice(start..end),
+            None,
             false,
         );
         total += loss.into_scalar::<f32>() as f64 * (end - start) as f64;

@@ -6,10 +6,18 @@ use anyhow::{Result, bail};
 use burn::module::Param;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{FloatDType, Tensor};
-use mm_contrastive::{SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, clip_loss, siglip_loss};
+use std::ops::Range;
+
+use mm_contrastive::dist::{CommError, Communicator};
+use mm_contrastive::{
+    SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, clip_loss, clip_loss_rows, siglip_loss,
+    siglip_loss_rows,
+};
 use mm_data::ClipBatch;
 use mm_encoders::{ClipConfig, ClipModel};
 use serde::{Deserialize, Serialize};
+
+use crate::replicas::{host_values, tensor_of};
 
 /// `objective = "clip" | "siglip"` in a training config.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,14 +31,16 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The loss of paired fp32 features `[n, d]` under `model`'s temperature (and bias). With
-    /// `with_params = false` the temperature and bias enter as constants: accumulation
-    /// counts their gradient in one micro-batch only.
+    /// The loss of paired fp32 features `[n, d]` under `model`'s temperature (and bias), or,
+    /// with `rows`, the share of it those rows contribute (see [`clip_loss_rows`]). With
+    /// `with_params = false` the temperature and bias enter as constants, so that a caller
+    /// summing several such losses counts their gradient once.
     pub fn loss(
         self,
         model: &ClipModel,
         image: Tensor<2>,
         text: Tensor<2>,
+        rows: Option<Range<usize>>,
         with_params: bool,
     ) -> Tensor<1> {
         let param = |t: Tensor<1>| {
@@ -39,13 +49,20 @@ impl Objective {
         };
         let scale = param(model.logit_scale.val());
         match self {
-            Self::Clip => clip_loss(image, text, scale),
+            Self::Clip => match rows {
+                None => clip_loss(image, text, scale),
+                Some(rows) => clip_loss_rows(image, text, scale, rows),
+            },
             Self::Siglip => {
                 let bias = model
                     .logit_bias
                     .as_ref()
                     .expect("a SigLIP model has a logit_bias (start.rs gives it one)");
-                siglip_loss(image, text, scale, param(bias.val()))
+                let bias = param(bias.val());
+                match rows {
+                    None => siglip_loss(image, text, scale, bias),
+                    Some(rows) => siglip_loss_rows(image, text, scale, bias, rows),
+                }
             }
         }
     }
@@ -55,27 +72,36 @@ impl Objective {
         let device = model.logit_scale.val().device();
         let image = model.image_features(batch.pixels_tensor(&device));
         let text = model.text_features(batch.input_ids_tensor(&device));
-        self.loss(model, image, text, true)
+        self.loss(model, image, text, None, true)
     }
 
-    /// Loss and gradients of the objective over the concatenation of `micro_batches`, computed
-    /// one micro-batch at a time (open_clip's `accum_freq`): the features of every micro-batch
-    /// are first computed without keeping their graphs; then each micro-batch is re-encoded
-    /// with gradients and the loss taken over its fresh features joined with the others'
-    /// cached ones, so every sample still sees all `k * b` negatives. Summed over micro-batches
-    /// these gradients are those of the one big batch (for the sigmoid loss too); the
-    /// temperature and bias enter the graph only once (in the first micro-batch), so their
-    /// gradient is not counted `k` times. Encoders run in the dtype of `model`'s parameters,
-    /// features and loss in fp32.
+    /// This rank's share of the loss and its gradients over the global batch: the
+    /// concatenation of every rank's `micro_batches` (each rank its own; one rank alone is
+    /// plain training, several micro-batches open_clip's `accum_freq`). Summed over ranks, the
+    /// shares are the global batch's loss and gradients, as one process would compute them on
+    /// the whole batch (the learner sums them with one all-reduce).
+    ///
+    /// With one micro-batch and one rank this is one forward and backward pass. Otherwise the
+    /// features of every micro-batch are computed first (without their graphs when there are
+    /// several) and all-gathered over ranks; the loss over the global features (only this
+    /// rank's rows of it with `local_loss`) gives the gradient with respect to every feature,
+    /// of which this rank keeps its own rows (summing the other ranks' contributions by a
+    /// reduce-scatter under `local_loss`); each micro-batch is then encoded with its graph and
+    /// back-propagated from those feature gradients (the GradCache method), so the encoders'
+    /// memory is that of one micro-batch while every sample sees all `ranks x k x b` negatives.
+    /// The temperature and bias get their gradient once: from rank 0's full loss, or from
+    /// every rank's share under `local_loss`. Encoders run in the dtype of `model`'s
+    /// parameters, features and loss in fp32.
     pub fn gradients(
         self,
         model: &ClipModel,
         micro_batches: &[ClipBatch],
-    ) -> (f32, GradientsParams) {
-        let objective = self;
+        comm: &dyn Communicator,
+        local_loss: bool,
+    ) -> Result<(f32, GradientsParams), CommError> {
         let dtype = model.logit_scale.val().dtype();
         let device = model.logit_scale.val().device();
-        let fp32 = burn::tensor::FloatDType::F32;
+        let fp32 = FloatDType::F32;
         let encode = |batch: &ClipBatch| {
             (
                 model
@@ -86,41 +112,121 @@ impl Objective {
                     .cast(fp32),
             )
         };
-        if let [batch] = micro_batches {
+        let (rank, world) = (comm.rank(), comm.world_size());
+        if let ([batch], 1) = (micro_batches, world) {
             let (image, text) = encode(batch);
-            let loss = objective.loss(model, image, text, true);
+            let loss = self.loss(model, image, text, None, true);
             let value = loss.clone().into_scalar::<f32>();
-            return (value, GradientsParams::from_grads(loss.backward(), model));
+            return Ok((value, GradientsParams::from_grads(loss.backward(), model)));
         }
-        let cached: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
+
+        // Every local micro-batch's features; with a single one its graph is kept for the
+        // backward pass below, with several each is re-encoded there.
+        let mut kept = None;
+        let features: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
             .iter()
             .map(|batch| {
                 let (image, text) = encode(batch);
+                if micro_batches.len() == 1 {
+                    kept = Some((image.clone(), text.clone()));
+                }
                 (image.detach(), text.detach())
             })
             .collect();
-        let mut accumulator = GradientsAccumulator::<ClipModel>::new();
-        let mut loss_value = 0.0;
-        for (j, batch) in micro_batches.iter().enumerate() {
-            let (image_j, text_j) = encode(batch);
-            let join = |fresh: Tensor<2>, pick: fn(&(Tensor<2>, Tensor<2>)) -> Tensor<2>| {
-                let parts: Vec<Tensor<2>> = cached
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| if i == j { fresh.clone() } else { pick(c) })
-                    .collect();
-                Tensor::cat(parts, 0)
-            };
-            let image = join(image_j, |c| c.0.clone());
-            let text = join(text_j, |c| c.1.clone());
-            // The temperature (and bias) enter the graph once, in the first micro-batch.
-            let loss = objective.loss(model, image, text, j == 0);
-            if j == 0 {
-                loss_value = loss.clone().into_scalar::<f32>();
-            }
-            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+        let sizes: Vec<usize> = features.iter().map(|(i, _)| i.dims()[0]).collect();
+        let (image, text): (Vec<_>, Vec<_>) = features.into_iter().unzip();
+        let (image, text) = (Tensor::cat(image, 0), Tensor::cat(text, 0));
+        let [local, width] = image.dims();
+        let counts = comm.all_gather(&[local as f32, width as f32])?;
+        if counts.chunks(2).any(|c| c != [local as f32, width as f32]) {
+            return Err(CommError {
+                operation: "all_gather",
+                message: format!(
+                    "ranks hold batches of different sizes (rank, samples, width): {:?}; every rank must step with train.batch_size x train.accum_freq samples",
+                    counts
+                        .chunks(2)
+                        .enumerate()
+                        .map(|(r, c)| (r, c[0] as usize, c[1] as usize))
+                        .collect::<Vec<_>>()
+                ),
+            });
         }
-        (loss_value, accumulator.grads())
+        // One all-gather of [image | text] per rank.
+        let mut mine = host_values(image);
+        mine.extend(host_values(text));
+        let gathered = comm.all_gather(&mine)?;
+        let block = local * width;
+        let (mut image_all, mut text_all) = (Vec::new(), Vec::new());
+        for part in gathered.chunks(2 * block) {
+            image_all.extend_from_slice(&part[..block]);
+            text_all.extend_from_slice(&part[block..]);
+        }
+        let global = world * local;
+        let image_all = tensor_of(&image_all, [global, width], &device).require_grad();
+        let text_all = tensor_of(&text_all, [global, width], &device).require_grad();
+        let rows = rank * local..(rank + 1) * local;
+        let (loss, with_params) = match local_loss {
+            true => (Some(rows.clone()), true),
+            false => (None, rank == 0),
+        };
+        let loss = self.loss(
+            model,
+            image_all.clone(),
+            text_all.clone(),
+            loss,
+            with_params,
+        );
+        let value = loss.clone().into_scalar::<f32>();
+        let share = match (local_loss, rank) {
+            (true, _) | (false, 0) => value,
+            (false, _) => 0.0,
+        };
+        let grads = loss.backward();
+        let feature_grad = |t: &Tensor<2>| {
+            t.grad(&grads)
+                .map(host_values)
+                .unwrap_or_else(|| vec![0.0; global * width])
+        };
+        let (image_grad, text_grad) = (feature_grad(&image_all), feature_grad(&text_all));
+        let loss_params = GradientsParams::from_grads(grads, model);
+        // This rank's rows of d(global loss)/d(features): from its own full loss, or summed
+        // over every rank's share.
+        let (image_grad, text_grad) = match local_loss {
+            false => (
+                image_grad[rows.start * width..rows.end * width].to_vec(),
+                text_grad[rows.start * width..rows.end * width].to_vec(),
+            ),
+            true => {
+                let mut blocks = Vec::with_capacity(2 * global * width);
+                for r in 0..world {
+                    blocks.extend_from_slice(&image_grad[r * block..(r + 1) * block]);
+                    blocks.extend_from_slice(&text_grad[r * block..(r + 1) * block]);
+                }
+                let mut own = comm.reduce_scatter_sum(&blocks)?;
+                let text = own.split_off(block);
+                (own, text)
+            }
+        };
+
+        let mut accumulator = GradientsAccumulator::<ClipModel>::new();
+        accumulator.accumulate(model, loss_params);
+        let mut first = 0;
+        for (j, batch) in micro_batches.iter().enumerate() {
+            let (image, text) = match kept.take() {
+                Some(features) => features,
+                None => encode(batch),
+            };
+            let span = first * width..(first + sizes[j]) * width;
+            first += sizes[j];
+            let constant = |g: &[f32]| tensor_of(g, [sizes[j], width], &device);
+            let surrogate = (image * constant(&image_grad[span.clone()])).sum()
+                + (text * constant(&text_grad[span])).sum();
+            accumulator.accumulate(
+                model,
+                GradientsParams::from_grads(surrogate.backward(), model),
+            );
+        }
+        Ok((share, accumulator.grads()))
     }
 
     /// The shape of a fresh model for this objective: SigLIP starts its temperature at ln 10

@@ -3,56 +3,9 @@
 
 mod common;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use mm_data::ClipBatch;
 use mm_train::Learner;
 use mm_train::task::Objective;
-
-fn slice(batch: &ClipBatch, rows: std::ops::Range<usize>) -> ClipBatch {
-    let plane = 3 * batch.image_size * batch.image_size;
-    let ctx = batch.context_length;
-    ClipBatch {
-        batch_size: rows.len(),
-        pixels: batch.pixels[rows.start * plane..rows.end * plane].to_vec(),
-        input_ids: batch.input_ids[rows.start * ctx..rows.end * ctx].to_vec(),
-        captions: batch.captions[rows.clone()].to_vec(),
-        ..batch.clone()
-    }
-}
-
-/// Largest |a - b| over every parameter's gradient, and the largest |a|.
-fn compare(model: &impl Module, a: &GradientsParams, b: &GradientsParams) -> (f32, f32) {
-    struct Diff<'a> {
-        a: &'a GradientsParams,
-        b: &'a GradientsParams,
-        worst: f32,
-        scale: f32,
-        count: usize,
-    }
-    impl ModuleVisitor for Diff<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (Some(x), Some(y)) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id)) else {
-                panic!("a parameter has a gradient on one side only");
-            };
-            self.count += 1;
-            let diff = (x.clone() - y).abs().max().into_scalar::<f32>();
-            self.worst = self.worst.max(diff);
-            self.scale = self.scale.max(x.abs().max().into_scalar::<f32>());
-        }
-    }
-    let mut diff = Diff {
-        a,
-        b,
-        worst: 0.0,
-        scale: 0.0,
-        count: 0,
-    };
-    model.visit(&mut diff);
-    assert!(diff.count > 30, "only {} parameters compared", diff.count);
-    (diff.worst, diff.scale)
-}
 
 #[test]
 fn accumulated_micro_batches_give_the_big_batch_gradient() {
@@ -72,15 +25,17 @@ fn accumulation_is_exact(objective: Objective) {
         objective == Objective::Siglip
     );
     let big = common::shapes_batches(&model_config, 1).remove(0);
-    let micro: Vec<ClipBatch> = (0..4).map(|i| slice(&big, 4 * i..4 * (i + 1))).collect();
+    let micro: Vec<ClipBatch> = (0..4)
+        .map(|i| common::rows_of(&big, 4 * i..4 * (i + 1)))
+        .collect();
 
-    let (loss_big, grads_big) = learner.gradients(std::slice::from_ref(&big));
-    let (loss_acc, grads_acc) = learner.gradients(&micro);
+    let (loss_big, grads_big) = learner.gradients(std::slice::from_ref(&big)).unwrap();
+    let (loss_acc, grads_acc) = learner.gradients(&micro).unwrap();
     assert!(
         (loss_big - loss_acc).abs() < 1e-5,
         "{loss_big} vs {loss_acc}"
     );
-    let (worst, scale) = compare(&learner.model, &grads_big, &grads_acc);
+    let (worst, scale) = common::compare_grads(&learner.model, &grads_big, &grads_acc);
     println!(
         "{objective:?}: max |grad(16) - grad(4 x 4)| = {worst:.2e} (largest gradient {scale:.2e})"
     );
@@ -95,10 +50,10 @@ fn accumulation_is_exact(objective: Objective) {
     for batch in &micro {
         naive.accumulate(
             &learner.model,
-            learner.gradients(std::slice::from_ref(batch)).1,
+            learner.gradients(std::slice::from_ref(batch)).unwrap().1,
         );
     }
-    let (worst_naive, _) = compare(&learner.model, &grads_big, &naive.grads());
+    let (worst_naive, _) = common::compare_grads(&learner.model, &grads_big, &naive.grads());
     assert!(
         worst_naive > 1e-3,
         "{objective:?}: the control should differ, got {worst_naive}"
@@ -155,10 +110,10 @@ fn bf16_steps_keep_fp32_master_weights_and_track_fp32() {
     config.validate("test").unwrap();
     // The same model (weights and parameter ids) trained in bf16: gradients approximate fp32's.
     let mut bf16 = Learner::from_model(&config, fp32.model.clone());
-    let (loss32, grads32) = fp32.gradients(std::slice::from_ref(&batches[0]));
-    let (loss16, grads16) = bf16.gradients(std::slice::from_ref(&batches[0]));
+    let (loss32, grads32) = fp32.gradients(std::slice::from_ref(&batches[0])).unwrap();
+    let (loss16, grads16) = bf16.gradients(std::slice::from_ref(&batches[0])).unwrap();
     assert!((loss32 - loss16).abs() < 0.05, "{loss32} vs {loss16}");
-    let (worst, scale) = compare(&fp32.model, &grads32, &grads16);
+    let (worst, scale) = common::compare_grads(&fp32.model, &grads32, &grads16);
     println!(
         "bf16 vs fp32: loss {loss16} vs {loss32}; max gradient difference {worst:.3e} (largest {scale:.3e})"
     );

@@ -121,3 +121,57 @@ pub fn safetensors_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     tensors.sort();
     tensors
 }
+
+/// Rows `rows` of a batch, as a batch.
+#[allow(dead_code)]
+pub fn rows_of(batch: &mm_data::ClipBatch, rows: std::ops::Range<usize>) -> mm_data::ClipBatch {
+    let plane = 3 * batch.image_size * batch.image_size;
+    let ctx = batch.context_length;
+    mm_data::ClipBatch {
+        batch_size: rows.len(),
+        pixels: batch.pixels[rows.start * plane..rows.end * plane].to_vec(),
+        input_ids: batch.input_ids[rows.start * ctx..rows.end * ctx].to_vec(),
+        captions: batch.captions[rows.clone()].to_vec(),
+        ..batch.clone()
+    }
+}
+
+/// Largest |a - b| over every parameter's gradient, and the largest |a|.
+#[allow(dead_code)]
+pub fn compare_grads(
+    model: &impl burn::module::Module,
+    a: &burn::optim::GradientsParams,
+    b: &burn::optim::GradientsParams,
+) -> (f32, f32) {
+    struct Diff<'a> {
+        a: &'a burn::optim::GradientsParams,
+        b: &'a burn::optim::GradientsParams,
+        worst: f32,
+        scale: f32,
+        count: usize,
+    }
+    impl burn::module::ModuleVisitor for Diff<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            let (Some(x), Some(y)) = (self.a.get::<D>(param.id), self.b.get::<D>(param.id)) else {
+                panic!("a parameter has a gradient on one side only");
+            };
+            self.count += 1;
+            let diff = (x.clone() - y).abs().max().into_scalar::<f32>();
+            self.worst = self.worst.max(diff);
+            self.scale = self.scale.max(x.abs().max().into_scalar::<f32>());
+        }
+    }
+    let mut diff = Diff {
+        a,
+        b,
+        worst: 0.0,
+        scale: 0.0,
+        count: 0,
+    };
+    model.visit(&mut diff);
+    assert!(diff.count > 30, "only {} parameters compared", diff.count);
+    (diff.worst, diff.scale)
+}
