@@ -52,6 +52,7 @@ fn main() {
             precision: Default::default(),
             local_loss: false,
             checksum_every: 0,
+            collective_timeout_s: 900,
         },
         eval: EvalConfig::default(),
     };

@@ -29,6 +29,11 @@ pub trait Communicator {
     fn broadcast(&self, buffer: &mut [f32], root: usize) -> Result<(), CommError>;
     /// Returns once every rank has reached it.
     fn barrier(&self) -> Result<(), CommError>;
+    /// Ends every rank's process (MPI_Abort): a rank that cannot go on must not leave the
+    /// others waiting in a collective. One process alone just exits.
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process alone: every collective is the identity, so single-process training runs the

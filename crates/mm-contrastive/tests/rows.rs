@@ -1,5 +1,6 @@
 //! The per-rank shares of the losses (`local_loss`): over any partition of the batch's rows
 //! they sum to the whole batch's loss, and so do their gradients, for CLIP and SigLIP.
+#![allow(clippy::single_range_in_vec_init)] // Partitions of one part are meant.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use mm_contrastive::{clip_loss, clip_loss_rows, siglip_loss, siglip_loss_rows};

@@ -186,12 +186,6 @@ impl DataConfig {
                 ),
             ));
         }
-        if self.world_size == 0 || self.rank >= self.world_size {
-            return Err((
-                "data.rank",
-                format!("must be below data.world_size ({})", self.world_size),
-            ));
-        }
         for (key, value, max) in [
             ("data.max_image_pixels", self.max_image_pixels, 1 << 36),
             ("data.max_image_bytes", self.max_image_bytes, 1 << 34),
@@ -421,7 +415,7 @@ impl Iterator for RankShare {
 impl PairSource for RankShare {
     fn describe(&self) -> String {
         format!(
-            "{} (rank {}'s share: every {}th item)",
+            "{} (rank {}'s share: one item in {})",
             self.inner.describe(),
             self.rank,
             self.world

@@ -174,6 +174,49 @@ fn ranks_get_disjoint_shards_covering_all() {
     assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 3]);
 }
 
+/// The captions a stream hands out first.
+fn captions(
+    stream: impl Iterator<Item = Result<mm_data::ImageTextPair, mm_data::SampleError>>,
+    n: usize,
+) -> Vec<String> {
+    stream.take(n).map(|item| item.unwrap().caption).collect()
+}
+
+#[test]
+fn ranks_share_rows_so_that_together_they_read_what_one_process_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("pairs.csv");
+    let rows: String = (0..12).map(|i| format!("{i}.png,row {i}\n")).collect();
+    std::fs::write(&csv, format!("filepath,title\n{rows}")).unwrap();
+    let csv_config = DataConfig {
+        source: mm_data::SourceKind::Csv,
+        path: Some(mm_data::Paths::One(csv.display().to_string())),
+        shuffle_buffer: 0,
+        ..DataConfig::default()
+    };
+    for config in [csv_config, DataConfig::default()] {
+        let one = captions(config.open_stream(4, 16).unwrap(), 12);
+        for world in [2, 3, 4] {
+            for rank in 0..world {
+                let mine = captions(
+                    config.for_rank(rank, world).open_stream(4, 16).unwrap(),
+                    12 / world,
+                );
+                let want: Vec<String> = one.iter().skip(rank).step_by(world).cloned().collect();
+                assert_eq!(mine, want, "rank {rank} of {world}");
+                // Resuming a rank skips its own items.
+                let mut resumed = config.for_rank(rank, world).open_stream(4, 16).unwrap();
+                resumed.fast_forward(2);
+                assert_eq!(
+                    captions(resumed, 1),
+                    want[2..3],
+                    "rank {rank} of {world} resumed"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_tar_members_are_skipped_and_counted_by_kind() {
     let dir = tempfile::tempdir().unwrap();

@@ -55,6 +55,41 @@ pub struct CheckpointState {
     /// Items of the training stream consumed through `step`: resuming skips this many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_position: Option<u64>,
+    /// Ranks of the data-parallel run that wrote it (absent: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// Every rank's `data_position`, in rank order, for a data-parallel run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_positions: Vec<u64>,
+}
+
+impl CheckpointState {
+    /// Where rank `rank` of `world_size` resumes reading its share of the data, and a note
+    /// for the log when the run continues on another number of ranks than wrote this.
+    /// At the same number each rank continues exactly where it was. At another, weights,
+    /// optimiser and step are still exact; the global stream continues after the items all
+    /// ranks consumed together, each rank skipping its share of them: exact for a CSV, a
+    /// folder or the built-in data when the ranks had consumed equally, approximate for
+    /// shards (re-split among the ranks) or with skipped samples.
+    pub fn data_position_for(&self, rank: usize, world_size: usize) -> (u64, Option<String>) {
+        let written = self.world_size.unwrap_or(1);
+        let positions = match self.data_positions.as_slice() {
+            [] => vec![self.data_position.unwrap_or(0)],
+            all => all.to_vec(),
+        };
+        if written == world_size && positions.len() == world_size {
+            return (positions[rank], None);
+        }
+        let total: u64 = positions.iter().sum();
+        let (w, r) = (world_size as u64, rank as u64);
+        // Global items 0..total, dealt to ranks in turn: rank r's share of them.
+        let share = total / w + u64::from(r < total % w);
+        let note = format!(
+            "resuming at step {} on {world_size} rank(s) from a checkpoint of {written}: weights, optimiser and step are exact; the data continues after the {total} items read so far, each rank skipping its share (exact for CSV, folder and built-in data read evenly; shards are re-split, so some of this epoch's samples may repeat or be missed)",
+            self.step
+        );
+        (share, Some(note))
+    }
 }
 
 /// A checkpoint read back: everything needed to run the model.

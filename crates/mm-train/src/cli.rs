@@ -254,7 +254,22 @@ fn run_train(args: TrainArgs) -> Result<()> {
             r
         }
     });
-    crate::run::train_from(&config, show_progress, resume.as_deref())?;
+    let comm = crate::launch::communicator(std::time::Duration::from_secs(
+        config.train.collective_timeout_s,
+    ))?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    if world == 1 {
+        crate::run::train_from(&config, show_progress, resume.as_deref())?;
+        return Ok(());
+    }
+    config.device = crate::launch::rank_device(&config.device, crate::launch::local_rank(), world);
+    if let Err(error) =
+        crate::run::train_ranks(&config, show_progress, resume.as_deref(), comm.clone())
+    {
+        // The other ranks would wait for this one in their next collective: stop them all.
+        eprintln!("error: rank {rank} of {world}: {error:#}; stopping every rank");
+        comm.abort(1);
+    }
     Ok(())
 }
 
@@ -286,7 +301,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             tokenizer: &ckpt.tokenizer,
             context_length: ckpt.model_config.text.context_length,
             objective: config.objective,
-            loss_batch: config.train.contrastive_batch(),
+            loss_batch: config.train.contrastive_batch() * ckpt.state.world_size.unwrap_or(1),
         };
         let report =
             crate::suite::SuitesReport::measure(&ckpt.dir, ckpt.state.step, &suites, &measuring)?;

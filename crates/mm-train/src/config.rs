@@ -117,6 +117,11 @@ pub struct ScheduleConfig {
     /// and stop with an error naming the first parameter that differs (0: never).
     #[serde(default = "default_checksum_every")]
     pub checksum_every: usize,
+    /// Data-parallel runs: a rank that waits this long for the others in one collective
+    /// stops every rank with an error (a rank died or hangs where its launcher cannot see
+    /// it). Rank 0's evaluations and checkpoints must fit in it.
+    #[serde(default = "default_collective_timeout_s")]
+    pub collective_timeout_s: u64,
 }
 
 impl ScheduleConfig {
@@ -125,6 +130,10 @@ impl ScheduleConfig {
     pub fn contrastive_batch(&self) -> usize {
         self.batch_size * self.accum_freq
     }
+}
+
+fn default_collective_timeout_s() -> u64 {
+    900
 }
 
 fn default_checksum_every() -> usize {
@@ -331,6 +340,16 @@ impl TrainConfig {
             return err(
                 "train.lock_text",
                 "both towers locked: only logit_scale would train",
+            );
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.train.collective_timeout_s) {
+            return err(
+                "train.collective_timeout_s",
+                &format!(
+                    "must be between 1 and {} seconds (a week), got {}",
+                    7 * 24 * 3600,
+                    self.train.collective_timeout_s
+                ),
             );
         }
         if self.train.accum_freq == 0 {

@@ -9,6 +9,7 @@ pub mod data_check;
 pub mod device;
 pub mod eval;
 pub mod hf;
+pub mod launch;
 pub mod learner;
 pub mod memory;
 #[cfg(feature = "mpi")]
@@ -29,6 +30,6 @@ pub use checkpoint::{Checkpoint, CheckpointParts, CheckpointState};
 pub use config::{Overrides, TrainConfig};
 pub use device::parse_device;
 pub use learner::Learner;
-pub use run::{TrainReport, train, train_from};
+pub use run::{TrainReport, train, train_from, train_ranks};
 pub use start::{StartingPoint, starting_point};
 pub use zero_shot::ZeroShotClassifier;

@@ -1,7 +1,15 @@
 //! [`Communicator`] over MPI (rsmpi): processes started by `mpiexec -n N` or Slurm's `srun`,
 //! on one machine or many. Built with the `mpi` feature.
+//!
+//! Collectives are started non-blocking and polled: a waiting rank sleeps between polls
+//! instead of spinning a core (which on a shared machine would slow the rank it waits for),
+//! and a collective that waits past the timeout aborts the job with an error instead of
+//! hanging forever (a rank stuck where its launcher cannot see it).
+
+use std::time::{Duration, Instant};
 
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::request::{Request, Scope, scope};
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 
 use mm_contrastive::dist::{CommError, Communicator};
@@ -9,17 +17,55 @@ use mm_contrastive::dist::{CommError, Communicator};
 /// The world communicator of an initialised MPI environment (finalised when dropped).
 pub struct MpiCommunicator {
     world: SimpleCommunicator,
+    timeout: Duration,
     _universe: mpi::environment::Universe,
 }
 
+/// How long a waiting rank polls without sleeping: a step's collectives usually complete
+/// within it.
+const SPIN: Duration = Duration::from_millis(2);
+
 impl MpiCommunicator {
-    /// Initialises MPI; `None` when it is already initialised in this process.
-    pub fn init() -> Option<Self> {
+    /// Initialises MPI; `None` when it is already initialised in this process. A collective
+    /// that waits longer than `timeout` for the other ranks aborts every rank.
+    pub fn init(timeout: Duration) -> Option<Self> {
         let universe = mpi::initialize()?;
         Some(Self {
             world: universe.world(),
+            timeout,
             _universe: universe,
         })
+    }
+
+    /// Polls `request` until it completes, sleeping between polls; past the timeout, reports
+    /// and aborts every rank (an unfinished MPI request cannot be abandoned safely).
+    fn complete<'a, D: ?Sized, S: Scope<'a>>(
+        &self,
+        operation: &str,
+        mut request: Request<'a, D, S>,
+    ) {
+        let start = Instant::now();
+        loop {
+            match request.test() {
+                Ok(_) => return,
+                Err(pending) => request = pending,
+            }
+            let waited = start.elapsed();
+            if waited > self.timeout {
+                eprintln!(
+                    "error: rank {} of {}: {operation} waited {:.0} s for the other ranks (train.collective_timeout_s = {}): a rank died or hangs; stopping every rank",
+                    self.rank(),
+                    self.world_size(),
+                    waited.as_secs_f64(),
+                    self.timeout.as_secs()
+                );
+                self.world.abort(3);
+            }
+            match waited < SPIN {
+                true => std::hint::spin_loop(),
+                false => std::thread::sleep(Duration::from_micros(500)),
+            }
+        }
     }
 }
 
@@ -34,14 +80,26 @@ impl Communicator for MpiCommunicator {
 
     fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
         let mut all = vec![0f32; local.len() * self.world_size()];
-        self.world.all_gather_into(local, &mut all[..]);
+        scope(|scope| {
+            let request = self
+                .world
+                .immediate_all_gather_into(scope, local, &mut all[..]);
+            self.complete("all_gather", request);
+        });
         Ok(all)
     }
 
     fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<(), CommError> {
         let local = buffer.to_vec();
-        self.world
-            .all_reduce_into(&local[..], buffer, SystemOperation::sum());
+        scope(|scope| {
+            let request = self.world.immediate_all_reduce_into(
+                scope,
+                &local[..],
+                buffer,
+                SystemOperation::sum(),
+            );
+            self.complete("all_reduce", request);
+        });
         Ok(())
     }
 
@@ -54,8 +112,15 @@ impl Communicator for MpiCommunicator {
             });
         }
         let mut block = vec![0f32; buffer.len() / world];
-        self.world
-            .reduce_scatter_block_into(buffer, &mut block[..], SystemOperation::sum());
+        scope(|scope| {
+            let request = self.world.immediate_reduce_scatter_block_into(
+                scope,
+                buffer,
+                &mut block[..],
+                SystemOperation::sum(),
+            );
+            self.complete("reduce_scatter", request);
+        });
         Ok(block)
     }
 
@@ -66,14 +131,20 @@ impl Communicator for MpiCommunicator {
                 message: format!("root {root} is not one of {} ranks", self.world_size()),
             });
         }
-        self.world
-            .process_at_rank(root as i32)
-            .broadcast_into(buffer);
+        let root = self.world.process_at_rank(root as i32);
+        scope(|scope| {
+            let request = root.immediate_broadcast_into(scope, buffer);
+            self.complete("broadcast", request);
+        });
         Ok(())
     }
 
     fn barrier(&self) -> Result<(), CommError> {
-        self.world.barrier();
+        self.complete("barrier", self.world.immediate_barrier());
         Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
     }
 }

@@ -6,9 +6,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::rc::Rc;
+
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
+use mm_contrastive::dist::{Communicator, SingleProcess};
 use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SkipCounts};
 use mm_encoders::ClipModel;
 use serde_json::json;
@@ -17,6 +20,7 @@ use crate::checkpoint::{self, CheckpointParts, CheckpointState};
 use crate::config::TrainConfig;
 use crate::learner::NonFinite;
 use crate::optim::learning_rate;
+use crate::replicas::check_replicas_agree;
 use crate::run_dir::RunDirLock;
 use crate::start::{Resumed, StartingPoint, resume_point, starting_point};
 use crate::suite::{Measurement, Measuring, RunSuites};
@@ -78,7 +82,10 @@ fn by_kind(skipped: &SkipCounts) -> serde_json::Value {
 
 /// Appends human-readable lines to `train.log` and JSON records to `metrics.jsonl`.
 /// Also writes every metric to TensorBoard event files in the run directory.
-struct RunLog {
+/// Ranks other than 0 of a data-parallel run hold a silent one: only rank 0 reports.
+struct RunLog(Option<LogFiles>);
+
+struct LogFiles {
     text: File,
     metrics: File,
     tensorboard: tensorboard_rs::summary_writer::SummaryWriter,
@@ -86,6 +93,26 @@ struct RunLog {
 }
 
 impl RunLog {
+    fn open(run_dir: &std::path::Path, progress: ProgressBar) -> Result<Self> {
+        Ok(Self(Some(LogFiles::open(run_dir, progress)?)))
+    }
+
+    /// A line for the user (above the progress bar) and the log file.
+    fn say(&mut self, line: &str) -> Result<()> {
+        self.0.as_mut().map_or(Ok(()), |log| log.say(line))
+    }
+
+    /// A line for the log file only.
+    fn note(&mut self, line: &str) -> Result<()> {
+        self.0.as_mut().map_or(Ok(()), |log| log.note(line))
+    }
+
+    fn record(&mut self, value: serde_json::Value) -> Result<()> {
+        self.0.as_mut().map_or(Ok(()), |log| log.record(value))
+    }
+}
+
+impl LogFiles {
     fn open(run_dir: &std::path::Path, progress: ProgressBar) -> Result<Self> {
         let open = |name: &str| {
             let path = run_dir.join(name);
@@ -154,6 +181,19 @@ impl RunLog {
     }
 }
 
+/// Every rank's data position, in rank order (exact to 2^48 items: each is sent as two
+/// 24-bit halves, which f32 buffers carry exactly).
+fn gather_positions(comm: &dyn Communicator, position: u64) -> Result<Vec<u64>> {
+    const HALF: u64 = 1 << 24;
+    let position = position.min(HALF * HALF - 1);
+    let parts = [(position / HALF) as f32, (position % HALF) as f32];
+    let all = comm.all_gather(&parts)?;
+    Ok(all
+        .chunks(2)
+        .map(|p| p[0] as u64 * HALF + p[1] as u64)
+        .collect())
+}
+
 /// Trains as `config` says, evaluating and checkpointing along the way.
 pub fn train(config: &TrainConfig, show_progress: bool) -> Result<TrainReport> {
     train_from(config, show_progress, None)
@@ -167,15 +207,39 @@ pub fn train_from(
     show_progress: bool,
     resume: Option<&Path>,
 ) -> Result<TrainReport> {
+    train_ranks(config, show_progress, resume, Rc::new(SingleProcess))
+}
+
+/// [`train_from`] as one rank of `comm`'s data-parallel group: every rank calls it with the
+/// same config. Each reads its share of the data and computes its share of the global batch's
+/// gradients; rank 0 alone owns the run directory, logs, evaluates and checkpoints (with every
+/// rank's data position). On ranks other than 0 the report has no evaluation.
+pub fn train_ranks(
+    config: &TrainConfig,
+    show_progress: bool,
+    resume: Option<&Path>,
+    comm: Rc<dyn Communicator>,
+) -> Result<TrainReport> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let lead = rank == 0;
     let run_dir = &config.output_dir;
-    let lock = RunDirLock::acquire(run_dir)?;
-    let mut stale = lock.remove_stale_temps("checkpoints")?;
-    stale.extend(lock.remove_stale_temps("")?);
+    let lock = match lead {
+        true => Some(RunDirLock::acquire(run_dir)?),
+        false => None,
+    };
+    let mut stale = Vec::new();
+    if let Some(lock) = &lock {
+        stale = lock.remove_stale_temps("checkpoints")?;
+        stale.extend(lock.remove_stale_temps("")?);
+    }
     let previous = run_dir.join("checkpoints");
+    let mut resumed_note = None;
     let (start_point, first_step, data_position) = match resume {
         Some(from) => {
             let Resumed { start, state } = resume_point(config, from)?;
-            (start, state.step, state.data_position.unwrap_or(0))
+            let (position, note) = state.data_position_for(rank, world);
+            resumed_note = note;
+            (start, state.step, position)
         }
         None => {
             if !checkpoint::step_dirs(&previous).is_empty() {
@@ -195,10 +259,19 @@ pub fn train_from(
     }
     let StartingPoint {
         model_config,
-        mut learner,
+        learner,
         tokenizer,
         description: start,
     } = start_point;
+    // Every rank must start from the same checkpoint step (they each read it).
+    let steps_seen = comm.all_gather(&[first_step as f32])?;
+    if steps_seen.iter().any(|&s| s != first_step as f32) {
+        bail!(
+            "the ranks resumed from different steps ({steps_seen:?}): is the run directory shared by every machine?"
+        );
+    }
+    let mut learner = learner.with_communicator(comm.clone())?;
+    let global_batch = config.train.contrastive_batch() * world;
 
     let image_size = model_config.vision.image_size;
     let batcher = Batcher::new(
@@ -212,6 +285,7 @@ pub fn train_from(
     .with_workers(config.data.workers)?;
     let mut stream = config
         .data
+        .for_rank(rank, world)
         .open_stream(config.seed, image_size)
         .context("key `data.path`")?;
     stream.fast_forward(data_position);
@@ -223,7 +297,7 @@ pub fn train_from(
         config.data.prefetch,
     );
 
-    let progress = if show_progress {
+    let progress = if show_progress && lead {
         ProgressBar::new(steps as u64)
     } else {
         ProgressBar::hidden()
@@ -235,7 +309,13 @@ pub fn train_from(
         .expect("valid template"),
     );
     progress.set_position(first_step as u64);
-    let mut log = RunLog::open(run_dir, progress.clone())?;
+    let mut log = match lead {
+        true => RunLog::open(run_dir, progress.clone())?,
+        false => RunLog(None),
+    };
+    if let Some(note) = resumed_note {
+        log.say(&note)?;
+    }
     for path in &stale {
         log.say(&format!(
             "removed {} (left by an interrupted write)",
@@ -243,8 +323,19 @@ pub fn train_from(
         ))?;
     }
     let params = learner.model.num_params();
+    let ranks = match world {
+        1 => String::new(),
+        n => format!(
+            " x {n} ranks (global batch {global_batch}{})",
+            if config.train.local_loss {
+                ", local loss"
+            } else {
+                ""
+            }
+        ),
+    };
     log.say(&format!(
-        "training {params} parameters ({start}) on {} for {steps} steps of {} ({}), writing to {}",
+        "training {params} parameters ({start}) on {} for {steps} steps of {}{ranks} ({}), writing to {}",
         config.device,
         config.train.batch_size,
         description,
@@ -253,7 +344,10 @@ pub fn train_from(
 
     // The eval suites, their data read once; the shapes suite only when so configured or
     // when training on the built-in data.
-    let run_suites = RunSuites::load(&config.eval, &config.data, config.seed, image_size)?;
+    let run_suites = match lead {
+        true => RunSuites::load(&config.eval, &config.data, config.seed, image_size)?,
+        false => RunSuites::none(),
+    };
     let selection = run_suites.selection.clone();
     for suite in &run_suites.suites {
         log.say(&format!("eval suite {}: {}", suite.name, suite.description))?;
@@ -275,7 +369,7 @@ pub fn train_from(
             tokenizer: &tokenizer,
             context_length: ctx,
             objective: config.objective,
-            loss_batch: config.train.contrastive_batch(),
+            loss_batch: global_batch,
         })
     };
     let mut best: Option<f64> = None;
@@ -331,8 +425,8 @@ pub fn train_from(
         train_seconds += step_start.elapsed().as_secs_f64();
         losses.push(out.loss);
         let done = step + 1;
-        let samples_per_sec = ((done - first_step) * config.train.contrastive_batch()) as f64
-            / start.elapsed().as_secs_f64();
+        let samples_per_sec =
+            ((done - first_step) * global_batch) as f64 / start.elapsed().as_secs_f64();
         let lr = learning_rate(config.optim.lr, config.optim.warmup_steps, steps, step);
         progress.set_message(format!(
             "loss {:.4} lr {lr:.2e} {samples_per_sec:.0} samples/s{}",
@@ -357,11 +451,21 @@ pub fn train_from(
         }
         // The checkpoint comes before the evaluation, so that nothing after it can cost it;
         // the evaluation's accuracy is added to it afterwards.
-        let checkpointed = if every(config.train.checkpoint_every) || done == steps {
+        if world > 1 && every(config.train.checksum_every) {
+            check_replicas_agree(&learner.model, done, learner.comm())?;
+        }
+        let checkpoint_due = every(config.train.checkpoint_every) || done == steps;
+        let positions = match checkpoint_due {
+            true => gather_positions(learner.comm(), batch.stream_position)?,
+            false => Vec::new(),
+        };
+        let checkpointed = if checkpoint_due && lead {
             let state = CheckpointState {
                 step: done,
                 loss: Some(out.loss),
                 data_position: Some(batch.stream_position),
+                world_size: (world > 1).then_some(world),
+                data_positions: if world > 1 { positions } else { Vec::new() },
                 ..Default::default()
             };
             let parts = CheckpointParts {
@@ -418,6 +522,8 @@ pub fn train_from(
     let wall_seconds = start.elapsed().as_secs_f64();
     let checkpoint = match last_checkpoint {
         Some(dir) => dir,
+        // Rank 0 owns the checkpoints.
+        None if !lead => run_dir.clone(),
         // Resumed from the final checkpoint: nothing was left to do.
         None => {
             let dir = checkpoint::resolve(run_dir)?;
@@ -433,8 +539,7 @@ pub fn train_from(
         steps,
         losses,
         eval: last_eval,
-        samples_per_sec: ((steps - first_step) * config.train.contrastive_batch()) as f64
-            / train_seconds.max(1e-9),
+        samples_per_sec: ((steps - first_step) * global_batch) as f64 / train_seconds.max(1e-9),
         wall_seconds,
         checkpoint,
     };

@@ -665,6 +665,15 @@ pub struct RunSuites {
 }
 
 impl RunSuites {
+    /// No suites: what ranks other than 0 of a data-parallel run measure.
+    pub fn none() -> Self {
+        Self {
+            configs: Vec::new(),
+            suites: Vec::new(),
+            selection: None,
+        }
+    }
+
     /// The suites `eval` gives a run on `data` (see [`EvalConfig::suites_for`]), loaded.
     pub fn load(
         eval: &EvalConfig,

@@ -7,15 +7,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn final_tensors(run: &Path, step: usize) -> Vec<(String, Vec<u8>)> {
-    common::safetensors_tensors(&run.join(format!("checkpoints/step-{step:06}/model.safetensors")))
-}
-
-fn latest_step(run: &Path) -> Option<usize> {
-    let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
-    name.trim().strip_prefix("step-")?.parse().ok()
-}
-
 #[test]
 fn a_killed_run_resumes_to_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,7 +34,7 @@ fn a_killed_run_resumes_to_identical_weights() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while latest_step(&run).is_none_or(|s| s < 10) {
+    while common::latest_step(&run).is_none_or(|s| s < 10) {
         assert!(Instant::now() < deadline, "the child never reached step 10");
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -53,7 +44,7 @@ fn a_killed_run_resumes_to_identical_weights() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let killed_at = latest_step(&run).unwrap();
+    let killed_at = common::latest_step(&run).unwrap();
     assert!(killed_at < steps, "killed too late to test anything");
 
     // A fresh start in the same directory is refused; resuming is not.
@@ -73,7 +64,7 @@ fn a_killed_run_resumes_to_identical_weights() {
         "resumed from the checkpoint before the broken one"
     );
     assert!(
-        final_tensors(&reference, steps) == final_tensors(&run, steps),
+        common::final_tensors(&reference, steps) == common::final_tensors(&run, steps),
         "weights differ from the uninterrupted run"
     );
 }

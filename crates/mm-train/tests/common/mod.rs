@@ -175,3 +175,16 @@ pub fn compare_grads(
     assert!(diff.count > 30, "only {} parameters compared", diff.count);
     (diff.worst, diff.scale)
 }
+
+/// The weights of `run`'s checkpoint at `step`, as [`safetensors_tensors`].
+#[allow(dead_code)]
+pub fn final_tensors(run: &Path, step: usize) -> Vec<(String, Vec<u8>)> {
+    safetensors_tensors(&run.join(format!("checkpoints/step-{step:06}/model.safetensors")))
+}
+
+/// The step of `run`'s newest checkpoint, once it has one.
+#[allow(dead_code)]
+pub fn latest_step(run: &Path) -> Option<usize> {
+    let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
+    name.trim().strip_prefix("step-")?.parse().ok()
+}
