@@ -73,7 +73,8 @@ impl Communicator for SingleProcess {
 
 /// `n` ranks in one process, one per thread, exchanging buffers through shared memory: data
 /// parallelism simulated without MPI (tests, and checking a run's maths on one machine).
-/// Collectives reduce in rank order, so every rank gets bit-identical results.
+/// Collectives reduce in rank order, so every rank gets bit-identical results. A rank that
+/// waits a minute for the others (one panicked) gets an error instead of hanging.
 pub struct ThreadRank {
     rank: usize,
     shared: std::sync::Arc<ThreadShared>,
@@ -81,16 +82,22 @@ pub struct ThreadRank {
 
 struct ThreadShared {
     world_size: usize,
-    barrier: std::sync::Barrier,
+    /// Ranks arrived at the current barrier, and how many barriers have completed.
+    arrived: std::sync::Mutex<(usize, u64)>,
+    all_arrived: std::sync::Condvar,
     slots: std::sync::Mutex<Vec<Vec<f32>>>,
 }
+
+/// How long a [`ThreadRank`] waits for the others at a barrier.
+const THREAD_RANK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ThreadRank {
     /// The `n` ranks of one group; hand one to each thread.
     pub fn group(n: usize) -> Vec<ThreadRank> {
         let shared = std::sync::Arc::new(ThreadShared {
             world_size: n,
-            barrier: std::sync::Barrier::new(n),
+            arrived: std::sync::Mutex::new((0, 0)),
+            all_arrived: std::sync::Condvar::new(),
             slots: std::sync::Mutex::new(vec![Vec::new(); n]),
         });
         (0..n)
@@ -101,18 +108,50 @@ impl ThreadRank {
             .collect()
     }
 
+    /// Returns once every rank has called it, or an error after [`THREAD_RANK_TIMEOUT`].
+    fn wait(&self, operation: &'static str) -> Result<(), CommError> {
+        let shared = &self.shared;
+        let mut arrived = shared.arrived.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = arrived.1;
+        arrived.0 += 1;
+        if arrived.0 == shared.world_size {
+            *arrived = (0, generation + 1);
+            shared.all_arrived.notify_all();
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + THREAD_RANK_TIMEOUT;
+        while arrived.1 == generation {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(CommError {
+                    operation,
+                    message: format!(
+                        "rank {}: the other ranks did not arrive within {THREAD_RANK_TIMEOUT:?}",
+                        self.rank
+                    ),
+                });
+            }
+            arrived = shared
+                .all_arrived
+                .wait_timeout(arrived, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
     /// Every rank's buffer, in rank order.
-    fn exchange(&self, local: &[f32]) -> Vec<Vec<f32>> {
+    fn exchange(&self, operation: &'static str, local: &[f32]) -> Result<Vec<Vec<f32>>, CommError> {
         let lock = || match self.shared.slots.lock() {
             Ok(slots) => slots,
             Err(poisoned) => poisoned.into_inner(),
         };
         lock()[self.rank] = local.to_vec();
-        self.shared.barrier.wait();
+        self.wait(operation)?;
         let all = lock().clone();
         // Nobody writes the next round's slot before everyone has read this one.
-        self.shared.barrier.wait();
-        all
+        self.wait(operation)?;
+        Ok(all)
     }
 
     fn sum_blocks(blocks: &[Vec<f32>], range: std::ops::Range<usize>) -> Vec<f32> {
@@ -134,10 +173,10 @@ impl Communicator for ThreadRank {
         self.shared.world_size
     }
     fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
-        Ok(self.exchange(local).concat())
+        Ok(self.exchange("all_gather", local)?.concat())
     }
     fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<(), CommError> {
-        let all = self.exchange(buffer);
+        let all = self.exchange("all_reduce", buffer)?;
         buffer.copy_from_slice(&Self::sum_blocks(&all, 0..buffer.len()));
         Ok(())
     }
@@ -150,7 +189,7 @@ impl Communicator for ThreadRank {
             });
         }
         let block = buffer.len() / world;
-        let all = self.exchange(buffer);
+        let all = self.exchange("reduce_scatter", buffer)?;
         Ok(Self::sum_blocks(
             &all,
             self.rank * block..(self.rank + 1) * block,
@@ -163,13 +202,67 @@ impl Communicator for ThreadRank {
                 message: format!("root {root} is not one of {} ranks", self.world_size()),
             });
         }
-        let all = self.exchange(buffer);
+        let all = self.exchange("broadcast", buffer)?;
         buffer.copy_from_slice(&all[root]);
         Ok(())
     }
     fn barrier(&self) -> Result<(), CommError> {
-        self.shared.barrier.wait();
-        Ok(())
+        self.wait("barrier")
+    }
+}
+
+/// A communicator that adds up the time spent in its collectives (waiting for slower ranks
+/// included): what a training step spends communicating.
+pub struct Timed {
+    inner: std::rc::Rc<dyn Communicator>,
+    spent: std::cell::Cell<std::time::Duration>,
+}
+
+impl Timed {
+    pub fn new(inner: std::rc::Rc<dyn Communicator>) -> Self {
+        Self {
+            inner,
+            spent: Default::default(),
+        }
+    }
+
+    /// Time spent in collectives since the last call.
+    pub fn take_spent(&self) -> std::time::Duration {
+        self.spent.take()
+    }
+
+    fn timed<T>(&self, collective: impl FnOnce(&dyn Communicator) -> T) -> T {
+        let start = std::time::Instant::now();
+        let result = collective(self.inner.as_ref());
+        self.spent.set(self.spent.get() + start.elapsed());
+        result
+    }
+}
+
+impl Communicator for Timed {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_gather(&self, local: &[f32]) -> Result<Vec<f32>, CommError> {
+        self.timed(|c| c.all_gather(local))
+    }
+    fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<(), CommError> {
+        self.timed(|c| c.all_reduce_sum(buffer))
+    }
+    fn reduce_scatter_sum(&self, buffer: &[f32]) -> Result<Vec<f32>, CommError> {
+        self.timed(|c| c.reduce_scatter_sum(buffer))
+    }
+    fn broadcast(&self, buffer: &mut [f32], root: usize) -> Result<(), CommError> {
+        self.timed(|c| c.broadcast(buffer, root))
+    }
+    fn barrier(&self) -> Result<(), CommError> {
+        self.timed(|c| c.barrier())
+    }
+    fn abort(&self, code: i32) -> ! {
+        self.inner.abort(code)
     }
 }
 

@@ -263,6 +263,13 @@ fn run_train(args: TrainArgs) -> Result<()> {
         return Ok(());
     }
     config.device = crate::launch::rank_device(&config.device, crate::launch::local_rank(), world);
+    if let Some(threads) = crate::launch::share_cores()
+        && rank == 0
+    {
+        eprintln!(
+            "{world} ranks: {threads} compute thread(s) each on a shared machine (set RAYON_NUM_THREADS to choose)"
+        );
+    }
     if let Err(error) =
         crate::run::train_ranks(&config, show_progress, resume.as_deref(), comm.clone())
     {

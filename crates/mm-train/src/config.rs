@@ -218,7 +218,12 @@ pub struct Overrides {
 impl TrainConfig {
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Self = from_toml_str(text, origin)?;
+        let config: Self = from_toml_str(text, origin).map_err(|mut e| {
+            if matches!(e.key.as_str(), "data.rank" | "data.world_size") {
+                e.message = "not a config key: the rank and the number of ranks come from the launcher (`mpiexec -n N mm-train ...`, see README, Training on many machines)".into();
+            }
+            e
+        })?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -499,6 +504,9 @@ mod tests {
             ("model.vision.layers=2", "`model` is not a table"),
             ("objective", "KEY=VALUE"),
             ("train..steps=2", "not a key"),
+            ("data.rank=1", "come from the launcher (`mpiexec -n N"),
+            ("data.world_size=4", "`data.world_size`: not a config key"),
+            ("train.collective_timeout_s=0", "train.collective_timeout_s"),
         ] {
             let err = TrainConfig::load_with(&path, &settings(&[setting]))
                 .err()

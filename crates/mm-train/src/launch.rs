@@ -17,6 +17,13 @@ const LOCAL_RANK_VARS: [&str; 3] = [
     "SLURM_LOCALID",
 ];
 
+/// Ranks on this machine (MPICH/Hydra, Open MPI, Slurm).
+const LOCAL_SIZE_VARS: [&str; 3] = [
+    "MPI_LOCALNRANKS",
+    "OMPI_COMM_WORLD_LOCAL_SIZE",
+    "SLURM_NTASKS_PER_NODE",
+];
+
 fn env_number(names: &[&str]) -> Option<usize> {
     names
         .iter()
@@ -32,6 +39,24 @@ pub fn launched_ranks() -> Option<usize> {
 /// GPU it takes.
 pub fn local_rank() -> usize {
     env_number(&LOCAL_RANK_VARS).unwrap_or(0)
+}
+
+/// Ranks sharing a machine split its cores: each computes with `cores / local ranks` threads
+/// (at least one), instead of every rank starting a thread per core and all of them
+/// fighting for the same cores. Returns the thread count, or `None` when this process is
+/// alone on its machine or `RAYON_NUM_THREADS` decides.
+pub fn share_cores() -> Option<usize> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return None;
+    }
+    let local = env_number(&LOCAL_SIZE_VARS).filter(|&n| n > 1)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / local).max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok()?;
+    Some(threads)
 }
 
 /// The device rank `local_rank` uses for a configured `device`: `{local_rank}` in the name is

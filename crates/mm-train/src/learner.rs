@@ -11,7 +11,7 @@ use mm_encoders::{ClipConfig, ClipModel};
 
 use std::rc::Rc;
 
-use mm_contrastive::dist::{Communicator, SingleProcess};
+use mm_contrastive::dist::{Communicator, SingleProcess, Timed};
 
 use crate::config::TrainConfig;
 use crate::device::parse_device;
@@ -23,7 +23,7 @@ pub struct Learner {
     pub model: ClipModel,
     pub optim: ModuleOptimizer,
     config: TrainConfig,
-    comm: Rc<dyn Communicator>,
+    comm: Timed,
 }
 
 /// A step whose loss (or gradient norm) is NaN or infinite: the model was not updated.
@@ -69,7 +69,7 @@ impl Learner {
             model,
             optim,
             config: config.clone(),
-            comm: Rc::new(SingleProcess),
+            comm: Timed::new(Rc::new(SingleProcess)),
         }
     }
 
@@ -77,13 +77,18 @@ impl Learner {
     /// weights (a collective: all ranks call it together).
     pub fn with_communicator(mut self, comm: Rc<dyn Communicator>) -> Result<Self> {
         self.model = broadcast_weights(self.model, comm.as_ref())?;
-        self.comm = comm;
+        self.comm = Timed::new(comm);
         Ok(self)
     }
 
     /// The ranks this learner trains with.
     pub fn comm(&self) -> &dyn Communicator {
-        self.comm.as_ref()
+        &self.comm
+    }
+
+    /// Time spent in collectives (waiting for other ranks included) since the last call.
+    pub fn take_comm_time(&self) -> std::time::Duration {
+        self.comm.take_spent()
     }
 
     /// The objective's loss of the current model on `batch` (the forward pass of a step).
@@ -105,7 +110,7 @@ impl Learner {
             }
             None => &self.model,
         };
-        let comm = self.comm.as_ref();
+        let comm = &self.comm;
         let (loss, mut grads) = self.config.objective.gradients(
             model,
             micro_batches,

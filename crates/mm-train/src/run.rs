@@ -376,6 +376,8 @@ pub fn train_ranks(
 
     let start = Instant::now();
     let mut train_seconds = 0.0;
+    // Time in collectives (waiting for other ranks included) since the last log line.
+    let (mut comm_seconds, mut steps_since_log) = (0.0, 0);
     let mut losses = Vec::with_capacity(steps - first_step);
     let mut last_checkpoint = None;
     let mut last_eval = Vec::new();
@@ -423,6 +425,8 @@ pub fn train_ranks(
             }
         };
         train_seconds += step_start.elapsed().as_secs_f64();
+        comm_seconds += learner.take_comm_time().as_secs_f64();
+        steps_since_log += 1;
         losses.push(out.loss);
         let done = step + 1;
         let samples_per_sec =
@@ -438,16 +442,26 @@ pub fn train_ranks(
         let every = |n: usize| n > 0 && done.is_multiple_of(n);
         if every(config.train.log_every) || done == steps {
             let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
+            let comm_ms = 1e3 * comm_seconds / steps_since_log.max(1) as f64;
+            let comm_note = match world {
+                1 => String::new(),
+                _ => format!(" comm {comm_ms:.1} ms/step"),
+            };
+            (comm_seconds, steps_since_log) = (0.0, 0);
             log.note(&format!(
-                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{}",
+                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{comm_note}{}",
                 out.loss,
                 progress_note(&skipped)
             ))?;
-            log.record(json!({
+            let mut record = json!({
                 "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
                 "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
                 "skipped": by_kind(&skipped),
-            }))?;
+            });
+            if world > 1 {
+                record["comm_ms"] = json!(comm_ms);
+            }
+            log.record(record)?;
         }
         // The checkpoint comes before the evaluation, so that nothing after it can cost it;
         // the evaluation's accuracy is added to it afterwards.

@@ -164,7 +164,21 @@ fn ranks_train_to_the_weights_of_one_process_and_start_from_rank_0() {
             learner.step(&mine, step).unwrap();
         }
         mm_train::replicas::check_replicas_agree(&learner.model, 3, learner.comm()).unwrap();
-        weights(&learner.model)
+        let trained = weights(&learner.model);
+        // A replica that drifts is caught, and the error names the tensor.
+        let mut drifted = learner.model.clone();
+        if rank == 1 {
+            let scale = drifted.logit_scale.val().add_scalar(1e-3).detach();
+            drifted.logit_scale = Param::from_tensor(scale);
+        }
+        let error = mm_train::replicas::check_replicas_agree(&drifted, 4, learner.comm())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("diverged at step 4: rank 1 differs from rank 0 in logit_scale"),
+            "{error}"
+        );
+        trained
     });
     for (rank, got) in results.iter().enumerate() {
         let worst = got

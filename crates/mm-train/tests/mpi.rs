@@ -285,3 +285,43 @@ fn a_hung_rank_stops_every_rank_after_the_collective_timeout() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rank_that_fails_stops_every_rank_with_its_error() {
+    // Even rows (rank 0's share) have a picture, odd rows (rank 1's) do not: rank 1 alone
+    // meets a broken source.
+    let dir = tempfile::tempdir().unwrap();
+    common::save_shape(&dir.path().join("good.png"), 16);
+    let rows: String = (0..40)
+        .map(|i| match i % 2 {
+            0 => format!("good.png,a picture {i}\n"),
+            _ => format!("missing-{i}.png,no picture {i}\n"),
+        })
+        .collect();
+    let csv = dir.path().join("pairs.csv");
+    std::fs::write(&csv, format!("filepath,title\n{rows}")).unwrap();
+    let mut config = common::tiny_config(&dir.path().join("run"), 5);
+    config.data.source = mm_data::SourceKind::Csv;
+    config.data.path = Some(mm_data::Paths::One(csv.display().to_string()));
+    config.data.shuffle_buffer = 0;
+    config.data.max_consecutive_skips = 5;
+    config.train.batch_size = 2;
+    config.eval.suites.clear();
+    let file = dir.path().join("run.toml");
+    write_config(&file, &config);
+    let child = mpiexec(2, &file, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, took) = wait_at_most(child, Duration::from_secs(60));
+    let text = output_text(&out);
+    println!("rank 1 failed: the job ended after {took:.2?}");
+    assert!(!out.status.success());
+    assert!(
+        text.contains("error: rank 1 of 2")
+            && text.contains("samples in a row were unusable")
+            && text.contains("stopping every rank"),
+        "{text}"
+    );
+}
