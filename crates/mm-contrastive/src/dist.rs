@@ -12,6 +12,31 @@ pub struct CommError {
     pub message: String,
 }
 
+impl CommError {
+    /// The block of a reduce-scatter over `world` ranks of a `len`-value buffer, or the error
+    /// when the buffer does not split evenly.
+    pub fn scatter_block(len: usize, world: usize) -> Result<usize, CommError> {
+        match len.is_multiple_of(world) {
+            true => Ok(len / world),
+            false => Err(CommError {
+                operation: "reduce_scatter",
+                message: format!("{len} values do not split into {world} blocks"),
+            }),
+        }
+    }
+
+    /// Checks that `root` is a rank of a group of `world`.
+    pub fn check_root(root: usize, world: usize) -> Result<(), CommError> {
+        match root < world {
+            true => Ok(()),
+            false => Err(CommError {
+                operation: "broadcast",
+                message: format!("root {root} is not one of {world} ranks"),
+            }),
+        }
+    }
+}
+
 /// The processes that train one model together. Every rank calls each collective in the same
 /// order with buffers of the same length.
 pub trait Communicator {
@@ -58,13 +83,7 @@ impl Communicator for SingleProcess {
         Ok(buffer.to_vec())
     }
     fn broadcast(&self, _buffer: &mut [f32], root: usize) -> Result<(), CommError> {
-        match root {
-            0 => Ok(()),
-            _ => Err(CommError {
-                operation: "broadcast",
-                message: format!("root {root} is not a rank of a 1-process group"),
-            }),
-        }
+        CommError::check_root(root, 1)
     }
     fn barrier(&self) -> Result<(), CommError> {
         Ok(())
@@ -181,14 +200,7 @@ impl Communicator for ThreadRank {
         Ok(())
     }
     fn reduce_scatter_sum(&self, buffer: &[f32]) -> Result<Vec<f32>, CommError> {
-        let world = self.world_size();
-        if !buffer.len().is_multiple_of(world) {
-            return Err(CommError {
-                operation: "reduce_scatter",
-                message: format!("{} values do not split into {world} blocks", buffer.len()),
-            });
-        }
-        let block = buffer.len() / world;
+        let block = CommError::scatter_block(buffer.len(), self.world_size())?;
         let all = self.exchange("reduce_scatter", buffer)?;
         Ok(Self::sum_blocks(
             &all,
@@ -196,12 +208,7 @@ impl Communicator for ThreadRank {
         ))
     }
     fn broadcast(&self, buffer: &mut [f32], root: usize) -> Result<(), CommError> {
-        if root >= self.world_size() {
-            return Err(CommError {
-                operation: "broadcast",
-                message: format!("root {root} is not one of {} ranks", self.world_size()),
-            });
-        }
+        CommError::check_root(root, self.world_size())?;
         let all = self.exchange("broadcast", buffer)?;
         buffer.copy_from_slice(&all[root]);
         Ok(())

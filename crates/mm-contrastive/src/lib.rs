@@ -27,6 +27,14 @@ pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
     x / norm
 }
 
+/// `exp(min(logit_scale, ln 100))` as a `[1, 1]` factor for similarity matrices.
+fn temperature_factor(logit_scale: Tensor<1>) -> Tensor<2> {
+    logit_scale
+        .clamp_max(MAX_LOGIT_SCALE)
+        .exp()
+        .unsqueeze::<2>()
+}
+
 /// Image-to-text and text-to-image logits (`[n_images, n_texts]` and its transpose).
 #[derive(Debug, Clone)]
 pub struct ClipLogits {
@@ -42,10 +50,7 @@ pub fn clip_logits(
     text_embeds: Tensor<2>,
     logit_scale: Tensor<1>,
 ) -> ClipLogits {
-    let scale = logit_scale
-        .clamp_max(MAX_LOGIT_SCALE)
-        .exp()
-        .unsqueeze::<2>();
+    let scale = temperature_factor(logit_scale);
     let similarity = l2_normalize(image_embeds).matmul(l2_normalize(text_embeds).transpose());
     let logits_per_image = similarity * scale;
     ClipLogits {
@@ -75,6 +80,14 @@ fn assert_paired(image_embeds: &Tensor<2>, text_embeds: &Tensor<2>) -> usize {
     n_images
 }
 
+/// The batch size of paired embeddings, of which `rows` must be a part (a caller's bug
+/// otherwise).
+fn assert_rows(image_embeds: &Tensor<2>, text_embeds: &Tensor<2>, rows: &Range<usize>) -> usize {
+    let n = assert_paired(image_embeds, text_embeds);
+    assert!(rows.end <= n, "rows {rows:?} of a batch of {n}");
+    n
+}
+
 /// Symmetric InfoNCE (CLIP's loss) for paired embeddings `[n, d]`; returns a one-element tensor.
 pub fn clip_loss(
     image_embeds: Tensor<2>,
@@ -98,12 +111,8 @@ pub fn clip_loss_rows(
     logit_scale: Tensor<1>,
     rows: Range<usize>,
 ) -> Tensor<1> {
-    let n = assert_paired(&image_embeds, &text_embeds);
-    assert!(rows.end <= n, "rows {rows:?} of a batch of {n}");
-    let scale = logit_scale
-        .clamp_max(MAX_LOGIT_SCALE)
-        .exp()
-        .unsqueeze::<2>();
+    let n = assert_rows(&image_embeds, &text_embeds, &rows);
+    let scale = temperature_factor(logit_scale);
     let (image, text) = (l2_normalize(image_embeds), l2_normalize(text_embeds));
     let per_image = image
         .clone()
@@ -162,8 +171,7 @@ pub fn siglip_loss_rows(
     logit_bias: Tensor<1>,
     rows: Range<usize>,
 ) -> Tensor<1> {
-    let n = assert_paired(&image_embeds, &text_embeds);
-    assert!(rows.end <= n, "rows {rows:?} of a batch of {n}");
+    let n = assert_rows(&image_embeds, &text_embeds, &rows);
     let device = image_embeds.device();
     let logits = siglip_logits(
         image_embeds.slice(rows.clone()),

@@ -59,7 +59,7 @@ impl MpiCommunicator {
                     waited.as_secs_f64(),
                     self.timeout.as_secs()
                 );
-                self.world.abort(3);
+                self.abort(3);
             }
             match waited < SPIN {
                 true => std::hint::spin_loop(),
@@ -104,14 +104,7 @@ impl Communicator for MpiCommunicator {
     }
 
     fn reduce_scatter_sum(&self, buffer: &[f32]) -> Result<Vec<f32>, CommError> {
-        let world = self.world_size();
-        if !buffer.len().is_multiple_of(world) {
-            return Err(CommError {
-                operation: "reduce_scatter",
-                message: format!("{} values do not split into {world} blocks", buffer.len()),
-            });
-        }
-        let mut block = vec![0f32; buffer.len() / world];
+        let mut block = vec![0f32; CommError::scatter_block(buffer.len(), self.world_size())?];
         scope(|scope| {
             let request = self.world.immediate_reduce_scatter_block_into(
                 scope,
@@ -125,12 +118,7 @@ impl Communicator for MpiCommunicator {
     }
 
     fn broadcast(&self, buffer: &mut [f32], root: usize) -> Result<(), CommError> {
-        if root >= self.world_size() {
-            return Err(CommError {
-                operation: "broadcast",
-                message: format!("root {root} is not one of {} ranks", self.world_size()),
-            });
-        }
+        CommError::check_root(root, self.world_size())?;
         let root = self.world.process_at_rank(root as i32);
         scope(|scope| {
             let request = root.immediate_broadcast_into(scope, buffer);
@@ -145,6 +133,11 @@ impl Communicator for MpiCommunicator {
     }
 
     fn abort(&self, code: i32) -> ! {
+        // The launcher tears the job down on an abort, possibly before it has forwarded what
+        // this rank just printed (its error): give it a moment.
+        use std::io::Write;
+        let _ = std::io::stderr().flush();
+        std::thread::sleep(Duration::from_millis(500));
         self.world.abort(code)
     }
 }

@@ -217,7 +217,7 @@ fn wait_at_most(mut child: Child, limit: Duration) -> (std::process::Output, Dur
 #[test]
 fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let steps = 120;
+    let steps = 200;
     let config_for = |name: &str| {
         let mut config = common::tiny_config(&dir.path().join(name), steps);
         config.train.batch_size = 8;
@@ -242,9 +242,11 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes_exactly() {
     let (out, took) = wait_at_most(child, Duration::from_secs(60));
     let text = output_text(&out);
     println!("rank 1 killed: the job ended {took:.2?} later");
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{text}");
+    // The launcher reports the job's end: the killed rank (signal 9), or first the rank that
+    // found its peer gone (MPICH's transport aborts it: signal 6).
     assert!(
-        text.contains("BAD TERMINATION") && text.contains("signal 9"),
+        text.contains("BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES"),
         "{text}"
     );
     let killed_at = common::latest_step(&run).unwrap();
