@@ -38,14 +38,27 @@ pub fn shape(name: &str) -> (ClipConfig, usize) {
     }
 }
 
-/// The first argument that is neither a flag (cargo passes `--bench`) nor a `--rounds` value,
-/// or `default`.
+/// Flags of the benchmarks that take a value.
+const VALUE_FLAGS: [&str; 2] = ["--rounds", "--precision"];
+
+/// The first argument that is neither a flag (cargo passes `--bench`) nor a flag's value, or
+/// `default`.
 pub fn shape_arg(default: &str) -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     args.iter()
         .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--rounds"))
+        .find(|(i, a)| {
+            !a.starts_with("--") && (*i == 0 || !VALUE_FLAGS.contains(&args[i - 1].as_str()))
+        })
         .map_or_else(|| default.into(), |(_, a)| a.clone())
+}
+
+/// The value after `flag` on the command line, if any.
+pub fn flag_value(flag: &str) -> Option<String> {
+    debug_assert!(VALUE_FLAGS.contains(&flag));
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
 }
 
 /// Synthetic inputs of `model`'s shapes: pixels in [-1, 1], ids with start/end tokens.

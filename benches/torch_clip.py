@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """The PyTorch side of `cargo bench -p mm-benches --bench side_by_side`: open_clip's `CLIP`
-built with the same shape as mm's, `open_clip.loss.ClipLoss`, `torch.optim.AdamW`, fp32 on CPU.
+built with the same shape as mm's, `open_clip.loss.ClipLoss`, `torch.optim.AdamW`, on CPU in fp32
+or (`--precision bf16`) under `torch.autocast("cpu", dtype=torch.bfloat16)` (oneDNN's bf16
+kernels; fp32 master weights, as open_clip's `--precision amp_bf16`).
 Prints one JSON object: train-step samples/s (forward + backward + optimiser), image- and
 text-encoder inference items/s, and peak RSS.
 
@@ -8,6 +10,7 @@ text-encoder inference items/s, and peak RSS.
     benches/.venv/bin/python benches/torch_clip.py --shape bench --batch 64 --threads 2
 """
 import argparse
+import contextlib
 import json
 import resource
 import time
@@ -46,6 +49,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -59,22 +63,29 @@ def main():
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
 
+    def autocast():
+        if args.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        image, text, scale = model(pixels, ids)
-        loss = loss_fn(image, text, scale)
+        with autocast():
+            image, text, scale = model(pixels, ids)
+            loss = loss_fn(image, text, scale)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
     train = rate(step, args.batch, 2, args.iters)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         image = rate(lambda: model.encode_image(pixels), args.batch, 2, args.iters)
         text = rate(lambda: model.encode_text(ids), args.batch, 2, args.iters)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"train_samples_per_sec": train, "image_per_sec": image, "text_per_sec": text,
-                      "peak_rss_mib": peak_mib, "torch": torch.__version__, "threads": args.threads}))
+                      "peak_rss_mib": peak_mib, "torch": torch.__version__, "threads": args.threads,
+                      "precision": args.precision}))
 
 
 if __name__ == "__main__":

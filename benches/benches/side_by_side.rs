@@ -1,8 +1,10 @@
 //! mm next to PyTorch + open_clip on the same CLIP training step, on this machine, in one run.
 //!
-//! `cargo bench -p mm-benches --bench side_by_side [-- bench|vit-b-32] [--rounds N]`
-//! (batch 64 / 32; 3 rounds by default). Both sides are fp32, synthetic inputs of the same
-//! shapes, thread counts pinned equal (all cores). The Python side is `benches/torch_clip.py`,
+//! `cargo bench -p mm-benches --bench side_by_side [-- bench|vit-b-32] [--rounds N]
+//! [--precision fp32|bf16]` (batch 64 / 32; 3 rounds, fp32 by default). Both sides run the
+//! same precision: fp32, or bf16 mixed precision (mm's `precision = "bf16"` and bf16 GEMMs
+//! in inference; PyTorch's `torch.autocast("cpu", torch.bfloat16)`, oneDNN's kernels), on
+//! synthetic inputs of the same shapes, thread counts pinned equal (all cores). The Python side is `benches/torch_clip.py`,
 //! run with `benches/.venv/bin/python` when `benches/setup_venv.sh` made it, else `python3`.
 //!
 //! Shared or throttled machines drift by tens of percent within minutes, so the sides take
@@ -15,8 +17,9 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use mm_benches::{shape_arg, synthetic_batch, train_config};
+use mm_benches::{flag_value, shape_arg, synthetic_batch, train_config};
 use mm_train::Learner;
+use mm_train::precision::Precision;
 use serde_json::Value;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
@@ -58,7 +61,13 @@ const ROWS: [(&str, &str); 3] = [
     ("text encoder, texts/s", "text_per_sec"),
 ];
 
-fn run_torch(shape: &str, batch: usize, threads: usize, iters: usize) -> Result<Value, String> {
+fn run_torch(
+    shape: &str,
+    batch: usize,
+    threads: usize,
+    iters: usize,
+    precision: &str,
+) -> Result<Value, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = dir.join(".venv/bin/python");
     let python = if venv.exists() {
@@ -74,6 +83,8 @@ fn run_torch(shape: &str, batch: usize, threads: usize, iters: usize) -> Result<
             &threads.to_string(),
             "--iters",
             &iters.to_string(),
+            "--precision",
+            precision,
         ])
         .output()
         .map_err(|e| e.to_string())?;
@@ -99,7 +110,14 @@ fn main() {
     let (model_config, batch) = mm_benches::shape(&shape);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let batch_data = synthetic_batch(&model_config, batch);
-    let config = train_config(batch);
+    let precision_name = flag_value("--precision").unwrap_or_else(|| "fp32".into());
+    let precision = match precision_name.as_str() {
+        "fp32" => Precision::Fp32,
+        "bf16" => Precision::Bf16,
+        other => panic!("--precision {other}: fp32 or bf16"),
+    };
+    let mut config = train_config(batch);
+    config.train.precision = precision;
     let iters = if shape == "bench" { 10 } else { 5 };
     let mut learner = Learner::new(&config, &model_config).unwrap();
     let mut step = 0;
@@ -116,7 +134,8 @@ fn main() {
             learner.step(&batch_data, step).unwrap();
             step += 1;
         });
-        let model = learner.model.valid();
+        let mut model = learner.model.valid();
+        let _precision = precision.enter_inference(&mut model, &device);
         let image = rate(batch, 2, iters, || {
             model.image_features(pixels.clone()).into_data();
         });
@@ -124,7 +143,7 @@ fn main() {
             model.text_features(ids.clone()).into_data();
         });
         ours.push([train, image, text]);
-        match run_torch(&shape, batch, threads, iters) {
+        match run_torch(&shape, batch, threads, iters, &precision_name) {
             Ok(t) => {
                 theirs.push(ROWS.map(|(_, key)| t[key].as_f64().unwrap_or(f64::NAN)));
                 torch_rss = torch_rss.max(t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
@@ -136,7 +155,7 @@ fn main() {
     let mm_rss = peak_rss_mib();
 
     println!(
-        "shape {shape}, batch {batch}, fp32, {threads} threads each side, {rounds} alternating rounds"
+        "shape {shape}, batch {batch}, {precision_name}, {threads} threads each side, {rounds} alternating rounds"
     );
     println!(
         "{:<32} {:>9} {:>9} {:>7}   {:<26}",

@@ -51,6 +51,7 @@ fn main() {
             lock_text: false,
             precision: Default::default(),
             local_loss: false,
+            patch_dropout: 0.0,
             checksum_every: 0,
             collective_timeout_s: 900,
         },

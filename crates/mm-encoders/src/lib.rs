@@ -18,6 +18,7 @@ pub mod config;
 pub mod hf;
 pub mod model;
 mod ops;
+pub mod patch_dropout;
 pub mod text;
 pub mod transformer;
 pub mod vision;
@@ -25,6 +26,10 @@ pub mod vision;
 pub use config::{ConfigError, from_toml_str};
 pub use hf::HfError;
 pub use model::{ClipConfig, ClipModel};
+pub use ops::{
+    MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision, with_matmul_precision,
+};
+pub use patch_dropout::PatchDropout;
 pub use text::{TextConfig, TextTransformer, eot_index};
 pub use transformer::{Activation, Encoder, TransformerConfig};
 pub use vision::{TowerOutput, VisionConfig, VisionTransformer};

@@ -1,9 +1,11 @@
 //! The two towers joined (HF `CLIPModel`): projections into a shared embedding space and the
 //! learnable temperature; `ClipConfig`, the whole model's shape as data, and its TOML presets.
+//! The towers compute in their parameters' dtype (a half-precision copy computes in half);
+//! features come out in f32, which similarities and losses need.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
@@ -276,13 +278,36 @@ impl ClipConfig {
 impl ClipModel {
     /// `[batch, 3, H, W]` CLIP-normalised pixels -> `[batch, embed_dim]` (not normalised).
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
-        self.visual_projection
-            .forward(self.vision_model.forward(pixels).pooled)
+        self.image_features_kept(pixels, None)
+    }
+
+    /// [`ClipModel::image_features`] from only the patches at `kept` (patch dropout, see
+    /// [`crate::PatchDropout`]).
+    pub fn image_features_kept(
+        &self,
+        pixels: Tensor<4>,
+        kept: Option<Tensor<2, Int>>,
+    ) -> Tensor<2> {
+        let pixels = in_dtype(pixels, self.visual_projection.weight.val().dtype());
+        let features = self
+            .visual_projection
+            .forward(self.vision_model.forward_kept(pixels, kept).pooled);
+        in_dtype(features, DType::F32)
     }
 
     /// `[batch, seq]` token ids -> `[batch, embed_dim]` (not normalised).
     pub fn text_features(&self, input_ids: Tensor<2, Int>) -> Tensor<2> {
-        self.text_projection
-            .forward(self.text_model.forward(input_ids).pooled)
+        let features = self
+            .text_projection
+            .forward(self.text_model.forward(input_ids).pooled);
+        in_dtype(features, DType::F32)
+    }
+}
+
+/// `x` in `dtype`, without an autodiff node when it already is.
+fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    match x.dtype() == dtype {
+        true => x,
+        false => x.cast(dtype),
     }
 }

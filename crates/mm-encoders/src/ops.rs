@@ -7,7 +7,10 @@
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
-pub use mm_kernels::{layer_norm, quick_gelu};
+pub use mm_kernels::{
+    MatmulPrecision, MatmulPrecisionGuard, fused_on, layer_norm, quick_gelu, set_matmul_precision,
+    with_matmul_precision,
+};
 
 /// `[batch, seq, d_in]` -> `[batch * seq, d_in]` rows, and the `[batch, seq]` to restore.
 fn rows(x: Tensor<3>) -> (Tensor<2>, [usize; 2]) {

@@ -4,10 +4,11 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ops;
+use crate::patch_dropout::keep_patches;
 use crate::transformer::{Activation, Encoder, TransformerConfig, layer_norm, normal};
 
 /// The image tower: a ViT (HF `CLIPVisionConfig`).
@@ -109,8 +110,23 @@ pub struct TowerOutput {
 }
 
 impl VisionTransformer {
+    /// Patch tokens per image (the class token not counted).
+    pub fn num_patches(&self) -> usize {
+        self.embeddings.position_embedding.weight.dims()[0] - 1
+    }
+
     pub fn forward(&self, pixels: Tensor<4>) -> TowerOutput {
+        self.forward_kept(pixels, None)
+    }
+
+    /// [`VisionTransformer::forward`] on the class token and only the patches at `kept`
+    /// (`[batch, k]` indices among the patches, see [`crate::PatchDropout`]), or on all of them.
+    pub fn forward_kept(&self, pixels: Tensor<4>, kept: Option<Tensor<2, Int>>) -> TowerOutput {
         let embeddings = self.embeddings.forward(pixels);
+        let embeddings = match kept {
+            Some(kept) => keep_patches(embeddings, kept),
+            None => embeddings,
+        };
         let hidden = ops::layer_norm(&self.pre_layrnorm, self.layer_norm_eps, embeddings);
         let last_hidden_state = self.encoder.forward(hidden);
         let [batch, _, width] = last_hidden_state.dims();

@@ -362,3 +362,103 @@ fn the_parameter_count_is_known_before_allocating() {
     let err = config.validate("x.toml").unwrap_err().to_string();
     assert!(err.contains("parameters is beyond any real model"), "{err}");
 }
+
+#[test]
+fn patch_dropout_keeps_open_clips_share_drawn_from_the_seed() {
+    use mm_encoders::PatchDropout;
+    let device = Device::flex();
+    assert!(PatchDropout::new(0.0).is_none(), "0 drops nothing");
+    let half = PatchDropout::new(0.5).unwrap();
+    assert_eq!(half.kept(49), 24, "⌊49 · 0.5⌋, as open_clip");
+    assert_eq!(
+        PatchDropout::new(0.99).unwrap().kept(49),
+        1,
+        "at least one patch"
+    );
+    let rows = |seed| {
+        let kept = half.sample(4, 16, seed, &device);
+        assert_eq!(kept.dims(), [4, 8]);
+        let flat = kept.into_data().try_into_vec_as::<i64>().unwrap();
+        flat.chunks(8).map(<[i64]>::to_vec).collect::<Vec<_>>()
+    };
+    let first = rows(7);
+    for row in &first {
+        assert!(
+            row.windows(2).all(|w| w[0] < w[1]),
+            "distinct, ascending: {row:?}"
+        );
+        assert!(row.iter().all(|&i| (0..16).contains(&i)));
+    }
+    assert_ne!(first[0], first[1], "each image draws its own patches");
+    assert_eq!(rows(7), first, "the same seed keeps the same patches");
+    assert_ne!(rows(8), first);
+}
+
+/// Kept patches are the only ones the tower sees: the class token and those patches give the
+/// same features as a model run on them by hand; the pixels of a dropped patch get no
+/// gradient, those of a kept one do.
+#[test]
+fn patch_dropout_runs_the_tower_on_the_class_token_and_kept_patches() {
+    let device = Device::flex().autodiff();
+    let model = small_config().init(&device);
+    let vision = &model.vision_model;
+    assert_eq!(vision.num_patches(), 16);
+    let pixels = Tensor::<4>::random([2, 3, 32, 32], burn::tensor::Distribution::Default, &device)
+        .require_grad();
+    let kept_rows = [[0i64, 5, 15], [3, 4, 9]];
+    let kept = Tensor::<2, Int>::from_data(
+        TensorData::new(kept_rows.iter().flatten().copied().collect(), [2, 3]),
+        &device,
+    );
+    let dropped = vision.forward_kept(pixels.clone(), Some(kept)).pooled;
+    assert_eq!(
+        vision
+            .forward_kept(pixels.clone(), None)
+            .last_hidden_state
+            .dims(),
+        [2, 17, 24]
+    );
+    for (b, row) in kept_rows.iter().enumerate() {
+        let tokens = vision.embeddings.forward(pixels.clone().slice(b..b + 1));
+        let positions: Vec<i64> = std::iter::once(0)
+            .chain(row.iter().map(|i| i + 1))
+            .collect();
+        let tokens = tokens.select(
+            1,
+            Tensor::from_data(TensorData::new(positions, [4]), &device),
+        );
+        let by_hand = model_by_hand(vision, tokens);
+        let got = values(dropped.clone().slice(b..b + 1));
+        let worst = got
+            .iter()
+            .zip(values(by_hand))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "image {b}: {worst}");
+    }
+    let grads = dropped.sum().backward();
+    let grad = pixels.grad(&grads).unwrap();
+    // Patch p covers rows 8 (p / 4).. and columns 8 (p % 4).. of every channel.
+    let patch_grad = |b: usize, p: usize| {
+        let (r, c) = (8 * (p / 4), 8 * (p % 4));
+        let block = grad.clone().slice([b..b + 1, 0..3, r..r + 8, c..c + 8]);
+        block.abs().sum().into_scalar::<f32>()
+    };
+    for (b, row) in kept_rows.iter().enumerate() {
+        for p in 0..16 {
+            let kept = row.contains(&(p as i64));
+            assert_eq!(patch_grad(b, p) > 0.0, kept, "image {b} patch {p}");
+        }
+    }
+}
+
+/// The tower after its embeddings, on tokens chosen by hand.
+fn model_by_hand(vision: &mm_encoders::VisionTransformer, tokens: Tensor<3>) -> Tensor<2> {
+    let hidden = vision.pre_layrnorm.forward(tokens);
+    let out = vision.encoder.forward(hidden);
+    let [batch, _, width] = out.dims();
+    vision.post_layernorm.forward(
+        out.slice([0..batch, 0..1, 0..width])
+            .reshape([batch, width]),
+    )
+}

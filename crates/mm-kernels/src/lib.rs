@@ -11,6 +11,12 @@
 //! (their backward passes), and the public functions route a [`Tensor`] to it on Flex in f32.
 //! Other devices (wgpu, CUDA, whose compilers fuse) and other dtypes get the composite burn ops,
 //! with the same results to float rounding (`tests/parity.rs` holds them within 1e-5).
+//!
+//! Mixed precision on Flex is PyTorch's CPU autocast: inside [`with_matmul_precision`]`(Bf16,
+//! ..)` the [`linear`] GEMMs (forward and backward) round their f32 operands to bf16 and sum in
+//! f32 ([`bf16_gemm`], AVX512-BF16), while activations, LayerNorm statistics, softmax and the
+//! optimiser stay f32. Attention's per-head GEMMs stay f32: at CLIP's sequence lengths they are
+//! 1-3% of the FLOPs.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -22,17 +28,20 @@ use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bytes, DType, Shape, Tensor};
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 mod adamw;
 mod attention;
+mod bf16_gemm;
 mod layer_norm;
 mod linear;
 mod matrix;
 
 pub use adamw::FusedAdamW;
+pub use bf16_gemm::{round_bf16, supported as bf16_supported};
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;
@@ -51,6 +60,58 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// What the fused ops' f32 GEMMs compute in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    #[default]
+    Fp32,
+    /// Operands rounded to bf16, products summed in f32 (fp32 where the CPU lacks
+    /// AVX512-BF16).
+    Bf16,
+}
+
+impl MatmulPrecision {
+    fn from_bf16(bf16: bool) -> Self {
+        match bf16 {
+            true => MatmulPrecision::Bf16,
+            false => MatmulPrecision::Fp32,
+        }
+    }
+}
+
+thread_local! {
+    static MATMUL_PRECISION: Cell<MatmulPrecision> = const { Cell::new(MatmulPrecision::Fp32) };
+}
+
+/// Runs `f` with the fused ops called from this thread computing their GEMMs in `precision`
+/// (a scope, like `torch.autocast`); an op's backward pass keeps its forward pass's precision,
+/// wherever `backward()` is called.
+pub fn with_matmul_precision<R>(precision: MatmulPrecision, f: impl FnOnce() -> R) -> R {
+    let _scope = set_matmul_precision(precision);
+    f()
+}
+
+/// Sets this thread's GEMM precision until the returned guard drops (then the previous one
+/// comes back): [`with_matmul_precision`] for code that cannot be one closure.
+pub fn set_matmul_precision(precision: MatmulPrecision) -> MatmulPrecisionGuard {
+    MatmulPrecisionGuard(MATMUL_PRECISION.replace(precision))
+}
+
+/// Restores the previous GEMM precision when dropped (see [`set_matmul_precision`]).
+#[must_use = "the precision reverts when the guard drops"]
+pub struct MatmulPrecisionGuard(MatmulPrecision);
+
+impl Drop for MatmulPrecisionGuard {
+    fn drop(&mut self) {
+        MATMUL_PRECISION.set(self.0);
+    }
+}
+
+/// The precision [`with_matmul_precision`] set on this thread (fp32 outside it).
+pub fn matmul_precision() -> MatmulPrecision {
+    MATMUL_PRECISION.get()
+}
+
 /// `x · weight + bias` for `x` `[rows, d_in]` and `weight` `[d_in, d_out]` (burn's layout).
 pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     if !(on_flex(&x) && x.dtype() == DType::F32 && weight.dtype() == DType::F32) {
@@ -65,6 +126,7 @@ pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tenso
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+        matmul_precision() == MatmulPrecision::Bf16,
     ))
 }
 
@@ -125,7 +187,16 @@ pub fn attention(qkv: Tensor<2>, seq: usize, heads: usize, causal: bool) -> Tens
 }
 
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+    fused_on(&x.device())
+}
+
+/// Whether `device` runs the fused kernels (Flex, autodiff or not), and so whether
+/// [`with_matmul_precision`] applies to it; elsewhere ops are burn's, in the tensors' dtype.
+pub fn fused_on(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// The fused ops, for Flex and for autodiff on Flex (which adds their backward passes).
@@ -133,11 +204,12 @@ fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 pub trait FusedOps: Backend {
     fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// See [`linear`].
+    /// See [`linear`]; `bf16`: its GEMMs in bf16 (see [`MatmulPrecision`]).
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self>;
 
     /// See [`layer_norm`]; `x` is `[rows, width]`.
@@ -163,8 +235,13 @@ impl FusedOps for Flex {
         quick_gelu_forward(x)
     }
 
-    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        linear::forward(&x, &weight, &contiguous(bias))
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, bf16: bool) -> FlexTensor {
+        linear::forward(
+            &x,
+            &weight,
+            &contiguous(bias),
+            MatmulPrecision::from_bf16(bf16),
+        )
     }
 
     fn fused_layer_norm(
@@ -199,17 +276,26 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         )
     }
 
-    /// Keeps the input and the weight.
+    /// Keeps the input, the weight and the precision.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        bf16: bool,
     ) -> FloatTensor<Self> {
+        let precision = MatmulPrecision::from_bf16(bf16);
         fused_op::<C, _, 3>(
             [x, weight, bias],
             |[x, weight, bias]| {
-                let out = linear::forward(&x, &weight, &contiguous(bias));
-                (out, linear::Saved { x, weight })
+                let out = linear::forward(&x, &weight, &contiguous(bias), precision);
+                (
+                    out,
+                    linear::Saved {
+                        x,
+                        weight,
+                        precision,
+                    },
+                )
             },
             linear::backward,
         )

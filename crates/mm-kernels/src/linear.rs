@@ -15,14 +15,16 @@ use burn::tensor::Shape;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::Output;
-use super::matrix::{Matrix, matmul};
+use super::matrix::{Matrix, Rhs};
+use super::{MatmulPrecision, Output};
 
 /// What the backward pass needs from the forward one.
 #[derive(Debug, Clone)]
 pub struct Saved {
     pub x: FlexTensor,
     pub weight: FlexTensor,
+    /// The forward pass's precision, which the backward GEMMs keep.
+    pub precision: MatmulPrecision,
 }
 
 /// Blocks of `len` split for the pool: about four per thread, multiples of 16, at least 32.
@@ -32,9 +34,15 @@ fn block_len(len: usize) -> usize {
 }
 
 /// `x · weight + bias` for `x` `[rows, d_in]`, `weight` `[d_in, d_out]`, `bias` `[d_out]`.
-pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+pub fn forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    precision: MatmulPrecision,
+) -> FlexTensor {
     let (x, w) = (Matrix::of(x), Matrix::of(weight));
     assert_eq!(x.cols, w.rows, "x and weight do not chain");
+    let weights = Rhs::new(w, precision);
     let bias = &bias.storage::<f32>()[..w.cols];
     let (rows, d_out) = (x.rows, w.cols);
     by_row_blocks(rows, d_out, |first, dst| {
@@ -46,7 +54,7 @@ pub fn forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTe
         let rows = dst.len() / d_out;
         let out = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_out);
         // SAFETY: out is these rows of the output, now initialised with the bias.
-        unsafe { matmul(out, x.block(first, rows, 0, x.cols), w, 1.0, true) };
+        unsafe { weights.multiply(out, x.block(first, rows, 0, x.cols), 1.0, true) };
     })
 }
 
@@ -78,12 +86,13 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     let (rows, d_in, d_out) = (x.rows, x.cols, w.cols);
 
     // dx = dy · wᵀ, by blocks of rows.
+    let w_t = Rhs::new(w.transposed(), saved.precision);
     let dx = by_row_blocks(rows, d_in, |first, dst| {
         let rows = dst.len() / d_in;
         let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
         let dy = dy.block(first, rows, 0, d_out);
         // SAFETY: dx is these rows of dx; gemm writes all of them.
-        unsafe { matmul(dx, dy, w.transposed(), 1.0, false) };
+        unsafe { w_t.multiply(dx, dy, 1.0, false) };
     });
 
     // dw = xᵀ · dy and db = column sums of dy, as partial sums over one block of rows per
@@ -102,7 +111,7 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
                 let dy = dy.block(start, len, 0, d_out);
                 let out = Matrix::row_major(dw.as_mut_ptr(), d_in, d_out);
                 // SAFETY: dw holds d_in rows of d_out floats.
-                unsafe { matmul(out, x, dy, 1.0, false) };
+                unsafe { Rhs::new(dy, saved.precision).multiply(out, x, 1.0, false) };
                 for row in dy_values[start * d_out..(start + len) * d_out].chunks(d_out) {
                     db.iter_mut().zip(row).for_each(|(db, &g)| *db += g);
                 }

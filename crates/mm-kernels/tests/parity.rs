@@ -237,3 +237,135 @@ fn linear_matches_burn_forward_and_backward() {
         }
     }
 }
+
+/// Host values of a 2-D tensor.
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// For `c = a · b` (`a` `[m, k]`, `b` `[k, n]`, row-major), the largest `|got - c| / bound`,
+/// where c is computed in f64 from `round(a)` and `round(b)` and the bound is
+/// `scale * Σ|a b|` per element (plus a tiny absolute floor for all-zero rows).
+fn worst_ratio(
+    got: &[f32],
+    a: &[f32],
+    b: &[f32],
+    [m, k, n]: [usize; 3],
+    round: fn(f32) -> f32,
+    scale: f64,
+) -> f64 {
+    let mut worst: f64 = 0.0;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut sum, mut magnitude) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let (x, y) = (a[i * k + p], b[p * n + j]);
+                sum += round(x) as f64 * round(y) as f64;
+                magnitude += (x as f64 * y as f64).abs();
+            }
+            let error = (got[i * n + j] as f64 - sum).abs();
+            worst = worst.max(error / (scale * magnitude + 1e-30));
+        }
+    }
+    worst
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows)
+        .map(|i| v[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+/// The bf16 GEMMs of `linear` (forward, dx, dw) against f64 products of the bf16-rounded
+/// inputs, within the f32 summation bound `(k + 2) * 2^-24 * Σ|a b|`, and against the exact
+/// (unrounded) products within the rounding bound `(2u + u² + (k + 2) * 2^-24) Σ|a b|`,
+/// u = 2^-8 (see `bf16_gemm`). Shapes that divide into no block: 601 rows (12-row panels),
+/// k = 403 (odd, two k blocks), 75 columns (32-column panels), a strided weight.
+#[test]
+fn linear_in_bf16_rounds_inputs_and_sums_in_f32() {
+    use mm_kernels::{
+        MatmulPrecision, linear, matmul_precision, round_bf16, with_matmul_precision,
+    };
+    let device = Device::flex().autodiff();
+    let [rows, d_in, d_out] = [601, 403, 75];
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<2>::random([rows, d_in], normal, &device);
+    let weight_t = Tensor::<2>::random([d_out, d_in], normal, &device);
+    let upstream = Tensor::<2>::random([rows, d_out], normal, &device);
+    let run = |precision| {
+        let x = x.clone().detach().require_grad();
+        let weight_t = weight_t.clone().detach().require_grad();
+        let out = with_matmul_precision(precision, || {
+            linear(x.clone(), weight_t.clone().transpose(), None)
+        });
+        // The backward pass runs outside the scope and keeps the forward pass's precision.
+        let grads = (out.clone() * upstream.clone()).sum().backward();
+        let dw = weight_t.grad(&grads).unwrap().transpose();
+        (values(out), values(x.grad(&grads).unwrap()), values(dw))
+    };
+    assert_eq!(matmul_precision(), MatmulPrecision::Fp32);
+    let (out, dx, dw) = run(MatmulPrecision::Bf16);
+    assert_eq!(
+        matmul_precision(),
+        MatmulPrecision::Fp32,
+        "the scope restores fp32"
+    );
+    let (out32, _, _) = run(MatmulPrecision::Fp32);
+
+    let (xs, w, dy) = (
+        values(x.clone()),
+        values(weight_t.clone().transpose()),
+        values(upstream),
+    );
+    let (w_t, x_t) = (transpose(&w, d_in, d_out), transpose(&xs, rows, d_in));
+    let sum_bound = |k: usize| (k + 2) as f64 * 2f64.powi(-24);
+    let u = 2f64.powi(-8);
+    let round_bound = |k: usize| 2.0 * u + u * u + sum_bound(k);
+    let exact = |x: f32| x;
+    let products = [
+        ("out = x w", &out, &xs, &w, [rows, d_in, d_out]),
+        ("dx = dy wᵀ", &dx, &dy, &w_t, [rows, d_out, d_in]),
+        ("dw = xᵀ dy", &dw, &x_t, &dy, [d_in, rows, d_out]),
+    ];
+    let bf16 = mm_kernels::bf16_supported();
+    for (name, got, a, b, shape @ [_, k, _]) in products {
+        let exact_ratio = worst_ratio(got, a, b, shape, exact, round_bound(k));
+        println!("{name}: worst error / rounding bound {exact_ratio:.3}");
+        assert!(exact_ratio <= 1.0, "{name}: {exact_ratio} of the bound");
+        if bf16 {
+            let rounded_ratio = worst_ratio(got, a, b, shape, round_bf16, sum_bound(k));
+            println!("{name}: worst error / f32 summation bound {rounded_ratio:.3}");
+            assert!(rounded_ratio <= 1.0, "{name}: {rounded_ratio} of the bound");
+        }
+    }
+    // The bf16 path really rounds: its error is far above fp32's (where the CPU has it).
+    let error = |got: &[f32]| worst_ratio(got, &xs, &w, [rows, d_in, d_out], exact, 1.0);
+    let (e16, e32) = (error(&out), error(&out32));
+    println!("forward relative error: bf16 {e16:.2e}, fp32 {e32:.2e}");
+    assert_eq!(bf16, e16 > 10.0 * e32, "bf16 {e16:e}, fp32 {e32:e}");
+}
+
+#[test]
+fn rounding_to_bf16_is_to_nearest_even() {
+    use mm_kernels::round_bf16;
+    let ulp = 2f32.powi(-7); // bf16's spacing in [1, 2)
+    assert_eq!(
+        round_bf16(1.0 + ulp / 2.0),
+        1.0,
+        "a tie goes to the even 1.0"
+    );
+    assert_eq!(
+        round_bf16(1.0 + 1.5 * ulp),
+        1.0 + 2.0 * ulp,
+        "a tie goes to even"
+    );
+    assert_eq!(round_bf16(1.0 + 0.6 * ulp), 1.0 + ulp);
+    assert_eq!(round_bf16(-3.0), -3.0);
+    assert!(round_bf16(f32::NAN).is_nan());
+    assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
+    assert_eq!(
+        round_bf16(f32::MAX),
+        f32::INFINITY,
+        "past bf16's largest finite value"
+    );
+}

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use mm_data::{load_image, pixels_tensor, preprocess_into};
 
 use crate::config::{Overrides, TrainConfig};
+use crate::precision::Precision;
 use crate::zero_shot::ZeroShotClassifier;
 use crate::{checkpoint, device::parse_device};
 
@@ -111,6 +112,10 @@ pub struct EvalArgs {
     /// Where to write the JSON report (default: eval.json in the checkpoint directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Compute in fp32, or bf16 (bf16 GEMMs with f32 sums on Flex; a bf16 copy of the model
+    /// on GPUs).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
 }
@@ -191,6 +196,10 @@ pub struct ZeroShotArgs {
     /// Classes printed per image.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub top_k: u64,
+    /// Compute in fp32, or bf16 (bf16 GEMMs with f32 sums on Flex; a bf16 copy of the model
+    /// on GPUs).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     #[command(flatten)]
     pub device: DeviceArg,
     /// Images to classify (any format the `image` crate reads).
@@ -282,7 +291,8 @@ fn run_train(args: TrainArgs) -> Result<()> {
 
 fn run_eval(args: EvalArgs) -> Result<()> {
     let device = args.device.device()?;
-    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let _precision = args.precision.enter_inference(&mut ckpt.model, &device);
     let out = args
         .out
         .clone()
@@ -417,7 +427,8 @@ fn class_list(args: &ZeroShotArgs) -> Result<Vec<String>> {
 fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
     let classes = class_list(&args)?;
     let device = args.device.device()?;
-    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let _precision = args.precision.enter_inference(&mut ckpt.model, &device);
     let templates = if args.templates.is_empty() {
         ckpt.templates()
     } else {

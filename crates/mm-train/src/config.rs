@@ -113,6 +113,11 @@ pub struct ScheduleConfig {
     /// loss memory grows with the global batch once, not squared. The result is the same.
     #[serde(default)]
     pub local_loss: bool,
+    /// The share of each training image's patches dropped (FLIP; open_clip's
+    /// `patch_dropout`), in [0, 1): the image tower runs on the rest and the class token.
+    /// Evaluation keeps every patch.
+    #[serde(default)]
+    pub patch_dropout: f64,
     /// Data-parallel runs: every this many steps the ranks compare checksums of their weights
     /// and stop with an error naming the first parameter that differs (0: never).
     #[serde(default = "default_checksum_every")]
@@ -359,6 +364,15 @@ impl TrainConfig {
         }
         if self.train.accum_freq == 0 {
             return err("train.accum_freq", "must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.train.patch_dropout) {
+            return err(
+                "train.patch_dropout",
+                &format!(
+                    "must be a share of patches in [0, 1), got {}",
+                    self.train.patch_dropout
+                ),
+            );
         }
         if self.train.steps == 0 {
             return err("train.steps", "must be positive");

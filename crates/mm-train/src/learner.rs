@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use mm_data::ClipBatch;
-use mm_encoders::{ClipConfig, ClipModel};
+use mm_encoders::{ClipConfig, ClipModel, PatchDropout};
 
 use std::rc::Rc;
 
@@ -16,7 +16,10 @@ use mm_contrastive::dist::{Communicator, SingleProcess, Timed};
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::precision::{Compute, grads_to_f32, half_copy};
 use crate::replicas::{all_reduce_grads, broadcast_weights};
+use crate::task::StepOptions;
+use mm_encoders::{MatmulPrecision, with_matmul_precision};
 
 /// One optimisation step's model, optimiser and bookkeeping, and the ranks it trains with.
 pub struct Learner {
@@ -98,28 +101,32 @@ impl Learner {
 
     /// Loss and gradients of the objective over the global batch (every rank's
     /// `micro_batches`, see [`crate::task::Objective::gradients`]), summed over ranks, in the
-    /// configured precision: a half-precision copy of the model computes them and they come
-    /// back as fp32 for the master weights. Every rank gets the same values.
+    /// configured precision (see [`crate::precision`]): gradients come back as fp32 for the
+    /// master weights. Every rank gets the same values.
     pub fn gradients(&self, micro_batches: &[ClipBatch]) -> Result<(f32, GradientsParams)> {
-        let half = self.config.train.precision.half();
-        let half_model;
-        let model = match half {
-            Some(dtype) => {
-                half_model = crate::precision::half_copy(&self.model, dtype);
-                &half_model
-            }
-            None => &self.model,
-        };
         let comm = &self.comm;
-        let (loss, mut grads) = self.config.objective.gradients(
-            model,
-            micro_batches,
-            comm,
-            self.config.train.local_loss,
-        )?;
-        if half.is_some() {
-            crate::precision::grads_to_f32(&self.model, &mut grads);
-        }
+        let options = StepOptions {
+            local_loss: self.config.train.local_loss,
+            patch_dropout: PatchDropout::new(self.config.train.patch_dropout),
+            seed: self.config.seed,
+        };
+        let objective = |model: &ClipModel| {
+            self.config
+                .objective
+                .gradients(model, micro_batches, comm, &options)
+        };
+        let device = self.model.logit_scale.val().device();
+        let (loss, mut grads) = match self.config.train.precision.compute_on(&device) {
+            Compute::Fp32 => objective(&self.model)?,
+            Compute::Bf16Gemms => {
+                with_matmul_precision(MatmulPrecision::Bf16, || objective(&self.model))?
+            }
+            Compute::HalfCopy(dtype) => {
+                let (loss, mut grads) = objective(&half_copy(&self.model, dtype))?;
+                grads_to_f32(&self.model, &mut grads);
+                (loss, grads)
+            }
+        };
         let mut loss = [loss];
         if comm.world_size() > 1 {
             all_reduce_grads(&self.model, &mut grads, &mut loss, comm)?;

@@ -1,18 +1,22 @@
-//! Mixed precision: forward and backward in a half-precision copy of the model, fp32 master
-//! weights and optimiser (as PyTorch autocast + GradScaler-free bf16 training does).
+//! Mixed precision with fp32 master weights and optimiser (as PyTorch autocast + GradScaler-free
+//! bf16 training does), in one of two ways by device ([`Precision::compute_on`]):
 //!
-//! Each step casts the fp32 parameters into a half-precision copy that keeps their ids, runs the
-//! model in that dtype, takes the contrastive loss in fp32 (the similarities and softmax of a
-//! large batch need the range), and casts the gradients back to fp32 for the update.
+//! - on Flex, bf16 is autocast: the model stays f32 and the fused kernels' GEMMs round their
+//!   operands to bf16 and sum in f32 (AVX512-BF16), everything else in f32;
+//! - elsewhere (wgpu, CUDA; and fp16 everywhere), each step casts the fp32 parameters into a
+//!   half-precision copy that keeps their ids, runs the model in that dtype, takes the
+//!   contrastive loss in fp32 (the similarities and softmax of a large batch need the range),
+//!   and casts the gradients back to fp32 for the update.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use mm_encoders::ClipModel;
+use mm_encoders::{MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision};
 use serde::{Deserialize, Serialize};
 
 /// The dtype the model computes in during training.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     #[default]
@@ -28,6 +32,41 @@ impl Precision {
             Precision::Fp32 => None,
             Precision::Bf16 => Some(FloatDType::BF16),
             Precision::Fp16 => Some(FloatDType::F16),
+        }
+    }
+}
+
+/// How a pass computes in a [`Precision`] on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    Fp32,
+    /// f32 tensors, bf16 GEMMs (Flex).
+    Bf16Gemms,
+    /// A copy of the model in this dtype.
+    HalfCopy(FloatDType),
+}
+
+impl Precision {
+    /// How this precision computes on `device`.
+    pub fn compute_on(self, device: &Device) -> Compute {
+        match self.half() {
+            None => Compute::Fp32,
+            Some(FloatDType::BF16) if fused_on(device) => Compute::Bf16Gemms,
+            Some(dtype) => Compute::HalfCopy(dtype),
+        }
+    }
+
+    /// Makes inference with `model` (on `device`) compute in this precision until the guard
+    /// drops: bf16 GEMMs on this thread (Flex), or `model` replaced by its half-precision copy
+    /// (other devices). Features come out in f32 either way.
+    pub fn enter_inference(self, model: &mut ClipModel, device: &Device) -> MatmulPrecisionGuard {
+        match self.compute_on(device) {
+            Compute::Fp32 => set_matmul_precision(MatmulPrecision::Fp32),
+            Compute::Bf16Gemms => set_matmul_precision(MatmulPrecision::Bf16),
+            Compute::HalfCopy(dtype) => {
+                *model = half_copy(model, dtype);
+                set_matmul_precision(MatmulPrecision::Fp32)
+            }
         }
     }
 }

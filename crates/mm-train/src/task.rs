@@ -14,7 +14,7 @@ use mm_contrastive::{
     siglip_loss_rows,
 };
 use mm_data::ClipBatch;
-use mm_encoders::{ClipConfig, ClipModel};
+use mm_encoders::{ClipConfig, ClipModel, PatchDropout};
 use serde::{Deserialize, Serialize};
 
 use crate::replicas::{host_values, tensor_of};
@@ -28,6 +28,26 @@ pub enum Objective {
     Clip,
     /// Pairwise sigmoid loss with a learnable bias (Zhai et al. 2023).
     Siglip,
+}
+
+/// How a training step's forward pass runs, beyond the model and the data (from `[train]`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepOptions {
+    /// Each rank computes only its rows of the global loss (`train.local_loss`).
+    pub local_loss: bool,
+    /// Patches each training image drops (`train.patch_dropout`).
+    pub patch_dropout: Option<PatchDropout>,
+    /// The run's seed, from which each batch's dropped patches derive.
+    pub seed: u64,
+}
+
+impl StepOptions {
+    /// The seed of the patches `batch` keeps on `rank`: fixed by the run's seed and the
+    /// batch's place in its rank's stream, so re-encoding the batch and resuming keep them.
+    pub fn patch_seed(&self, rank: usize, batch: &ClipBatch) -> u64 {
+        let mix = |x: u64| (x ^ (x >> 31)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        mix(self.seed ^ mix(rank as u64 ^ mix(batch.stream_position)))
+    }
 }
 
 impl Objective {
@@ -97,22 +117,22 @@ impl Objective {
         model: &ClipModel,
         micro_batches: &[ClipBatch],
         comm: &dyn Communicator,
-        local_loss: bool,
+        options: &StepOptions,
     ) -> Result<(f32, GradientsParams), CommError> {
-        let dtype = model.logit_scale.val().dtype();
         let device = model.logit_scale.val().device();
-        let fp32 = FloatDType::F32;
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let local_loss = options.local_loss;
+        let patches = model.vision_model.num_patches();
         let encode = |batch: &ClipBatch| {
+            let kept = options.patch_dropout.map(|dropout| {
+                let seed = options.patch_seed(rank, batch);
+                dropout.sample(batch.batch_size, patches, seed, &device)
+            });
             (
-                model
-                    .image_features(batch.pixels_tensor(&device).cast(dtype))
-                    .cast(fp32),
-                model
-                    .text_features(batch.input_ids_tensor(&device))
-                    .cast(fp32),
+                model.image_features_kept(batch.pixels_tensor(&device), kept),
+                model.text_features(batch.input_ids_tensor(&device)),
             )
         };
-        let (rank, world) = (comm.rank(), comm.world_size());
         if let ([batch], 1) = (micro_batches, world) {
             let (image, text) = encode(batch);
             let loss = self.loss(model, image, text, None, true);
@@ -165,7 +185,7 @@ impl Objective {
         let image_all = tensor_of(&image_all, [global, width], &device).require_grad();
         let text_all = tensor_of(&text_all, [global, width], &device).require_grad();
         let rows = rank * local..(rank + 1) * local;
-        let (loss, with_params) = match local_loss {
+        let (loss_rows, with_params) = match local_loss {
             true => (Some(rows.clone()), true),
             false => (None, rank == 0),
         };
@@ -173,7 +193,7 @@ impl Objective {
             model,
             image_all.clone(),
             text_all.clone(),
-            loss,
+            loss_rows,
             with_params,
         );
         let value = loss.clone().into_scalar::<f32>();
@@ -182,21 +202,20 @@ impl Objective {
             (false, _) => 0.0,
         };
         let grads = loss.backward();
-        let feature_grad = |t: &Tensor<2>| {
-            t.grad(&grads)
-                .map(host_values)
-                .unwrap_or_else(|| vec![0.0; global * width])
+        let feature_grad = |t: &Tensor<2>, rows: Range<usize>| match t.grad(&grads) {
+            Some(grad) => host_values(grad.slice(rows)),
+            None => vec![0.0; rows.len() * width],
         };
-        let (image_grad, text_grad) = (feature_grad(&image_all), feature_grad(&text_all));
-        let loss_params = GradientsParams::from_grads(grads, model);
         // This rank's rows of d(global loss)/d(features): from its own full loss, or summed
         // over every rank's share.
         let (image_grad, text_grad) = match local_loss {
             false => (
-                image_grad[rows.start * width..rows.end * width].to_vec(),
-                text_grad[rows.start * width..rows.end * width].to_vec(),
+                feature_grad(&image_all, rows.clone()),
+                feature_grad(&text_all, rows),
             ),
             true => {
+                let image_grad = feature_grad(&image_all, 0..global);
+                let text_grad = feature_grad(&text_all, 0..global);
                 let mut blocks = Vec::with_capacity(2 * global * width);
                 for r in 0..world {
                     blocks.extend_from_slice(&image_grad[r * block..(r + 1) * block]);
@@ -209,7 +228,7 @@ impl Objective {
         };
 
         let mut accumulator = GradientsAccumulator::<ClipModel>::new();
-        accumulator.accumulate(model, loss_params);
+        accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         let mut first = 0;
         for (j, batch) in micro_batches.iter().enumerate() {
             let (image, text) = match kept.take() {

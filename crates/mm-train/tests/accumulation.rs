@@ -141,3 +141,74 @@ fn bf16_steps_keep_fp32_master_weights_and_track_fp32() {
     );
     assert!(mean(&losses[15..]) < mean(&losses[..5]) - 0.2, "{losses:?}");
 }
+
+/// With patch dropout, each micro-batch keeps the same patches when it is re-encoded for its
+/// backward pass: the accumulated gradient equals one graph over all micro-batches' features,
+/// each from the patches its seed keeps. Dropout changes the gradient, the same batch gives
+/// the same one twice, and out-of-range shares are errors naming the key.
+#[test]
+fn patch_dropout_keeps_each_batchs_patches_through_accumulation() {
+    use burn::optim::GradientsParams;
+    use burn::tensor::Tensor;
+    use mm_encoders::PatchDropout;
+    use mm_train::task::StepOptions;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(dir.path(), 1);
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
+    let plain = Learner::new(&config, &model_config).unwrap();
+    config.train.patch_dropout = 0.5;
+    config.validate("test").unwrap();
+    let learner = Learner::from_model(&config, plain.model.clone());
+    let big = common::shapes_batches(&model_config, 1).remove(0);
+    let micro: Vec<ClipBatch> = (0..2)
+        .map(|i| ClipBatch {
+            stream_position: i as u64,
+            ..common::rows_of(&big, 8 * i..8 * (i + 1))
+        })
+        .collect();
+
+    let (loss, grads) = learner.gradients(&micro).unwrap();
+    let options = StepOptions {
+        local_loss: false,
+        patch_dropout: PatchDropout::new(0.5),
+        seed: config.seed,
+    };
+    let model = &learner.model;
+    let device = model.logit_scale.val().device();
+    let patches = model.vision_model.num_patches();
+    let (mut image, mut text) = (Vec::new(), Vec::new());
+    for batch in &micro {
+        let seed = options.patch_seed(0, batch);
+        let kept = PatchDropout::new(0.5)
+            .unwrap()
+            .sample(batch.batch_size, patches, seed, &device);
+        assert_eq!(kept.dims(), [8, patches / 2]);
+        image.push(model.image_features_kept(batch.pixels_tensor(&device), Some(kept)));
+        text.push(model.text_features(batch.input_ids_tensor(&device)));
+    }
+    let by_hand = mm_contrastive::clip_loss(
+        Tensor::cat(image, 0),
+        Tensor::cat(text, 0),
+        model.logit_scale.val(),
+    );
+    assert!((by_hand.clone().into_scalar::<f32>() - loss).abs() < 1e-5);
+    let want = GradientsParams::from_grads(by_hand.backward(), model);
+    let (worst, scale) = common::compare_grads(model, &want, &grads);
+    println!("patch dropout through accumulation: {worst:.2e} (largest {scale:.2e})");
+    assert!(worst <= 1e-5, "accumulated gradients differ by {worst}");
+
+    let (_, again) = learner.gradients(&micro).unwrap();
+    assert_eq!(common::compare_grads(model, &grads, &again).0, 0.0);
+    let (_, full) = plain.gradients(&micro).unwrap();
+    assert!(
+        common::compare_grads(model, &grads, &full).0 > 1e-4,
+        "dropout changed nothing"
+    );
+
+    for bad in [1.0, -0.1, f64::NAN] {
+        config.train.patch_dropout = bad;
+        let err = config.validate("run.toml").unwrap_err().to_string();
+        assert!(err.contains("key `train.patch_dropout`"), "{err}");
+    }
+}

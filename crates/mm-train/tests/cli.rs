@@ -44,6 +44,40 @@ fn zero_shot_prints_ranked_classes_and_rejects_bad_input() {
         assert!(stdout.contains(class));
     }
 
+    // bf16 inference (bf16 GEMMs) ranks the classes as fp32 does, to within bf16 rounding.
+    let (ok, bf16_stdout, stderr) = mm_train(&[
+        "zero-shot",
+        "--checkpoint",
+        run,
+        "--classes",
+        "red circle, blue square,green star",
+        "--template",
+        "a photo of a {}",
+        "--precision",
+        "bf16",
+        image,
+    ]);
+    assert!(ok, "{stderr}");
+    let bf16_probs = common::printed_probabilities(&bf16_stdout);
+    assert_eq!(bf16_probs.len(), probs.len());
+    for (a, b) in probs.iter().zip(&bf16_probs) {
+        assert!((a - b).abs() < 1.0, "fp32 {stdout} vs bf16 {bf16_stdout}");
+    }
+    let (ok, _, stderr) = mm_train(&[
+        "zero-shot",
+        "--checkpoint",
+        run,
+        "--classes",
+        "a,b",
+        "--precision",
+        "fp8",
+        image,
+    ]);
+    assert!(
+        !ok && stderr.contains("'fp8'") && stderr.contains("possible values"),
+        "{stderr}"
+    );
+
     let classes_file = dir.path().join("classes.txt");
     std::fs::write(&classes_file, "red circle\n\nblue square\n").unwrap();
     let (ok, stdout, _) = mm_train(&[
