@@ -81,6 +81,7 @@ pub fn synthetic_batch(model: &ClipConfig, batch: usize) -> ClipBatch {
         pixels,
         input_ids: ids,
         captions: vec![String::new(); batch],
+        keys: (0..batch).map(|i| format!("synthetic {i}")).collect(),
         errors: Vec::new(),
         stream_position: 0,
     }

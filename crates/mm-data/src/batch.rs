@@ -26,6 +26,8 @@ pub struct ClipBatch {
     /// `[batch, context_length]`, row-major.
     pub input_ids: Vec<u32>,
     pub captions: Vec<String>,
+    /// Where each sample came from: its image file, or `shard:key` for a tar member.
+    pub keys: Vec<String>,
     /// The samples skipped while this batch was filled: where and why.
     pub errors: Vec<SampleError>,
     /// Stream items consumed up to and including this batch: where to resume after it.
@@ -167,11 +169,35 @@ impl Batcher {
         position: &mut u64,
         batch_size: usize,
     ) -> Result<Option<ClipBatch>, DataError> {
+        self.fill(source, position, batch_size, false)
+    }
+
+    /// [`Batcher::next_batch`], except that the source's last samples come as a smaller
+    /// batch: every usable sample is in some batch (for passes over a whole dataset). That
+    /// last batch may hold no sample, only the reports of skipped ones. `None` once nothing
+    /// is left.
+    pub fn next_batch_or_rest(
+        &self,
+        source: &mut dyn PairSource,
+        position: &mut u64,
+        batch_size: usize,
+    ) -> Result<Option<ClipBatch>, DataError> {
+        self.fill(source, position, batch_size, true)
+    }
+
+    fn fill(
+        &self,
+        source: &mut dyn PairSource,
+        position: &mut u64,
+        batch_size: usize,
+        rest: bool,
+    ) -> Result<Option<ClipBatch>, DataError> {
         let plane = 3 * self.image_size * self.image_size;
         // Allocated once at its final size; samples are written into their slots.
         let mut pixels = vec![0.0f32; batch_size * plane];
         let mut input_ids = Vec::with_capacity(batch_size * self.context_length);
         let mut captions = Vec::with_capacity(batch_size);
+        let mut keys = Vec::with_capacity(batch_size);
         let mut errors: Vec<SampleError> = Vec::new();
         // Unusable samples since the last usable one.
         let mut in_a_row = 0;
@@ -185,9 +211,11 @@ impl Batcher {
         while captions.len() < batch_size {
             let filled = captions.len();
             let mut pairs = Vec::with_capacity(batch_size - filled);
+            let mut ended = false;
             while pairs.len() < batch_size - filled {
                 let Some(item) = source.next() else {
-                    return Ok(None);
+                    ended = true;
+                    break;
                 };
                 let index = *position;
                 *position += 1;
@@ -218,6 +246,10 @@ impl Batcher {
                             pixels.copy_within(from * plane..(from + 1) * plane, to * plane);
                         }
                         input_ids.extend(ids);
+                        keys.push(match pair.image {
+                            crate::ImageInput::File(path) => path.display().to_string(),
+                            _ => pair.location,
+                        });
                         captions.push(pair.caption);
                         in_a_row = 0;
                     }
@@ -230,14 +262,23 @@ impl Batcher {
             if in_a_row >= self.max_consecutive_skips {
                 return broken(source, &errors, in_a_row);
             }
+            if ended {
+                // The rest keeps the skipped samples' reports even when no sample is left.
+                if !rest || (captions.is_empty() && errors.is_empty()) {
+                    return Ok(None);
+                }
+                pixels.truncate(captions.len() * plane);
+                break;
+            }
         }
         Ok(Some(ClipBatch {
-            batch_size,
+            batch_size: captions.len(),
             image_size: self.image_size,
             context_length: self.context_length,
             pixels,
             input_ids,
             captions,
+            keys,
             errors,
             stream_position: *position,
         }))
@@ -310,17 +351,43 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// Starts filling a queue of up to `depth` batches from `stream`. A data error ends the
     /// stream after it is handed over.
-    pub fn spawn(
-        mut stream: DataStream,
+    pub fn spawn(stream: DataStream, batcher: Batcher, batch_size: usize, depth: usize) -> Self {
+        let position = stream.position();
+        Self::start(
+            Box::new(stream),
+            position,
+            batcher,
+            batch_size,
+            depth,
+            false,
+        )
+    }
+
+    /// One pass over `source` (whose next item has stream index `position`), its last
+    /// samples in a smaller batch ([`Batcher::next_batch_or_rest`]).
+    pub fn one_pass(
+        source: Box<dyn PairSource>,
+        position: u64,
         batcher: Batcher,
         batch_size: usize,
         depth: usize,
     ) -> Self {
+        Self::start(source, position, batcher, batch_size, depth, true)
+    }
+
+    fn start(
+        mut source: Box<dyn PairSource>,
+        mut position: u64,
+        batcher: Batcher,
+        batch_size: usize,
+        depth: usize,
+        rest: bool,
+    ) -> Self {
         let (sender, receiver) = sync_channel(depth.max(1));
         let worker = std::thread::spawn(move || {
-            let mut position = stream.position();
             loop {
-                let batch = match batcher.next_batch(&mut stream, &mut position, batch_size) {
+                let next = batcher.fill(source.as_mut(), &mut position, batch_size, rest);
+                let batch = match next {
                     Ok(Some(batch)) => Ok(batch),
                     Ok(None) => break,
                     Err(e) => Err(e),

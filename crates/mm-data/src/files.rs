@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::DataError;
 use crate::regular_file::open_regular;
 use crate::source::{
-    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
-    caption_from_bytes,
+    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
+    SampleErrorKind,
 };
 
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
@@ -63,7 +63,9 @@ pub struct CsvSource {
     /// Set once the file cannot be read further (an I/O error or an endless row).
     ended: bool,
     image_column: usize,
-    caption_column: usize,
+    /// `None`: no caption column, where captions are optional.
+    caption_column: Option<usize>,
+    captions: Captions,
     record: csv::ByteRecord,
     /// Data row number (1 = first row after the header), for error locations.
     row: usize,
@@ -73,6 +75,15 @@ impl CsvSource {
     /// Opens `path` and finds the two columns; a missing file or column is an error here, at
     /// start-up, naming what exists.
     pub fn open(path: &Path, columns: &CsvColumns) -> Result<Self, DataError> {
+        Self::open_with(path, columns, Captions::Required)
+    }
+
+    /// [`CsvSource::open`], with captions `captions`: optional ones need no caption column.
+    pub fn open_with(
+        path: &Path,
+        columns: &CsvColumns,
+        captions: Captions,
+    ) -> Result<Self, DataError> {
         let file = open_regular(path).map_err(|e| DataError::io(path, e))?;
         let row_bytes = Arc::new(AtomicU64::new(0));
         let mut reader = csv::ReaderBuilder::new()
@@ -105,7 +116,11 @@ impl CsvSource {
         };
         Ok(Self {
             image_column: find(&columns.image, "csv_img_key")?,
-            caption_column: find(&columns.caption, "csv_caption_key")?,
+            caption_column: match captions {
+                Captions::Required => Some(find(&columns.caption, "csv_caption_key")?),
+                Captions::Optional => names.iter().position(|n| *n == columns.caption),
+            },
+            captions,
             base: path.parent().unwrap_or(Path::new("")).to_path_buf(),
             path: path.to_path_buf(),
             reader,
@@ -177,7 +192,7 @@ impl Iterator for CsvSource {
                 "image path is not UTF-8".into(),
             );
         };
-        let caption = match caption_from_bytes(field(self.caption_column)) {
+        let caption = match self.captions.read(self.caption_column.map(field)) {
             Ok(caption) => caption,
             Err((kind, why)) => return err(kind, format!("{image}: {why}")),
         };
@@ -199,11 +214,18 @@ impl PairSource for CsvSource {
 /// with the same stem beside it.
 pub struct FolderSource {
     root: PathBuf,
-    items: std::vec::IntoIter<Result<(PathBuf, PathBuf), SampleError>>,
+    /// Each image and its caption file (`None`: none, where captions are optional).
+    items: std::vec::IntoIter<Result<(PathBuf, Option<PathBuf>), SampleError>>,
+    captions: Captions,
 }
 
 impl FolderSource {
     pub fn open(root: &Path) -> Result<Self, DataError> {
+        Self::open_with(root, Captions::Required)
+    }
+
+    /// [`FolderSource::open`], with captions `captions`: optional ones need no `.txt` files.
+    pub fn open_with(root: &Path, captions: Captions) -> Result<Self, DataError> {
         if !root.is_dir() {
             return Err(DataError::Config(format!(
                 "{}: not a directory",
@@ -225,7 +247,9 @@ impl FolderSource {
             if is_image(file) {
                 let caption = file.with_extension("txt");
                 items.push(if caption.is_file() {
-                    Ok((file.clone(), caption))
+                    Ok((file.clone(), Some(caption)))
+                } else if captions == Captions::Optional {
+                    Ok((file.clone(), None))
                 } else {
                     Err(SampleError::new(
                         SampleErrorKind::MissingCaption,
@@ -249,6 +273,7 @@ impl FolderSource {
         Ok(Self {
             root: root.to_path_buf(),
             items: items.into_iter(),
+            captions,
         })
     }
 }
@@ -283,11 +308,22 @@ impl Iterator for FolderSource {
         Some(self.items.next()?.and_then(|(image, caption_path)| {
             let location = image.display().to_string();
             let fail = |kind, message: &str| SampleError::new(kind, location.clone(), message);
-            let mut bytes = Vec::new();
-            open_regular(&caption_path)
-                .and_then(|file| file.take(MAX_CAPTION_BYTES as u64).read_to_end(&mut bytes))
-                .map_err(|e| fail(SampleErrorKind::MissingCaption, &e.to_string()))?;
-            let caption = caption_from_bytes(&bytes).map_err(|(kind, why)| fail(kind, why))?;
+            let bytes = match caption_path {
+                Some(path) => {
+                    let mut bytes = Vec::new();
+                    open_regular(&path)
+                        .and_then(|file| {
+                            file.take(MAX_CAPTION_BYTES as u64).read_to_end(&mut bytes)
+                        })
+                        .map_err(|e| fail(SampleErrorKind::MissingCaption, &e.to_string()))?;
+                    Some(bytes)
+                }
+                None => None,
+            };
+            let caption = self
+                .captions
+                .read(bytes.as_deref())
+                .map_err(|(kind, why)| fail(kind, why))?;
             Ok(ImageTextPair {
                 image: ImageInput::File(image),
                 caption,

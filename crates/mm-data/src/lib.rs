@@ -22,8 +22,8 @@ pub use preprocess::{
 };
 pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
 pub use source::{
-    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
-    SkipCounts, caption_from_bytes,
+    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
+    SampleErrorKind, SkipCounts, caption_from_bytes,
 };
 pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
 pub use tokenizer::ClipTokenizer;

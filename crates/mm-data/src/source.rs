@@ -178,6 +178,30 @@ pub fn caption_from_bytes(bytes: &[u8]) -> Result<String, (SampleErrorKind, &'st
     Ok(caption)
 }
 
+/// Whether a sample needs a caption: training does; embedding images does not, and there a
+/// missing or blank caption is the empty one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Captions {
+    #[default]
+    Required,
+    Optional,
+}
+
+impl Captions {
+    /// A sample's caption from its bytes, if it has any ([`caption_from_bytes`]); where
+    /// captions are optional, a missing or blank one is empty (other faults stay faults).
+    pub fn read(self, bytes: Option<&[u8]>) -> Result<String, (SampleErrorKind, &'static str)> {
+        let caption = match bytes {
+            Some(bytes) => caption_from_bytes(bytes),
+            None => Err((SampleErrorKind::MissingCaption, "no caption")),
+        };
+        match (caption, self) {
+            (Err((SampleErrorKind::MissingCaption, _)), Captions::Optional) => Ok(String::new()),
+            (caption, _) => caption,
+        }
+    }
+}
+
 /// A stream of image-caption pairs.
 ///
 /// Sources are iterators so that streamed formats (tar shards) and indexed ones (CSV,

@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::source::Captions;
+
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
@@ -108,6 +110,10 @@ pub struct DataConfig {
     pub rank: usize,
     #[serde(skip, default = "default_world_size")]
     pub world_size: usize,
+    /// Whether samples need captions: set by commands that read images only (`embed`),
+    /// never from the config file.
+    #[serde(skip)]
+    pub captions: Captions,
 }
 
 /// CSV column of image paths when none is named (open_clip's `--csv-img-key` default).
@@ -154,6 +160,7 @@ impl Default for DataConfig {
             max_consecutive_skips: default_max_consecutive_skips(),
             rank: 0,
             world_size: 1,
+            captions: Captions::Required,
         }
     }
 }
@@ -280,13 +287,25 @@ impl DataConfig {
                     )));
                 }
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-                Box::new(TarSource::new(shards, self.image_limits()))
+                Box::new(TarSource::with_captions(
+                    shards,
+                    self.image_limits(),
+                    self.captions,
+                ))
             }
             SourceKind::Csv => {
                 let path = PathBuf::from(&paths[0]);
-                share(Box::new(CsvSource::open(&path, &self.csv_columns(&path))?))
+                let columns = self.csv_columns(&path);
+                share(Box::new(CsvSource::open_with(
+                    &path,
+                    &columns,
+                    self.captions,
+                )?))
             }
-            SourceKind::Folder => share(Box::new(FolderSource::open(&PathBuf::from(&paths[0]))?)),
+            SourceKind::Folder => share(Box::new(FolderSource::open_with(
+                &PathBuf::from(&paths[0]),
+                self.captions,
+            )?)),
         })
     }
 

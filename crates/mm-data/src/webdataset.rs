@@ -10,8 +10,8 @@ use crate::DataError;
 use crate::preprocess::ImageLimits;
 use crate::regular_file::open_regular;
 use crate::source::{
-    ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError, SampleErrorKind,
-    caption_from_bytes,
+    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
+    SampleErrorKind,
 };
 
 /// Image extensions, in the order a sample's image is preferred.
@@ -194,11 +194,18 @@ impl TarSource {
     /// Streams `shards` (plain or gzip-compressed tar); image members larger than
     /// `limits.max_bytes` are skipped unread and counted.
     pub fn new(shards: Vec<PathBuf>, limits: ImageLimits) -> Self {
+        Self::with_captions(shards, limits, Captions::Required)
+    }
+
+    /// [`TarSource::new`], with captions `captions`.
+    pub fn with_captions(shards: Vec<PathBuf>, limits: ImageLimits, captions: Captions) -> Self {
         let description = format!("{} WebDataset shard(s)", shards.len());
         let (sender, receiver) = sync_channel(READ_AHEAD);
         std::thread::spawn(move || {
             for shard in shards {
-                let keep_going = read_shard(&shard, limits, &mut |item| sender.send(item).is_ok());
+                let keep_going = read_shard(&shard, limits, captions, &mut |item| {
+                    sender.send(item).is_ok()
+                });
                 if !keep_going {
                     return; // The consumer hung up.
                 }
@@ -229,7 +236,7 @@ type Emit<'a> = dyn FnMut(Result<ImageTextPair, SampleError>) -> bool + 'a;
 
 /// Reads one shard, emitting samples and skipped-sample errors in order. An error mid-shard
 /// ends this shard only. Returns false when `emit` asked to stop.
-fn read_shard(path: &Path, limits: ImageLimits, emit: &mut Emit) -> bool {
+fn read_shard(path: &Path, limits: ImageLimits, captions: Captions, emit: &mut Emit) -> bool {
     let shard = path.display().to_string();
     let bad_shard = |message: String| {
         Err(SampleError::new(
@@ -303,7 +310,7 @@ fn read_shard(path: &Path, limits: ImageLimits, emit: &mut Emit) -> bool {
         let ext = ext.to_ascii_lowercase();
         if key != pending.key {
             let done = std::mem::take(&mut pending);
-            if let Some(item) = done.into_sample(&shard)
+            if let Some(item) = done.into_sample(&shard, captions)
                 && !emit(item)
             {
                 return false;
@@ -344,7 +351,7 @@ fn read_shard(path: &Path, limits: ImageLimits, emit: &mut Emit) -> bool {
             pending.caption = Some(bytes);
         }
     }
-    match pending.into_sample(&shard) {
+    match pending.into_sample(&shard, captions) {
         Some(item) => emit(item),
         None => true,
     }
@@ -352,7 +359,11 @@ fn read_shard(path: &Path, limits: ImageLimits, emit: &mut Emit) -> bool {
 
 impl Members {
     /// The completed member group as a sample, or the reason it is not one.
-    fn into_sample(self, shard: &str) -> Option<Result<ImageTextPair, SampleError>> {
+    fn into_sample(
+        self,
+        shard: &str,
+        captions: Captions,
+    ) -> Option<Result<ImageTextPair, SampleError>> {
         if self.key.is_empty() {
             return None;
         }
@@ -362,8 +373,7 @@ impl Members {
             (None, None) => None, // e.g. only a .json: not a sample.
             (None, Some(_)) => err(SampleErrorKind::MissingImage, "caption without an image"),
             (Some(Err(too_large)), _) => err(SampleErrorKind::ImageTooLarge, &too_large),
-            (Some(_), None) => err(SampleErrorKind::MissingCaption, "image without a caption"),
-            (Some(Ok(image)), Some(caption)) => match caption_from_bytes(&caption) {
+            (Some(Ok(image)), caption) => match captions.read(caption.as_deref()) {
                 Err((kind, why)) => err(kind, why),
                 Ok(caption) => Some(Ok(ImageTextPair {
                     image: ImageInput::Encoded(image),

@@ -612,3 +612,66 @@ fn random_resized_crop_is_seeded_and_keeps_most_of_the_image() {
         );
     }
 }
+
+/// Where captions are optional (embedding images), an image without one has the empty
+/// caption in every source, and the CSV needs no caption column; other faults stay faults.
+#[test]
+fn optional_captions_keep_images_without_them() {
+    use mm_data::{Captions, TarSource};
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path(), &["1.png", "2.png"]);
+    std::fs::write(dir.path().join("1.txt"), "one").unwrap();
+    let folder = FolderSource::open_with(dir.path(), Captions::Optional).unwrap();
+    assert_eq!(drain(folder), (vec!["one".into(), String::new()], vec![]));
+
+    let csv = dir.path().join("images.csv");
+    std::fs::write(&csv, "filepath\n1.png\n\n2.png\n").unwrap();
+    let columns = CsvColumns {
+        separator: b',',
+        ..CsvColumns::default()
+    };
+    let err = CsvSource::open(&csv, &columns).err().unwrap().to_string();
+    assert!(err.contains("no column `title`"), "{err}");
+    let rows = CsvSource::open_with(&csv, &columns, Captions::Optional).unwrap();
+    let (good, bad) = drain(rows);
+    assert_eq!(good, ["", ""]);
+    assert!(
+        bad.is_empty() || bad == [SampleErrorKind::MissingImage],
+        "{bad:?}"
+    );
+
+    let shard = dir.path().join("s.tar");
+    write_tar(
+        &shard,
+        &[
+            ("a.png", png(1)),
+            ("b.png", png(2)),
+            ("b.txt", b"bee".to_vec()),
+            ("c.txt", b"no image".to_vec()),
+            ("d.txt", vec![0xff, 0xfe]),
+            ("d.png", png(3)),
+        ],
+    );
+    let tar = |captions| {
+        drain(TarSource::with_captions(
+            vec![shard.clone()],
+            ImageLimits::default(),
+            captions,
+        ))
+    };
+    assert_eq!(
+        tar(Captions::Optional),
+        (
+            vec![String::new(), "bee".into()],
+            vec![SampleErrorKind::MissingImage, SampleErrorKind::BadCaption]
+        )
+    );
+    assert_eq!(
+        tar(Captions::Required).1,
+        [
+            SampleErrorKind::MissingCaption,
+            SampleErrorKind::MissingImage,
+            SampleErrorKind::BadCaption
+        ]
+    );
+}

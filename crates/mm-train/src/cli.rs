@@ -40,6 +40,9 @@ pub enum Command {
     ExportHf(ExportHfArgs),
     /// Read a dataset once, decoding every image, and count what is usable.
     DataCheck(crate::data_check::DataCheckArgs),
+    /// Embeddings of every image (and/or caption) of a folder, CSV file or shard set, written
+    /// as safetensors or .npy with their keys; resumable.
+    Embed(crate::embed::EmbedArgs),
     /// Zero-shot, retrieval and linear-probe evaluation of a checkpoint; writes eval.json.
     Eval(EvalArgs),
     /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
@@ -222,6 +225,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::DataCheck(args)) => crate::data_check::run(&args),
+        Some(Command::Embed(args)) => crate::embed::run(&args),
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::Report(args)) => {
             let (path, skipped) =

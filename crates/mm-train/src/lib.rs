@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod data_check;
 pub mod device;
+pub mod embed;
 pub mod eval;
 pub mod hf;
 pub mod launch;

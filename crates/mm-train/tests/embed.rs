@@ -1,0 +1,223 @@
+//! `mm-train embed`: every usable image embedded once, in source order, with its key, equal to
+//! the model's own features; bad files skipped and counted; a killed run resumes to the same
+//! bytes; outputs never overwritten and parts never mixed across commands.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use common::mm_train;
+use mm_data::{Batcher, Captions, FolderSource, TrainTransform};
+
+/// `n` pictures of the built-in data under `dir` (half in a subfolder), plus junk: a corrupt
+/// PNG and a file that is not an image.
+fn picture_folder(dir: &Path, n: usize) -> PathBuf {
+    let root = dir.join("images");
+    std::fs::create_dir_all(root.join("more")).unwrap();
+    let data = mm_data::ShapesDataset::new(3, 40);
+    for i in 0..n {
+        let sub = if i % 2 == 0 { "" } else { "more" };
+        let path = root.join(sub).join(format!("{i:05}.png"));
+        data.sample(mm_data::Split::HeldOut, i as u64)
+            .image
+            .save(path)
+            .unwrap();
+    }
+    std::fs::write(root.join("broken.png"), b"\x89PNG not really").unwrap();
+    std::fs::write(root.join("notes.md"), b"not an image").unwrap();
+    root
+}
+
+fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+fn keys(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn embed_writes_each_images_key_and_the_models_normalised_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    mm_train::train(&common::tiny_config(&run, 2), false).unwrap();
+    let images = picture_folder(dir.path(), 37);
+    let out = dir.path().join("emb.safetensors");
+    let (ok, stdout, stderr) = mm_train(&[
+        "embed",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--part-samples",
+        "10",
+        "--no-progress",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("37 samples x") && stdout.contains("1 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("bad_image: 1") && stdout.contains("broken.png"),
+        "{stdout}"
+    );
+    assert!(
+        !dir.path().join("emb.safetensors.parts").exists(),
+        "parts are removed"
+    );
+
+    let device = Device::flex();
+    let ckpt = mm_train::checkpoint::load(&run, &device).unwrap();
+    let (shape, values) = tensor(&out, "image_embeds");
+    assert_eq!(shape, [37, ckpt.model_config.embed_dim]);
+    let written_keys = keys(&dir.path().join("emb.keys.jsonl"));
+
+    // The same images through the model directly, in one batch.
+    let (size, context) = (
+        ckpt.model_config.vision.image_size,
+        ckpt.model_config.text.context_length,
+    );
+    let batcher = Batcher::new(ckpt.tokenizer.clone(), size, context)
+        .with_transform(TrainTransform::CenterCrop, 0);
+    let mut source = FolderSource::open_with(&images, Captions::Optional).unwrap();
+    let batch = batcher
+        .next_batch_or_rest(&mut source, &mut 0, 100)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        batch.batch_size, 37,
+        "the last samples come as a smaller batch"
+    );
+    assert_eq!(written_keys, batch.keys);
+    assert!(written_keys[0].ends_with("00000.png"));
+    let want =
+        mm_contrastive::l2_normalize(ckpt.model.image_features(batch.pixels_tensor(&device)))
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+    let worst = values
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        worst < 1e-5,
+        "embeddings differ from the model's by {worst}"
+    );
+
+    // Outputs are never overwritten; the name says the format.
+    let (ok, _, stderr) = mm_train(&[
+        "embed",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("exists"), "{stderr}");
+    let txt = dir.path().join("emb.txt");
+    let (ok, _, stderr) = mm_train(&[
+        "embed",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--out",
+        txt.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains(".safetensors or .npy"), "{stderr}");
+    // Captions are needed to embed them: a folder without .txt files has none.
+    let (ok, _, stderr) = mm_train(&[
+        "embed",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        images.to_str().unwrap(),
+        "--out",
+        dir.path().join("text.npy").to_str().unwrap(),
+        "--modality",
+        "text",
+    ]);
+    assert!(!ok && stderr.contains("missing_caption"), "{stderr}");
+}
+
+#[test]
+fn a_killed_embed_resumes_to_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    mm_train::train(&common::tiny_config(&run, 2), false).unwrap();
+    let images = picture_folder(dir.path(), 1200);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "embed",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            images.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "2",
+            "--part-samples",
+            "4",
+            "--no-progress",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = dir.path().join("whole.npy");
+    let (ok, _, stderr) = mm_train(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{stderr}");
+
+    let cut = dir.path().join("cut.npy");
+    let state = dir.path().join("cut.npy.parts/state.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no part written");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "finished before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!cut.exists(), "a killed run leaves no output");
+
+    // Another command does not mix into these parts.
+    let mut other = args(&cut);
+    other.push("--no-normalize".into());
+    let (ok, _, stderr) = mm_train(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok && stderr.contains("another embed command"), "{stderr}");
+
+    let (ok, _, stderr) = mm_train(&args(&cut).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("continuing from"), "{stderr}");
+    assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
+    assert_eq!(
+        keys(&dir.path().join("cut.keys.jsonl")),
+        keys(&dir.path().join("whole.keys.jsonl"))
+    );
+    assert_eq!(keys(&dir.path().join("whole.keys.jsonl")).len(), 1200);
+}
