@@ -1,6 +1,7 @@
 //! Where one mm training step spends its time, phase by phase, on Flex.
 //!
-//! `cargo bench -p mm-benches --bench step_breakdown [-- bench|vit-b-32]`: image-tower forward,
+//! `cargo bench -p mm-benches --bench step_breakdown [-- bench|vit-b-32] [--precision bf16]`
+//! (bf16: the GEMMs in bf16, as `precision = "bf16"` trains on Flex): image-tower forward,
 //! text-tower forward, loss, backward, gradient clipping and the AdamW update, each timed
 //! alone (Flex computes eagerly, so each phase's work is done when it returns), as the median
 //! ms per step over 15 steps (this 2-core VM's timings vary by ~10% run to run) and share of
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use mm_benches::{shape_arg, synthetic_batch, train_config};
+use mm_benches::{flag_value, shape_arg, synthetic_batch, train_config};
+use mm_encoders::{MatmulPrecision, set_matmul_precision};
 use mm_contrastive::clip_loss;
 use mm_train::Learner;
 use mm_train::optim::clip_grad_norm;
@@ -27,6 +29,12 @@ const PHASES: [&str; 6] = [
 fn main() {
     mm_train::allocator::keep_freed_memory();
     let shape = shape_arg("bench");
+    let precision = flag_value("--precision").unwrap_or_else(|| "fp32".into());
+    let _scope = set_matmul_precision(match precision.as_str() {
+        "fp32" => MatmulPrecision::Fp32,
+        "bf16" => MatmulPrecision::Bf16,
+        other => panic!("--precision {other}: fp32 or bf16"),
+    });
     let (model_config, batch) = mm_benches::shape(&shape);
     let data = synthetic_batch(&model_config, batch);
     let config = train_config(batch);
@@ -71,7 +79,7 @@ fn main() {
         .map(|t| t.iter().map(Duration::as_secs_f64).sum())
         .collect();
     let step_ms = median_ms(&mut steps);
-    println!("shape {shape}, batch {batch}, fp32, Flex; median of {iters} steps");
+    println!("shape {shape}, batch {batch}, {precision}, Flex; median of {iters} steps");
     for (phase, name) in PHASES.iter().enumerate() {
         let mut times: Vec<f64> = samples.iter().map(|t| t[phase].as_secs_f64()).collect();
         let ms = median_ms(&mut times);

@@ -8,6 +8,8 @@ use mm_data::{
     Batcher, ClipTokenizer, DataConfig, Paths, SampleErrorKind, SourceKind, TrainTransform,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::TrainConfig;
 
 #[derive(Args, Debug)]
@@ -18,6 +20,16 @@ pub struct DataCheckArgs {
     /// A training config whose [data] table to check.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Errors listed per kind.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub examples: u64,
+}
+
+/// How dataset paths given on a command line are read (`data-check`, `embed`).
+#[derive(Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceArgs {
     /// CSV column with image paths.
     #[arg(long, default_value = "filepath")]
     pub csv_img_key: String,
@@ -27,12 +39,22 @@ pub struct DataCheckArgs {
     /// CSV separator (default: `,` for .csv, tab otherwise).
     #[arg(long)]
     pub csv_separator: Option<String>,
-    /// Images declaring more pixels are counted as too large.
+    /// Images declaring more pixels are skipped unread and counted as too large.
     #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
-    /// Errors listed per kind.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1000))]
-    pub examples: u64,
+}
+
+impl SourceArgs {
+    /// The [data] table for `paths` (see [`infer_source`]).
+    pub fn data_config(&self, paths: &[String]) -> DataConfig {
+        infer_source(
+            paths,
+            &self.csv_img_key,
+            &self.csv_caption_key,
+            self.csv_separator.clone(),
+            self.max_image_pixels,
+        )
+    }
 }
 
 /// The [data] table the arguments describe: the config's, or one inferred from the paths.
@@ -48,14 +70,7 @@ fn data_config(args: &DataCheckArgs) -> Result<(DataConfig, usize)> {
         };
         return Ok((config.data, image_size));
     }
-    let config = infer_source(
-        &args.paths,
-        &args.csv_img_key,
-        &args.csv_caption_key,
-        args.csv_separator.clone(),
-        args.max_image_pixels,
-    );
-    Ok((config, 224))
+    Ok((args.source.data_config(&args.paths), 224))
 }
 
 /// The [data] table for paths given on a command line: one folder is an image folder, a .csv

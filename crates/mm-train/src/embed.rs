@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_file_atomically};
 use crate::cli::DeviceArg;
+use crate::data_check::SourceArgs;
 use crate::precision::Precision;
 
 #[derive(Args, Debug)]
@@ -45,18 +46,8 @@ pub struct EmbedArgs {
     /// Samples per forward pass.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_size: u64,
-    /// CSV column with image paths.
-    #[arg(long, default_value = "filepath")]
-    pub csv_img_key: String,
-    /// CSV column with captions.
-    #[arg(long, default_value = "title")]
-    pub csv_caption_key: String,
-    /// CSV separator (default: `,` for .csv, tab otherwise).
-    #[arg(long)]
-    pub csv_separator: Option<String>,
-    /// Images declaring more pixels are skipped (and counted).
-    #[arg(long, default_value_t = mm_data::DEFAULT_MAX_IMAGE_PIXELS)]
-    pub max_image_pixels: u64,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Keep the embeddings as the model outputs them (by default each is L2-normalised, as
     /// retrieval and zero-shot use them).
     #[arg(long)]
@@ -100,8 +91,7 @@ struct Command {
     modality: Modality,
     normalize: bool,
     precision: Precision,
-    csv_img_key: String,
-    csv_caption_key: String,
+    source: SourceArgs,
 }
 
 /// How far a run got: `parts` part files cover the source's items before `position`.
@@ -167,18 +157,11 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         modality: args.modality,
         normalize: !args.no_normalize,
         precision: args.precision,
-        csv_img_key: args.csv_img_key.clone(),
-        csv_caption_key: args.csv_caption_key.clone(),
+        source: args.source.clone(),
     };
     let mut state = resume_state(&outputs.parts, &command)?;
 
-    let mut data = crate::data_check::infer_source(
-        &args.paths,
-        &args.csv_img_key,
-        &args.csv_caption_key,
-        args.csv_separator.clone(),
-        args.max_image_pixels,
-    );
+    let mut data = args.source.data_config(&args.paths);
     if args.modality == Modality::Image {
         data.captions = Captions::Optional;
     }

@@ -23,16 +23,21 @@ fn zero_shot_prints_ranked_classes_and_rejects_bad_input() {
     common::save_shape(&image, 40);
     let (run, image) = (run.to_str().unwrap(), image.to_str().unwrap());
 
-    let (ok, stdout, stderr) = mm_train(&[
-        "zero-shot",
-        "--checkpoint",
-        run,
-        "--classes",
-        "red circle, blue square,green star",
-        "--template",
-        "a photo of a {}",
-        image,
-    ]);
+    let classify = |precision: &str| {
+        mm_train(&[
+            "zero-shot",
+            "--checkpoint",
+            run,
+            "--classes",
+            "red circle, blue square,green star",
+            "--template",
+            "a photo of a {}",
+            "--precision",
+            precision,
+            image,
+        ])
+    };
+    let (ok, stdout, stderr) = classify("fp32");
     assert!(ok, "{stderr}");
     let lines: Vec<_> = stdout.lines().collect();
     assert_eq!(lines[0], image);
@@ -45,18 +50,7 @@ fn zero_shot_prints_ranked_classes_and_rejects_bad_input() {
     }
 
     // bf16 inference (bf16 GEMMs) ranks the classes as fp32 does, to within bf16 rounding.
-    let (ok, bf16_stdout, stderr) = mm_train(&[
-        "zero-shot",
-        "--checkpoint",
-        run,
-        "--classes",
-        "red circle, blue square,green star",
-        "--template",
-        "a photo of a {}",
-        "--precision",
-        "bf16",
-        image,
-    ]);
+    let (ok, bf16_stdout, stderr) = classify("bf16");
     assert!(ok, "{stderr}");
     let bf16_probs = common::printed_probabilities(&bf16_stdout);
     assert_eq!(bf16_probs.len(), probs.len());

@@ -30,6 +30,21 @@ fn picture_folder(dir: &Path, n: usize) -> PathBuf {
     root
 }
 
+/// `mm-train embed` of `images` with `run`'s checkpoint into `out`, and `extra` arguments.
+fn embed_args(run: &Path, images: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let paths = [run, images, out].map(|p| p.to_str().unwrap().to_string());
+    let [run, images, out] = paths;
+    let mut args: Vec<String> = ["embed", "--checkpoint", &run, &images, "--out", &out]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn embed(args: &[String]) -> (bool, String, String) {
+    mm_train(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -57,19 +72,8 @@ fn embed_writes_each_images_key_and_the_models_normalised_features() {
     mm_train::train(&common::tiny_config(&run, 2), false).unwrap();
     let images = picture_folder(dir.path(), 37);
     let out = dir.path().join("emb.safetensors");
-    let (ok, stdout, stderr) = mm_train(&[
-        "embed",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--part-samples",
-        "10",
-        "--no-progress",
-    ]);
+    let extra = ["--batch-size", "8", "--part-samples", "10", "--no-progress"];
+    let (ok, stdout, stderr) = embed(&embed_args(&run, &images, &out, &extra));
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("37 samples x") && stdout.contains("1 skipped"),
@@ -124,36 +128,14 @@ fn embed_writes_each_images_key_and_the_models_normalised_features() {
     );
 
     // Outputs are never overwritten; the name says the format.
-    let (ok, _, stderr) = mm_train(&[
-        "embed",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &out, &[]));
     assert!(!ok && stderr.contains("exists"), "{stderr}");
     let txt = dir.path().join("emb.txt");
-    let (ok, _, stderr) = mm_train(&[
-        "embed",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        txt.to_str().unwrap(),
-    ]);
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &txt, &[]));
     assert!(!ok && stderr.contains(".safetensors or .npy"), "{stderr}");
     // Captions are needed to embed them: a folder without .txt files has none.
-    let (ok, _, stderr) = mm_train(&[
-        "embed",
-        "--checkpoint",
-        run.to_str().unwrap(),
-        images.to_str().unwrap(),
-        "--out",
-        dir.path().join("text.npy").to_str().unwrap(),
-        "--modality",
-        "text",
-    ]);
+    let text = dir.path().join("text.npy");
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &text, &["--modality", "text"]));
     assert!(!ok && stderr.contains("missing_caption"), "{stderr}");
 }
 
@@ -163,25 +145,10 @@ fn a_killed_embed_resumes_to_the_same_output() {
     let run = dir.path().join("run");
     mm_train::train(&common::tiny_config(&run, 2), false).unwrap();
     let images = picture_folder(dir.path(), 1200);
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "embed",
-            "--checkpoint",
-            run.to_str().unwrap(),
-            images.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--batch-size",
-            "2",
-            "--part-samples",
-            "4",
-            "--no-progress",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let extra = ["--batch-size", "2", "--part-samples", "4", "--no-progress"];
+    let args = |out: &Path| embed_args(&run, &images, out, &extra);
     let whole = dir.path().join("whole.npy");
-    let (ok, _, stderr) = mm_train(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, stderr) = embed(&args(&whole));
     assert!(ok, "{stderr}");
 
     let cut = dir.path().join("cut.npy");
@@ -208,10 +175,10 @@ fn a_killed_embed_resumes_to_the_same_output() {
     // Another command does not mix into these parts.
     let mut other = args(&cut);
     other.push("--no-normalize".into());
-    let (ok, _, stderr) = mm_train(&other.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, stderr) = embed(&other);
     assert!(!ok && stderr.contains("another embed command"), "{stderr}");
 
-    let (ok, _, stderr) = mm_train(&args(&cut).iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, stderr) = embed(&args(&cut));
     assert!(ok, "{stderr}");
     assert!(stderr.contains("continuing from"), "{stderr}");
     assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
