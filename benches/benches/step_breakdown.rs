@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use mm_benches::{flag_value, shape_arg, synthetic_batch, train_config};
-use mm_encoders::{MatmulPrecision, set_matmul_precision};
 use mm_contrastive::clip_loss;
+use mm_encoders::{MatmulPrecision, set_matmul_precision};
 use mm_train::Learner;
 use mm_train::optim::clip_grad_norm;
 

@@ -91,25 +91,21 @@ unsafe fn pack_pairs(
             let lo = slice(m.at(row, c0), cols);
             let hi = (row + 1 < k).then(|| slice(m.at(row + 1, c0), cols));
             let out = &mut out[p * stride..p * stride + cols];
-            let mut c = 0;
-            while c + 16 <= cols {
+            // 16 columns at a time; the last (or only: A's 12-row panels) under a mask.
+            for c in (0..cols).step_by(16) {
+                let mask = ((1u32 << (cols - c).min(16)) - 1) as __mmask16;
                 unsafe {
                     let bits = |v: &[f32]| -> __m512i {
-                        let half = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(c)));
+                        let values = _mm512_maskz_loadu_ps(mask, v.as_ptr().add(c));
+                        let half = _mm512_cvtneps_pbh(values);
                         _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(half))
                     };
                     let high = hi.map_or(_mm512_setzero_si512(), |hi| {
                         _mm512_slli_epi32::<16>(bits(hi))
                     });
-                    _mm512_storeu_si512(
-                        out.as_mut_ptr().add(c).cast(),
-                        _mm512_or_si512(bits(lo), high),
-                    );
+                    let pairs = _mm512_or_si512(bits(lo), high);
+                    _mm512_mask_storeu_epi32(out.as_mut_ptr().add(c).cast(), mask, pairs);
                 }
-                c += 16;
-            }
-            for c in c..cols {
-                out[c] = pair(lo[c], hi.map_or(0.0, |hi| hi[c]));
             }
         }
     } else if m.row_stride == 1 {

@@ -36,6 +36,7 @@ use std::mem::MaybeUninit;
 mod adamw;
 mod attention;
 mod bf16_gemm;
+mod gemm;
 mod layer_norm;
 mod linear;
 mod matrix;

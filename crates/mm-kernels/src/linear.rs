@@ -15,7 +15,8 @@ use burn::tensor::Shape;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use super::matrix::{Matrix, Rhs};
+use super::gemm::Rhs;
+use super::matrix::Matrix;
 use super::{MatmulPrecision, Output};
 
 /// What the backward pass needs from the forward one.

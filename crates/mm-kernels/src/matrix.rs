@@ -1,12 +1,10 @@
-//! Strided f32 matrices inside Flex storage, and the GEMMs the kernels make on them: fp32 (the
-//! gemm crate) or bf16 ([`crate::bf16_gemm`]), as [`Rhs`] was prepared.
+//! Strided f32 matrices inside Flex storage, and the fp32 GEMM on them (the gemm crate).
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::DType;
 use gemm::{Parallelism, gemm};
 
-use super::bf16_gemm::{self, PackedB};
-use super::{MatmulPrecision, Output};
+use super::Output;
 
 /// A `rows x cols` block of f32s at `ptr` with the given element strides (any layout, including
 /// transposed and sliced views).
@@ -120,35 +118,5 @@ pub(super) unsafe fn matmul(dst: Matrix, lhs: Matrix, rhs: Matrix, beta: f32, ac
             false,
             Parallelism::None,
         );
-    }
-}
-
-/// A GEMM's right-hand operand, prepared once for the precision it multiplies in (bf16 packs
-/// and rounds it; on CPUs without AVX512-BF16 bf16 falls back to fp32).
-pub(super) enum Rhs {
-    F32(Matrix),
-    Bf16(PackedB),
-}
-
-impl Rhs {
-    pub fn new(rhs: Matrix, precision: MatmulPrecision) -> Self {
-        match precision {
-            MatmulPrecision::Bf16 if bf16_gemm::supported() => Rhs::Bf16(PackedB::new(rhs)),
-            _ => Rhs::F32(rhs),
-        }
-    }
-
-    /// `dst = beta * lhs · self`, or `dst += ...` when `accumulate`; single-threaded.
-    ///
-    /// # Safety
-    /// As [`matmul`]; `dst` must have unit column stride for bf16.
-    pub unsafe fn multiply(&self, dst: Matrix, lhs: Matrix, beta: f32, accumulate: bool) {
-        // SAFETY: as the caller promises; Bf16 exists only where the CPU supports it.
-        unsafe {
-            match self {
-                Rhs::F32(rhs) => matmul(dst, lhs, *rhs, beta, accumulate),
-                Rhs::Bf16(rhs) => bf16_gemm::matmul(dst, lhs, rhs, beta, accumulate),
-            }
-        }
     }
 }

@@ -8,10 +8,11 @@ use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use mm_data::{load_image, pixels_tensor, preprocess_into};
 
+use crate::checkpoint;
 use crate::config::{Overrides, TrainConfig};
+use crate::device::DeviceArg;
 use crate::precision::Precision;
 use crate::zero_shot::ZeroShotClassifier;
-use crate::{checkpoint, device::parse_device};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,20 +48,6 @@ pub enum Command {
     Eval(EvalArgs),
     /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
     Report(ReportArgs),
-}
-
-/// The device a command runs its model on, as training's `device` key names it.
-#[derive(Args, Debug)]
-pub struct DeviceArg {
-    /// Device to run on (flex, wgpu, cuda, cuda:N).
-    #[arg(long = "device", default_value = "flex")]
-    pub name: String,
-}
-
-impl DeviceArg {
-    pub fn device(&self) -> Result<burn::tensor::Device> {
-        Ok(parse_device(&self.name)?)
-    }
 }
 
 #[derive(Args, Debug)]

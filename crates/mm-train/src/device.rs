@@ -2,6 +2,21 @@
 //! that names backends.
 
 use burn::tensor::Device;
+use clap::Args;
+
+/// The device a command runs its model on, as training's `device` key names it.
+#[derive(Args, Debug)]
+pub struct DeviceArg {
+    /// Device to run on (flex, wgpu, cuda, cuda:N).
+    #[arg(long = "device", default_value = "flex")]
+    pub name: String,
+}
+
+impl DeviceArg {
+    pub fn device(&self) -> Result<Device, DeviceError> {
+        parse_device(&self.name)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

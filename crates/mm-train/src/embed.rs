@@ -23,8 +23,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, write_file_atomically};
-use crate::cli::DeviceArg;
 use crate::data_check::SourceArgs;
+use crate::device::DeviceArg;
 use crate::precision::Precision;
 
 #[derive(Args, Debug)]
