@@ -109,29 +109,41 @@ unsafe fn pack_pairs(
             }
         }
     } else if m.row_stride == 1 {
+        // Each column's pairs are adjacent: 16 values become 8 pairs in one conversion, and
+        // 8 columns x 8 pairs are transposed in registers so that each pair's columns are
+        // stored together.
         let rows = (2 * len).min(k - 2 * p0);
-        for c in 0..cols {
-            let column = slice(m.at(2 * p0, c0 + c), rows);
-            let mut p = 0;
-            while 2 * p + 16 <= rows {
-                let pairs: [u32; 8] = unsafe {
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(
-                        column.as_ptr().add(2 * p),
-                    )))
-                };
-                for (j, &two) in pairs.iter().enumerate() {
-                    out[(p + j) * stride + c] = two;
+        let (whole, pairs) = (rows / 16 * 8, rows.div_ceil(2));
+        for c8 in (0..cols).step_by(8) {
+            let n = (cols - c8).min(8);
+            let column = |i: usize| slice(m.at(2 * p0, c0 + c8 + i), rows);
+            for p in (0..whole).step_by(8) {
+                let mut block = [_mm256_setzero_si256(); 8];
+                for (i, row) in block.iter_mut().enumerate().take(n) {
+                    *row = unsafe {
+                        let values = _mm512_loadu_ps(column(i).as_ptr().add(2 * p));
+                        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(values))
+                    };
                 }
-                p += 8;
+                let mask = ((1u32 << n) - 1) as __mmask8;
+                for (j, pair_j) in transpose8(block).into_iter().enumerate() {
+                    let at = (p + j) * stride + c8;
+                    debug_assert!(at + n <= out.len());
+                    unsafe {
+                        _mm256_mask_storeu_epi32(out.as_mut_ptr().add(at).cast(), mask, pair_j)
+                    };
+                }
             }
-            while 2 * p < rows {
-                let hi = if 2 * p + 1 < rows {
-                    column[2 * p + 1]
-                } else {
-                    0.0
-                };
-                out[p * stride + c] = pair(column[2 * p], hi);
-                p += 1;
+            for i in 0..n {
+                let column = column(i);
+                for p in whole..pairs {
+                    let hi = if 2 * p + 1 < rows {
+                        column[2 * p + 1]
+                    } else {
+                        0.0
+                    };
+                    out[p * stride + c8 + i] = pair(column[2 * p], hi);
+                }
             }
         }
     } else {
@@ -150,6 +162,33 @@ unsafe fn pack_pairs(
             }
         }
     }
+}
+
+/// `out[j]` = lane j of each of `rows`, in order: an 8 x 8 transpose of u32s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn transpose8(rows: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+    let (t0, t1) = (_mm256_unpacklo_epi32(r0, r1), _mm256_unpackhi_epi32(r0, r1));
+    let (t2, t3) = (_mm256_unpacklo_epi32(r2, r3), _mm256_unpackhi_epi32(r2, r3));
+    let (t4, t5) = (_mm256_unpacklo_epi32(r4, r5), _mm256_unpackhi_epi32(r4, r5));
+    let (t6, t7) = (_mm256_unpacklo_epi32(r6, r7), _mm256_unpackhi_epi32(r6, r7));
+    // u0: lanes 0 and 4 of rows 0-3; u1: lanes 1 and 5; u2: 2 and 6; u3: 3 and 7 (u4-u7: rows 4-7).
+    let (u0, u1) = (_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2));
+    let (u2, u3) = (_mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3));
+    let (u4, u5) = (_mm256_unpacklo_epi64(t4, t6), _mm256_unpackhi_epi64(t4, t6));
+    let (u6, u7) = (_mm256_unpacklo_epi64(t5, t7), _mm256_unpackhi_epi64(t5, t7));
+    [
+        _mm256_permute2x128_si256::<0x20>(u0, u4),
+        _mm256_permute2x128_si256::<0x20>(u1, u5),
+        _mm256_permute2x128_si256::<0x20>(u2, u6),
+        _mm256_permute2x128_si256::<0x20>(u3, u7),
+        _mm256_permute2x128_si256::<0x31>(u0, u4),
+        _mm256_permute2x128_si256::<0x31>(u1, u5),
+        _mm256_permute2x128_si256::<0x31>(u2, u6),
+        _mm256_permute2x128_si256::<0x31>(u3, u7),
+    ]
 }
 
 #[cfg(not(target_arch = "x86_64"))]
