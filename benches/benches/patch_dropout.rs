@@ -19,7 +19,7 @@ fn main() {
     let pixels = data.pixels_tensor(&device);
     let patches = model.vision_model.num_patches();
     let rate = |prob: f64, precision| {
-        let dropout = PatchDropout::new(prob);
+        let dropout = PatchDropout::new(prob).unwrap();
         let step = |seed: u64| {
             with_matmul_precision(precision, || {
                 let kept = dropout.map(|d| d.sample(batch, patches, seed, &device));

@@ -17,14 +17,15 @@ pub struct PatchDropout {
 }
 
 impl PatchDropout {
-    /// `None` for `prob = 0` (nothing dropped); `prob` must be in `[0, 1)` (callers validate
-    /// user input; out of range here is a bug).
-    pub fn new(prob: f64) -> Option<Self> {
-        assert!(
-            (0.0..1.0).contains(&prob),
-            "patch dropout {prob} not in [0, 1)"
-        );
-        (prob > 0.0).then_some(Self { prob })
+    /// Dropping the share `prob` of the patches: `None` for 0 (nothing dropped), an error
+    /// outside `[0, 1)`.
+    pub fn new(prob: f64) -> Result<Option<Self>, String> {
+        if !(0.0..1.0).contains(&prob) {
+            return Err(format!(
+                "patch dropout must be a share of patches in [0, 1), got {prob}"
+            ));
+        }
+        Ok((prob > 0.0).then_some(Self { prob }))
     }
 
     /// Patches kept of `patches`: `max(1, ⌊patches · (1 - prob)⌋)`, as open_clip.

@@ -367,11 +367,15 @@ fn the_parameter_count_is_known_before_allocating() {
 fn patch_dropout_keeps_open_clips_share_drawn_from_the_seed() {
     use mm_encoders::PatchDropout;
     let device = Device::flex();
-    assert!(PatchDropout::new(0.0).is_none(), "0 drops nothing");
-    let half = PatchDropout::new(0.5).unwrap();
+    assert!(PatchDropout::new(0.0).unwrap().is_none(), "0 drops nothing");
+    for bad in [1.0, -0.5, f64::NAN] {
+        let err = PatchDropout::new(bad).unwrap_err();
+        assert!(err.contains("[0, 1)"), "{err}");
+    }
+    let half = PatchDropout::new(0.5).unwrap().unwrap();
     assert_eq!(half.kept(49), 24, "⌊49 · 0.5⌋, as open_clip");
     assert_eq!(
-        PatchDropout::new(0.99).unwrap().kept(49),
+        PatchDropout::new(0.99).unwrap().unwrap().kept(49),
         1,
         "at least one patch"
     );

@@ -107,7 +107,8 @@ impl Learner {
         let comm = &self.comm;
         let options = StepOptions {
             local_loss: self.config.train.local_loss,
-            patch_dropout: PatchDropout::new(self.config.train.patch_dropout),
+            patch_dropout: PatchDropout::new(self.config.train.patch_dropout)
+                .map_err(|e| anyhow::anyhow!("train.patch_dropout: {e}"))?,
             seed: self.config.seed,
         };
         let objective = |model: &ClipModel| {

@@ -34,19 +34,7 @@ impl Precision {
             Precision::Fp16 => Some(FloatDType::F16),
         }
     }
-}
 
-/// How a pass computes in a [`Precision`] on a device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compute {
-    Fp32,
-    /// f32 tensors, bf16 GEMMs (Flex).
-    Bf16Gemms,
-    /// A copy of the model in this dtype.
-    HalfCopy(FloatDType),
-}
-
-impl Precision {
     /// How this precision computes on `device`.
     pub fn compute_on(self, device: &Device) -> Compute {
         match self.half() {
@@ -69,6 +57,16 @@ impl Precision {
             }
         }
     }
+}
+
+/// How a pass computes in a [`Precision`] on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    Fp32,
+    /// f32 tensors, bf16 GEMMs (Flex).
+    Bf16Gemms,
+    /// A copy of the model in this dtype.
+    HalfCopy(FloatDType),
 }
 
 /// `model` cast to `dtype`: every parameter a new leaf with the master's id (so gradients map

@@ -171,7 +171,7 @@ fn patch_dropout_keeps_each_batchs_patches_through_accumulation() {
     let (loss, grads) = learner.gradients(&micro).unwrap();
     let options = StepOptions {
         local_loss: false,
-        patch_dropout: PatchDropout::new(0.5),
+        patch_dropout: PatchDropout::new(0.5).unwrap(),
         seed: config.seed,
     };
     let model = &learner.model;
@@ -180,9 +180,12 @@ fn patch_dropout_keeps_each_batchs_patches_through_accumulation() {
     let (mut image, mut text) = (Vec::new(), Vec::new());
     for batch in &micro {
         let seed = options.patch_seed(0, batch);
-        let kept = PatchDropout::new(0.5)
-            .unwrap()
-            .sample(batch.batch_size, patches, seed, &device);
+        let kept = PatchDropout::new(0.5).unwrap().unwrap().sample(
+            batch.batch_size,
+            patches,
+            seed,
+            &device,
+        );
         assert_eq!(kept.dims(), [8, patches / 2]);
         image.push(model.image_features_kept(batch.pixels_tensor(&device), Some(kept)));
         text.push(model.text_features(batch.input_ids_tensor(&device)));
