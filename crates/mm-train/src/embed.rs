@@ -9,7 +9,7 @@
 //! streamed into the output (never all in memory) and the folder is removed.
 
 use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -140,7 +140,12 @@ impl Outputs {
 
 pub fn run(args: &EmbedArgs) -> Result<()> {
     let outputs = Outputs::new(&args.out, args.modality)?;
-    for (path, _) in &outputs.tensors {
+    let written = outputs
+        .tensors
+        .iter()
+        .map(|(path, _)| path)
+        .chain([&outputs.keys]);
+    for path in written {
         if path.exists() {
             bail!(
                 "{} exists: embed never overwrites; remove it or choose another --out",
@@ -405,54 +410,60 @@ fn bytes_of(values: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), std::mem::size_of_val(values)) }
 }
 
-/// Streams every part's tensors into the outputs and their keys into the keys file, each
-/// written to a temporary name and renamed when complete.
+/// Streams the parts into the outputs in one pass (each part read once): every tensor's rows
+/// are written at their offset in its file, the keys appended to the keys file; each file is
+/// written under a temporary name and renamed when complete.
 fn merge(outputs: &Outputs, state: &State) -> Result<()> {
     let (rows, width) = (state.samples as usize, state.width);
-    let part_bytes = |i: usize| -> Result<Vec<u8>> {
-        let path = part_path(&outputs.parts, i);
-        mm_data::regular_file::read_capped(&path, 1 << 32)
-            .with_context(|| format!("reading {}", path.display()))
-    };
     let tensor_bytes = rows * width * 4;
+    let mut files = Vec::new();
     for (path, names) in &outputs.tensors {
         let tmp = path.with_extension("tmp");
-        let mut file = BufWriter::new(
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        );
+        let mut file =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let header = match path.extension().and_then(|e| e.to_str()) {
             Some("npy") => npy_header(rows, width),
             _ => safetensors_header(names, rows, width, tensor_bytes)?,
         };
         file.write_all(&header)?;
-        for name in names {
-            for i in 0..state.parts {
-                let bytes = part_bytes(i)?;
-                let part = SafeTensors::deserialize(&bytes)
-                    .with_context(|| format!("part {i} of {}", outputs.parts.display()))?;
+        files.push((path, tmp, file, header.len(), names));
+    }
+    let keys_tmp = outputs.keys.with_extension("tmp");
+    let mut keys = BufWriter::new(
+        fs::File::create(&keys_tmp).with_context(|| format!("creating {}", keys_tmp.display()))?,
+    );
+    let mut row = 0;
+    for i in 0..state.parts {
+        let path = part_path(&outputs.parts, i);
+        let bytes = mm_data::regular_file::read_capped(&path, 1 << 32)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let part = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("part {i} of {}", outputs.parts.display()))?;
+        for (_, _, file, start, names) in &mut files {
+            for (n, name) in names.iter().enumerate() {
+                let offset = *start + n * tensor_bytes + row * width * 4;
+                file.seek(SeekFrom::Start(offset as u64))?;
                 file.write_all(part.tensor(name)?.data())?;
             }
         }
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    }
-    let tmp = outputs.keys.with_extension("tmp");
-    let mut keys = BufWriter::new(fs::File::create(&tmp)?);
-    for i in 0..state.parts {
-        let bytes = part_bytes(i)?;
         let (_, metadata) = SafeTensors::read_metadata(&bytes)?;
         let list = metadata
             .metadata()
             .as_ref()
             .and_then(|m| m.get("keys"))
             .context("a part without keys")?;
-        for key in serde_json::from_str::<Vec<String>>(list)? {
-            writeln!(keys, "{}", serde_json::to_string(&key)?)?;
+        let part_keys = serde_json::from_str::<Vec<String>>(list)?;
+        for key in &part_keys {
+            writeln!(keys, "{}", serde_json::to_string(key)?)?;
         }
+        row += part_keys.len();
+    }
+    for (path, tmp, file, _, _) in files {
+        file.sync_all()?;
+        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     }
     keys.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    fs::rename(&tmp, &outputs.keys)?;
+    fs::rename(&keys_tmp, &outputs.keys)?;
     Ok(())
 }
 
