@@ -52,6 +52,7 @@ fn main() {
             precision: Default::default(),
             local_loss: false,
             patch_dropout: 0.0,
+            grad_checkpointing: false,
             checksum_every: 0,
             collective_timeout_s: 900,
         },

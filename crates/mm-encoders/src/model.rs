@@ -276,6 +276,13 @@ impl ClipConfig {
 }
 
 impl ClipModel {
+    /// Activation checkpointing per transformer block in both towers (open_clip's
+    /// `set_grad_checkpointing`; see [`crate::Encoder::grad_checkpointing`]).
+    pub fn set_grad_checkpointing(&mut self, enable: bool) {
+        self.vision_model.encoder.grad_checkpointing = enable;
+        self.text_model.encoder.grad_checkpointing = enable;
+    }
+
     /// `[batch, 3, H, W]` CLIP-normalised pixels -> `[batch, embed_dim]` (not normalised).
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.image_features_kept(pixels, None)

@@ -8,8 +8,8 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 pub use mm_kernels::{
-    MatmulPrecision, MatmulPrecisionGuard, fused_on, layer_norm, quick_gelu, set_matmul_precision,
-    with_matmul_precision,
+    MatmulPrecision, MatmulPrecisionGuard, checkpoint, fused_on, layer_norm, quick_gelu,
+    set_matmul_precision, with_matmul_precision,
 };
 
 /// `[batch, seq, d_in]` -> `[batch * seq, d_in]` rows, and the `[batch, seq]` to restore.

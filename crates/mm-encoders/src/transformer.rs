@@ -65,6 +65,7 @@ impl TransformerConfig {
     pub fn init(&self, device: &Device) -> Encoder {
         Encoder {
             layers: (0..self.layers).map(|_| self.init_layer(device)).collect(),
+            grad_checkpointing: false,
         }
     }
 
@@ -98,6 +99,11 @@ impl TransformerConfig {
 #[derive(Module, Debug)]
 pub struct Encoder {
     pub layers: Vec<EncoderLayer>,
+    /// Keep only each block's input for the backward pass, which runs the block again
+    /// (open_clip's `set_grad_checkpointing`): activation memory of one block instead of all,
+    /// for one more forward pass. Training only; no effect without autodiff.
+    #[module(skip)]
+    pub grad_checkpointing: bool,
 }
 
 impl Encoder {
@@ -105,7 +111,10 @@ impl Encoder {
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.layers
             .iter()
-            .fold(hidden, |hidden, layer| layer.forward(hidden))
+            .fold(hidden, |hidden, layer| match self.grad_checkpointing {
+                true => ops::checkpoint(layer, hidden, EncoderLayer::forward),
+                false => layer.forward(hidden),
+            })
     }
 }
 

@@ -36,6 +36,7 @@ use std::mem::MaybeUninit;
 mod adamw;
 mod attention;
 mod bf16_gemm;
+mod checkpoint;
 mod gemm;
 mod layer_norm;
 mod linear;
@@ -43,6 +44,7 @@ mod matrix;
 
 pub use adamw::FusedAdamW;
 pub use bf16_gemm::{round_bf16, supported as bf16_supported};
+pub use checkpoint::{checkpoint, checkpointing_on};
 
 /// QuickGELU's sigmoid slope (OpenAI CLIP).
 const QUICK_GELU_SLOPE: f32 = 1.702;

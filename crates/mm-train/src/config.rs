@@ -118,6 +118,11 @@ pub struct ScheduleConfig {
     /// Evaluation keeps every patch.
     #[serde(default)]
     pub patch_dropout: f64,
+    /// Keep only each transformer block's input for the backward pass and run the block again
+    /// there (open_clip's `--grad-checkpointing`): activation memory of one block instead of
+    /// all of them, for about a third more compute (`benches/README.md` has the numbers).
+    #[serde(default)]
+    pub grad_checkpointing: bool,
     /// Data-parallel runs: every this many steps the ranks compare checksums of their weights
     /// and stop with an error naming the first parameter that differs (0: never).
     #[serde(default = "default_checksum_every")]

@@ -57,8 +57,10 @@ impl Learner {
     }
 
     /// Trains `model` (on an autodiff device) from where it is. Locked towers
-    /// (`train.lock_image` / `lock_text`) get no gradients, so the optimiser never moves them.
+    /// (`train.lock_image` / `lock_text`) get no gradients, so the optimiser never moves them;
+    /// `train.grad_checkpointing` is set on both towers.
     pub fn from_model(config: &TrainConfig, mut model: ClipModel) -> Self {
+        model.set_grad_checkpointing(config.train.grad_checkpointing);
         if config.train.lock_image {
             model.vision_model = model.vision_model.no_grad();
             model.visual_projection = model.visual_projection.no_grad();

@@ -126,6 +126,23 @@ fn wgpu_matches_flex() {
     assert!((loss_cpu - loss_gpu).abs() <= 1e-4);
     assert!(grad_err <= 1e-3);
 
+    // Activation checkpointing recomputes on wgpu too, to the same gradients.
+    assert!(mm_kernels::checkpointing_on(&wgpu));
+    let mut checkpointed = config.clone();
+    checkpointed.train.grad_checkpointing = true;
+    let gpu_checkpointed = Learner::from_model(
+        &checkpointed,
+        copy_onto(&model_config, &cpu, &wgpu.autodiff()),
+    );
+    let (loss_ckpt, grads_ckpt) = gpu_checkpointed.gradients(&batches[..1]).unwrap();
+    let (ckpt_err, _) = compare(
+        &grads_gpu,
+        &flat(&gpu_checkpointed.model, Some(&grads_ckpt)),
+    );
+    println!("wgpu, checkpointed blocks: loss {loss_ckpt} vs {loss_gpu}, gradients {ckpt_err:.2e}");
+    assert!((loss_ckpt - loss_gpu).abs() <= 1e-5);
+    assert!(ckpt_err <= 1e-4);
+
     // Three AdamW steps (with clipping and the LR schedule) on each backend.
     let before = flat(&on_cpu.model, None);
     for (step, batch) in batches.iter().enumerate() {
