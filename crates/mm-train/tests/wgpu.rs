@@ -112,7 +112,10 @@ fn wgpu_matches_flex() {
 
     // Gradients of every parameter.
     let mut on_cpu = Learner::from_model(&config, copy_onto(&model_config, &cpu, &flex.autodiff()));
-    let mut on_gpu = Learner::from_model(&config, copy_onto(&model_config, &cpu, &wgpu.autodiff()));
+    let mut on_gpu = Learner::from_model(
+        &config,
+        copy_onto(&model_config, &cpu, &wgpu.clone().autodiff()),
+    );
     let (loss_cpu, grads_cpu) = on_cpu.gradients(&batches[..1]).unwrap();
     let (loss_gpu, grads_gpu) = on_gpu.gradients(&batches[..1]).unwrap();
     let grads_cpu = flat(&on_cpu.model, Some(&grads_cpu));
