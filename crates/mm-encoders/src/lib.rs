@@ -15,6 +15,7 @@
 //! ```
 
 pub mod config;
+pub mod fusion;
 pub mod hf;
 pub mod model;
 mod ops;
@@ -24,12 +25,13 @@ pub mod transformer;
 pub mod vision;
 
 pub use config::{ConfigError, from_toml_str};
+pub use fusion::{FusionClassifier, FusionConfig, FusionOperator, FusionStage, Modalities};
 pub use hf::HfError;
 pub use model::{ClipConfig, ClipModel};
 pub use ops::{
     MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision, with_matmul_precision,
 };
 pub use patch_dropout::PatchDropout;
-pub use text::{TextConfig, TextTransformer, eot_index};
+pub use text::{TextConfig, TextTransformer, eot_index, text_padding};
 pub use transformer::{Activation, Encoder, TransformerConfig};
 pub use vision::{TowerOutput, VisionConfig, VisionTransformer};

@@ -8,8 +8,8 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 pub use mm_kernels::{
-    MatmulPrecision, MatmulPrecisionGuard, checkpoint, fused_on, layer_norm, quick_gelu,
-    set_matmul_precision, with_matmul_precision,
+    MatmulPrecision, MatmulPrecisionGuard, checkpoint, fused_on, layer_norm, masked_attention,
+    quick_gelu, set_matmul_precision, with_matmul_precision,
 };
 
 /// `[batch, seq, d_in]` -> `[batch * seq, d_in]` rows, and the `[batch, seq]` to restore.
@@ -27,6 +27,11 @@ fn unrows(x: Tensor<2>, [batch, seq]: [usize; 2]) -> Tensor<3> {
 pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let (x, shape) = rows(x);
     unrows(mm_kernels::linear_layer(layer, x), shape)
+}
+
+/// `layer` on `[rows, d_in]` rows (pooled features).
+pub fn linear_rows(layer: &Linear, x: Tensor<2>) -> Tensor<2> {
+    mm_kernels::linear_layer(layer, x)
 }
 
 /// `x · weight + bias` at every position (`weight` `[d_in, d_out]`, burn's layout).

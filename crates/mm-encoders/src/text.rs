@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ops;
@@ -99,20 +99,38 @@ impl TextTransformer {
         let hidden = self.encoder.forward(self.embeddings.forward(input_ids));
         let last_hidden_state =
             ops::layer_norm(&self.final_layer_norm, self.layer_norm_eps, hidden);
-        let [batch, seq, width] = last_hidden_state.dims();
-        // Row `b * seq + eot[b]` of the flattened states is sequence b's end-of-text token.
-        let device = last_hidden_state.device();
-        let rows = Tensor::<1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
-        let rows = rows.clone() + eot.cast(rows.dtype());
-        let pooled = last_hidden_state
-            .clone()
-            .reshape([batch * seq, width])
-            .select(0, rows);
+        let pooled = gather_rows(last_hidden_state.clone(), eot);
         TowerOutput {
             last_hidden_state,
             pooled,
         }
     }
+}
+
+/// Position `index[b]` of each sequence `b`: `[batch, seq, width]`, `[batch]` -> `[batch,
+/// width]` (row `b * seq + index[b]` of the flattened states).
+pub(crate) fn gather_rows(x: Tensor<3>, index: Tensor<1, Int>) -> Tensor<2> {
+    let [batch, seq, width] = x.dims();
+    let device = x.device();
+    let rows = Tensor::<1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
+    let rows = rows.clone() + index.cast(rows.dtype());
+    x.reshape([batch * seq, width]).select(0, rows)
+}
+
+/// `[batch, seq]`, `true` after each row's end-of-text token (see [`eot_index`]): the padding
+/// that the causal mask keeps from the pooled token, but that attention from elsewhere (fusion)
+/// must skip.
+pub fn text_padding(input_ids: Tensor<2, Int>, eos_token_id: u32) -> Tensor<2, Bool> {
+    let [batch, seq] = input_ids.dims();
+    let device = input_ids.device();
+    let positions = Tensor::<1, Int>::arange(0..seq as i64, &device)
+        .reshape([1, seq])
+        .expand([batch, seq]);
+    let eot = eot_index(input_ids, eos_token_id)
+        .cast(positions.dtype())
+        .reshape([batch, 1])
+        .expand([batch, seq]);
+    positions.greater(eot)
 }
 
 /// HF's `eos_token_id` before transformers PR #24773. Configs that still carry it pool the text

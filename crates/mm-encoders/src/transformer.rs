@@ -7,7 +7,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::gelu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ops;
@@ -107,6 +107,14 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// [`Encoder::forward`] over a padded sequence: keys where `key_padding` (`[batch, seq]`)
+    /// is `true` are never attended (full attention otherwise, whatever `causal` says).
+    pub fn forward_masked(&self, hidden: Tensor<3>, key_padding: &Tensor<2, Bool>) -> Tensor<3> {
+        self.layers.iter().fold(hidden, |hidden, layer| {
+            layer.forward_padded(hidden, Some(key_padding))
+        })
+    }
+
     /// `[batch, seq, width]` -> `[batch, seq, width]`.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.layers
@@ -132,7 +140,23 @@ pub struct EncoderLayer {
 impl EncoderLayer {
     /// `[batch, seq, width]` -> the same shape.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let hidden = hidden.clone() + self.self_attn.forward(self.norm(&self.layer_norm1, hidden));
+        self.forward_padded(hidden, None)
+    }
+
+    /// [`EncoderLayer::forward`], never attending keys where `key_padding` is `true`.
+    fn forward_padded(
+        &self,
+        hidden: Tensor<3>,
+        key_padding: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let normed = self.norm(&self.layer_norm1, hidden.clone());
+        let attended = match key_padding {
+            None => self.self_attn.forward(normed),
+            Some(padding) => self
+                .self_attn
+                .attend(normed.clone(), normed, Some(padding.clone())),
+        };
+        let hidden = hidden + attended;
         hidden.clone() + self.mlp.forward(self.norm(&self.layer_norm2, hidden))
     }
 
@@ -156,6 +180,22 @@ impl Attention {
     /// `[batch, seq, width]` -> the same shape.
     pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
         let context = ops::attention(self.packed_qkv(hidden), self.num_heads, self.causal);
+        ops::linear(&self.out_proj, context)
+    }
+
+    /// Attention of `hidden`'s positions over `context`'s (cross-attention between modalities,
+    /// or `hidden` itself over a padded sequence), never attending keys where `key_padding`
+    /// (`[batch, context_len]`) is `true`; `[batch, len, width]` out.
+    pub fn attend(
+        &self,
+        hidden: Tensor<3>,
+        context: Tensor<3>,
+        key_padding: Option<Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let query = ops::linear(&self.q_proj, hidden);
+        let key = ops::linear(&self.k_proj, context.clone());
+        let value = ops::linear(&self.v_proj, context);
+        let context = ops::masked_attention(query, key, value, self.num_heads, key_padding);
         ops::linear(&self.out_proj, context)
     }
 

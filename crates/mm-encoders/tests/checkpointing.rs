@@ -135,11 +135,7 @@ fn assert_same_gradients(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn run(
-    checkpointing: bool,
-    freeze_image: bool,
-    precision: MatmulPrecision,
-) -> (f32, PathGrads) {
+fn run(checkpointing: bool, freeze_image: bool, precision: MatmulPrecision) -> (f32, PathGrads) {
     let device = Device::flex().autodiff();
     let mut model = config().init_seeded(&device, 3);
     if freeze_image {

@@ -28,7 +28,7 @@ use burn::backend::{Autodiff, Backend, DispatchDevice, Flex, backend_extension};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+use burn::tensor::{Bool, Bytes, DType, Device, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -187,6 +187,46 @@ pub fn attention(qkv: Tensor<2>, seq: usize, heads: usize, causal: bool) -> Tens
     burn::tensor::module::attention(part(0), part(1), part(2), None, None, options)
         .swap_dims(1, 2)
         .reshape([rows, width])
+}
+
+/// Multi-head attention of `query` positions over `key`/`value` positions (already projected;
+/// `[batch, n_q, width]`, `[batch, n_k, width]`, `[batch, n_k, width]`) with a key padding mask
+/// (`[batch, n_k]`, `true` where a key is padding and must not be attended): cross-attention
+/// between modalities, and self-attention over a padded joint sequence. Returns the heads'
+/// context `[batch, n_q, width]`. burn's attention op on every backend (the fusion models
+/// that use it are small next to the towers; a Flex kernel would come with a bench showing it
+/// is the bottleneck). Every query needs one unmasked key (a text always has its start token).
+pub fn masked_attention(
+    query: Tensor<3>,
+    key: Tensor<3>,
+    value: Tensor<3>,
+    heads: usize,
+    key_padding: Option<Tensor<2, Bool>>,
+) -> Tensor<3> {
+    let [batch, n_q, width] = query.dims();
+    let n_k = key.dims()[1];
+    let head_dim = width / heads;
+    let split = |x: Tensor<3>, n: usize| x.reshape([batch, n, heads, head_dim]).swap_dims(1, 2);
+    let mask = key_padding.map(|padding| {
+        padding
+            .reshape([batch, 1, 1, n_k])
+            .expand([batch, heads, n_q, n_k])
+    });
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    burn::tensor::module::attention(
+        split(query, n_q),
+        split(key, n_k),
+        split(value, n_k),
+        mask,
+        None,
+        options,
+    )
+    .swap_dims(1, 2)
+    .reshape([batch, n_q, width])
 }
 
 fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
