@@ -82,6 +82,7 @@ pub fn synthetic_batch(model: &ClipConfig, batch: usize) -> ClipBatch {
         input_ids: ids,
         captions: vec![String::new(); batch],
         keys: (0..batch).map(|i| format!("synthetic {i}")).collect(),
+        labels: vec![None; batch],
         errors: Vec::new(),
         stream_position: 0,
     }

@@ -28,6 +28,9 @@ pub struct ClipBatch {
     pub captions: Vec<String>,
     /// Where each sample came from: its image file, or `shard:key` for a tar member.
     pub keys: Vec<String>,
+    /// Each sample's class label as its source gave it (a CSV label column, a shard's `.cls`
+    /// member, a built-in task's answer), or `None` where the source has none.
+    pub labels: Vec<Option<String>>,
     /// The samples skipped while this batch was filled: where and why.
     pub errors: Vec<SampleError>,
     /// Stream items consumed up to and including this batch: where to resume after it.
@@ -198,6 +201,7 @@ impl Batcher {
         let mut input_ids = Vec::with_capacity(batch_size * self.context_length);
         let mut captions = Vec::with_capacity(batch_size);
         let mut keys = Vec::with_capacity(batch_size);
+        let mut labels = Vec::with_capacity(batch_size);
         let mut errors: Vec<SampleError> = Vec::new();
         // Unusable samples since the last usable one.
         let mut in_a_row = 0;
@@ -251,6 +255,7 @@ impl Batcher {
                             _ => pair.location,
                         });
                         captions.push(pair.caption);
+                        labels.push(pair.label);
                         in_a_row = 0;
                     }
                     Err(e) => {
@@ -279,6 +284,7 @@ impl Batcher {
             input_ids,
             captions,
             keys,
+            labels,
             errors,
             stream_position: *position,
         }))

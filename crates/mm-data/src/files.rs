@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::DataError;
 use crate::regular_file::open_regular;
 use crate::source::{
-    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
+    Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, PairSource, SampleError,
     SampleErrorKind,
 };
 
@@ -23,6 +23,8 @@ const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif",
 pub struct CsvColumns {
     pub image: String,
     pub caption: String,
+    /// The class label column, read only where labels are needed (the classify objective).
+    pub label: Option<String>,
     pub separator: u8,
 }
 
@@ -31,6 +33,7 @@ impl Default for CsvColumns {
         Self {
             image: "filepath".into(),
             caption: "title".into(),
+            label: None,
             separator: b'\t',
         }
     }
@@ -66,6 +69,8 @@ pub struct CsvSource {
     /// `None`: no caption column, where captions are optional.
     caption_column: Option<usize>,
     captions: Captions,
+    /// The label column, where labels are read.
+    label_column: Option<usize>,
     record: csv::ByteRecord,
     /// Data row number (1 = first row after the header), for error locations.
     row: usize,
@@ -121,6 +126,10 @@ impl CsvSource {
                 Captions::Optional => names.iter().position(|n| *n == columns.caption),
             },
             captions,
+            label_column: match &columns.label {
+                Some(label) => Some(find(label, "csv_label_key")?),
+                None => None,
+            },
             base: path.parent().unwrap_or(Path::new("")).to_path_buf(),
             path: path.to_path_buf(),
             reader,
@@ -196,9 +205,18 @@ impl Iterator for CsvSource {
             Ok(caption) => caption,
             Err((kind, why)) => return err(kind, format!("{image}: {why}")),
         };
+        let labels = match self.label_column {
+            Some(_) => Labels::Required,
+            None => Labels::Ignored,
+        };
+        let label = match labels.read(self.label_column.map(field)) {
+            Ok(label) => label,
+            Err((kind, why)) => return err(kind, format!("{image}: {why}")),
+        };
         Some(Ok(ImageTextPair {
             image: ImageInput::File(self.base.join(image)),
             caption,
+            label,
             location,
         }))
     }
@@ -217,6 +235,8 @@ pub struct FolderSource {
     /// Each image and its caption file (`None`: none, where captions are optional).
     items: std::vec::IntoIter<Result<(PathBuf, Option<PathBuf>), SampleError>>,
     captions: Captions,
+    /// Required: each image's label is its top-level folder's name.
+    labels: Labels,
 }
 
 impl FolderSource {
@@ -274,7 +294,14 @@ impl FolderSource {
             root: root.to_path_buf(),
             items: items.into_iter(),
             captions,
+            labels: Labels::Ignored,
         })
+    }
+
+    /// This source labelling each image by its top-level folder (`root/CLASS/...`).
+    pub fn with_labels(mut self, labels: Labels) -> Self {
+        self.labels = labels;
+        self
     }
 }
 
@@ -324,9 +351,20 @@ impl Iterator for FolderSource {
                 .captions
                 .read(bytes.as_deref())
                 .map_err(|(kind, why)| fail(kind, why))?;
+            // A class per top-level folder, as torchvision's ImageFolder reads them.
+            let relative = image.strip_prefix(&self.root).unwrap_or(&image);
+            let class = relative
+                .components()
+                .next()
+                .filter(|_| relative.components().count() > 1)
+                .map(|c| c.as_os_str().as_encoded_bytes().to_vec());
+            let label = self.labels.read(class.as_deref()).map_err(|(kind, why)| {
+                fail(kind, &format!("{why} (not inside a class folder?)"))
+            })?;
             Ok(ImageTextPair {
                 image: ImageInput::File(image),
                 caption,
+                label,
                 location,
             })
         }))

@@ -7,6 +7,7 @@ pub mod hf;
 pub mod preprocess;
 pub mod regular_file;
 pub mod resample;
+pub mod shape_tasks;
 pub mod shapes;
 pub mod source;
 pub mod stream;
@@ -20,10 +21,11 @@ pub use preprocess::{
     CLIP_MEAN, CLIP_STD, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits,
     TrainTransform, decode_input, load_image, normalize_into, preprocess_into, resize_center_crop,
 };
+pub use shape_tasks::{ShapesTask, TaskSample, TaskSource};
 pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
 pub use source::{
-    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
-    SampleErrorKind, SkipCounts, caption_from_bytes,
+    Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, MAX_LABEL_BYTES, PairSource,
+    SampleError, SampleErrorKind, SkipCounts, caption_from_bytes,
 };
 pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
 pub use tokenizer::ClipTokenizer;

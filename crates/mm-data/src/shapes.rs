@@ -35,7 +35,7 @@ pub const COLORS: [(&str, [u8; 3]); 8] = [
 ];
 
 /// Backgrounds; one far enough from the shape's colour is picked for each image.
-const BACKGROUNDS: [(&str, [u8; 3]); 7] = [
+pub(crate) const BACKGROUNDS: [(&str, [u8; 3]); 7] = [
     ("white", [250, 250, 250]),
     ("black", [10, 10, 10]),
     ("gray", [128, 128, 128]),
@@ -113,23 +113,11 @@ impl ShapesDataset {
         let (bg_name, bg) = *candidates[rng.random_range(0..candidates.len())];
 
         let s = self.image_size as f32;
-        let (radius, cx, cy) = (s * RADIUS, s / 2.0, s / 2.0);
-        let rotation = match SHAPES[shape] {
-            "square" | "cross" => rng.random_range(-0.3..0.3f32),
-            "triangle" => rng.random_range(-0.35..0.35f32),
-            _ => rng.random_range(0.0..std::f32::consts::TAU),
-        };
+        let figure = Figure::drawn(shape, (s / 2.0, s / 2.0), s * RADIUS, &mut rng);
         let noise = rng.random_range(0.0..24.0f32);
         let image = render(
             self.image_size,
-            &Figure {
-                shape,
-                cx,
-                cy,
-                radius,
-                rotation,
-            },
-            COLORS[color].1,
+            &[(figure, COLORS[color].1)],
             bg,
             noise,
             &mut rng,
@@ -158,7 +146,7 @@ impl ShapesDataset {
 }
 
 /// SplitMix64 of the (seed, split, index) triple: nearby indices give unrelated streams.
-fn sample_seed(seed: u64, split: Split, index: u64) -> u64 {
+pub(crate) fn sample_seed(seed: u64, split: Split, index: u64) -> u64 {
     let split_tag = match split {
         Split::Train => 0x5452_4149_4e00_0000,
         Split::HeldOut => 0x4845_4c44_4f55_5400,
@@ -169,7 +157,7 @@ fn sample_seed(seed: u64, split: Split, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn color_distance(a: [u8; 3], b: [u8; 3]) -> f32 {
+pub(crate) fn color_distance(a: [u8; 3], b: [u8; 3]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(&x, y)| (x as f32 - y as f32).powi(2))
@@ -178,7 +166,7 @@ fn color_distance(a: [u8; 3], b: [u8; 3]) -> f32 {
 }
 
 /// Collapses the blanks an empty `{size}` leaves and turns "a orange" into "an orange".
-fn fix_articles(caption: &str) -> String {
+pub(crate) fn fix_articles(caption: &str) -> String {
     let words: Vec<&str> = caption.split_whitespace().collect();
     let mut out = Vec::with_capacity(words.len());
     for (i, word) in words.iter().enumerate() {
@@ -195,7 +183,7 @@ fn fix_articles(caption: &str) -> String {
     out.join(" ")
 }
 
-struct Figure {
+pub(crate) struct Figure {
     shape: usize,
     cx: f32,
     cy: f32,
@@ -204,6 +192,23 @@ struct Figure {
 }
 
 impl Figure {
+    /// `shape` centred at `(cx, cy)` with a random rotation its symmetry allows (squares,
+    /// crosses and triangles stay upright enough to be told apart).
+    pub(crate) fn drawn(shape: usize, (cx, cy): (f32, f32), radius: f32, rng: &mut StdRng) -> Self {
+        let rotation = match SHAPES[shape] {
+            "square" | "cross" => rng.random_range(-0.3..0.3f32),
+            "triangle" => rng.random_range(-0.35..0.35f32),
+            _ => rng.random_range(0.0..std::f32::consts::TAU),
+        };
+        Self {
+            shape,
+            cx,
+            cy,
+            radius,
+            rotation,
+        }
+    }
+
     /// Whether the point lies inside the figure.
     fn contains(&self, x: f32, y: f32) -> bool {
         let (sin, cos) = self.rotation.sin_cos();
@@ -247,31 +252,37 @@ fn in_regular_polygon(u: f32, v: f32, points: usize, outer: f32, inner: f32) -> 
     inside
 }
 
-/// Draws the figure with 2×2 supersampling and adds uniform per-pixel noise.
-fn render(
+/// Draws the figures (each in its colour; they do not overlap) with 2×2 supersampling and adds
+/// uniform per-pixel noise.
+pub(crate) fn render(
     size: u32,
-    figure: &Figure,
-    fg: [u8; 3],
+    figures: &[(Figure, [u8; 3])],
     bg: [u8; 3],
     noise: f32,
     rng: &mut StdRng,
 ) -> RgbImage {
     const OFFSETS: [f32; 2] = [0.25, 0.75];
     RgbImage::from_fn(size, size, |x, y| {
-        let covered = OFFSETS
-            .iter()
-            .flat_map(|dy| OFFSETS.iter().map(move |dx| (dx, dy)))
-            .filter(|(dx, dy)| figure.contains(x as f32 + *dx, y as f32 + *dy))
-            .count() as f32
-            / 4.0;
+        let mut color = bg.map(|c| c as f32);
+        for (figure, fg) in figures {
+            let covered = OFFSETS
+                .iter()
+                .flat_map(|dy| OFFSETS.iter().map(move |dx| (dx, dy)))
+                .filter(|(dx, dy)| figure.contains(x as f32 + *dx, y as f32 + *dy))
+                .count() as f32
+                / 4.0;
+            if covered > 0.0 {
+                color =
+                    std::array::from_fn(|c| covered * fg[c] as f32 + (1.0 - covered) * color[c]);
+            }
+        }
         let jitter = if noise > 0.0 {
             rng.random_range(-noise..noise)
         } else {
             0.0
         };
         Rgb(std::array::from_fn(|c| {
-            let value = covered * fg[c] as f32 + (1.0 - covered) * bg[c] as f32 + jitter;
-            value.clamp(0.0, 255.0) as u8
+            (color[c] + jitter).clamp(0.0, 255.0) as u8
         }))
     })
 }
@@ -293,6 +304,7 @@ impl Iterator for ShapesSource {
         Some(Ok(ImageTextPair {
             image: ImageInput::Decoded(image::DynamicImage::ImageRgb8(sample.image)),
             caption: sample.caption,
+            label: Some(ShapesDataset::class_names()[sample.class].clone()),
             location: format!("shapes {:?} #{index}", self.split),
         }))
     }

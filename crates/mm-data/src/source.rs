@@ -19,11 +19,13 @@ pub enum ImageInput {
     File(PathBuf),
 }
 
-/// One training example: an image, its caption, and where it came from (for error reports).
+/// One training example: an image, its caption, its class label where the source has one, and
+/// where it came from (for error reports).
 #[derive(Clone, Debug)]
 pub struct ImageTextPair {
     pub image: ImageInput,
     pub caption: String,
+    pub label: Option<String>,
     pub location: String,
 }
 
@@ -42,18 +44,22 @@ pub enum SampleErrorKind {
     BadCaption,
     /// A shard that ends mid-member or is not a tar file; the rest of it is skipped.
     BadShard,
+    /// A sample of a labelled task without a usable label (an empty label column, no `.cls`
+    /// member, an image outside every class folder).
+    MissingLabel,
     /// A tar member with an absolute path, `..`, or a link: never followed.
     UnsafePath,
 }
 
 impl SampleErrorKind {
-    pub const ALL: [SampleErrorKind; 7] = [
+    pub const ALL: [SampleErrorKind; 8] = [
         Self::BadImage,
         Self::ImageTooLarge,
         Self::MissingCaption,
         Self::MissingImage,
         Self::BadCaption,
         Self::BadShard,
+        Self::MissingLabel,
         Self::UnsafePath,
     ];
 
@@ -66,6 +72,7 @@ impl SampleErrorKind {
             Self::MissingImage => "missing_image",
             Self::BadCaption => "bad_caption",
             Self::BadShard => "bad_shard",
+            Self::MissingLabel => "missing_label",
             Self::UnsafePath => "unsafe_path",
         }
     }
@@ -198,6 +205,43 @@ impl Captions {
         match (caption, self) {
             (Err((SampleErrorKind::MissingCaption, _)), Captions::Optional) => Ok(String::new()),
             (caption, _) => caption,
+        }
+    }
+}
+
+/// Longest class label read (bytes): a label is a class name, not a document.
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// Whether samples need a class label: the classify objective does; everything else ignores
+/// labels (and sources do not read them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Labels {
+    #[default]
+    Ignored,
+    Required,
+}
+
+impl Labels {
+    /// A sample's label from its bytes, if it has any: trimmed UTF-8 of at most
+    /// [`MAX_LABEL_BYTES`], not empty. `Ok(None)` where labels are ignored.
+    pub fn read(self, bytes: Option<&[u8]>) -> Result<Option<String>, (SampleErrorKind, String)> {
+        if self == Labels::Ignored {
+            return Ok(None);
+        }
+        let missing = |why: String| Err((SampleErrorKind::MissingLabel, why));
+        let Some(bytes) = bytes else {
+            return missing("no label".into());
+        };
+        if bytes.len() > MAX_LABEL_BYTES {
+            return missing(format!(
+                "a label of {} bytes (at most {MAX_LABEL_BYTES})",
+                bytes.len()
+            ));
+        }
+        match std::str::from_utf8(bytes).map(str::trim) {
+            Err(_) => missing("the label is not UTF-8".into()),
+            Ok("") => missing("an empty label".into()),
+            Ok(label) => Ok(Some(label.to_string())),
         }
     }
 }

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::source::Captions;
+use crate::shape_tasks::ShapesTask;
+use crate::source::{Captions, Labels};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -77,6 +78,13 @@ pub struct DataConfig {
     /// CSV column with the caption (`--csv-caption-key`).
     #[serde(default = "default_caption_key")]
     pub csv_caption_key: String,
+    /// CSV column with the class label (classification tasks only; as `--csv-caption-key`).
+    #[serde(default = "default_label_key")]
+    pub csv_label_key: String,
+    /// Which built-in data `source = "shapes"` streams: captioned pictures (`pairs`), or the
+    /// two-modality classification tasks `matching` and `question`.
+    #[serde(default)]
+    pub shapes_task: ShapesTask,
     /// CSV field separator, one character (`--csv-separator`); by default `,` for a `.csv`
     /// file and tab otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +122,15 @@ pub struct DataConfig {
     /// never from the config file.
     #[serde(skip)]
     pub captions: Captions,
+    /// Whether samples need class labels: set by the classify objective, never from the
+    /// config file.
+    #[serde(skip)]
+    pub labels: Labels,
+}
+
+/// CSV column of class labels when none is named.
+pub fn default_label_key() -> String {
+    "label".into()
 }
 
 /// CSV column of image paths when none is named (open_clip's `--csv-img-key` default).
@@ -150,6 +167,8 @@ impl Default for DataConfig {
             path: None,
             csv_img_key: default_img_key(),
             csv_caption_key: default_caption_key(),
+            csv_label_key: default_label_key(),
+            shapes_task: ShapesTask::Pairs,
             csv_separator: None,
             shuffle_buffer: default_shuffle_buffer(),
             train_transform: TrainTransform::default(),
@@ -161,6 +180,7 @@ impl Default for DataConfig {
             rank: 0,
             world_size: 1,
             captions: Captions::Required,
+            labels: Labels::Ignored,
         }
     }
 }
@@ -253,6 +273,7 @@ impl DataConfig {
         CsvColumns {
             image: self.csv_img_key.clone(),
             caption: self.csv_caption_key.clone(),
+            label: (self.labels == Labels::Required).then(|| self.csv_label_key.clone()),
             // Checked in `check`.
             separator: csv_separator(self.csv_separator.as_deref(), path).unwrap_or(b'\t'),
         }
@@ -274,9 +295,13 @@ impl DataConfig {
             }
         };
         Ok(match self.source {
-            SourceKind::Shapes => share(Box::new(
-                ShapesDataset::new(seed, image_size as u32).source(Split::Train, 0),
-            )),
+            SourceKind::Shapes => {
+                let dataset = ShapesDataset::new(seed, image_size as u32);
+                share(match self.shapes_task {
+                    ShapesTask::Pairs => Box::new(dataset.source(Split::Train, 0)),
+                    task => Box::new(task.source(dataset, Split::Train, 0)),
+                })
+            }
             SourceKind::Webdataset => {
                 let mut shards =
                     shards_for_rank(&expand_shards(&paths)?, self.rank, self.world_size);
@@ -287,10 +312,10 @@ impl DataConfig {
                     )));
                 }
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-                Box::new(TarSource::with_captions(
+                Box::new(TarSource::reading(
                     shards,
                     self.image_limits(),
-                    self.captions,
+                    (self.captions, self.labels),
                 ))
             }
             SourceKind::Csv => {
@@ -302,10 +327,10 @@ impl DataConfig {
                     self.captions,
                 )?))
             }
-            SourceKind::Folder => share(Box::new(FolderSource::open_with(
-                &PathBuf::from(&paths[0]),
-                self.captions,
-            )?)),
+            SourceKind::Folder => share(Box::new(
+                FolderSource::open_with(&PathBuf::from(&paths[0]), self.captions)?
+                    .with_labels(self.labels),
+            )),
         })
     }
 

@@ -10,8 +10,8 @@ use crate::DataError;
 use crate::preprocess::ImageLimits;
 use crate::regular_file::open_regular;
 use crate::source::{
-    Captions, ImageInput, ImageTextPair, MAX_CAPTION_BYTES, PairSource, SampleError,
-    SampleErrorKind,
+    Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, MAX_LABEL_BYTES, PairSource,
+    SampleError, SampleErrorKind,
 };
 
 /// Image extensions, in the order a sample's image is preferred.
@@ -177,6 +177,7 @@ struct Members {
     /// The image's bytes, or why they were not read.
     image: Option<Result<Vec<u8>, String>>,
     caption: Option<Vec<u8>>,
+    label: Option<Vec<u8>>,
 }
 
 /// Samples in flight between the shard-reading thread and the consumer.
@@ -199,11 +200,21 @@ impl TarSource {
 
     /// [`TarSource::new`], with captions `captions`.
     pub fn with_captions(shards: Vec<PathBuf>, limits: ImageLimits, captions: Captions) -> Self {
+        Self::reading(shards, limits, (captions, Labels::Ignored))
+    }
+
+    /// [`TarSource::new`], with captions `captions` and labels `labels` (a sample's label is
+    /// its `.cls` member, as WebDataset classification shards carry it).
+    pub fn reading(
+        shards: Vec<PathBuf>,
+        limits: ImageLimits,
+        (captions, labels): (Captions, Labels),
+    ) -> Self {
         let description = format!("{} WebDataset shard(s)", shards.len());
         let (sender, receiver) = sync_channel(READ_AHEAD);
         std::thread::spawn(move || {
             for shard in shards {
-                let keep_going = read_shard(&shard, limits, captions, &mut |item| {
+                let keep_going = read_shard(&shard, limits, (captions, labels), &mut |item| {
                     sender.send(item).is_ok()
                 });
                 if !keep_going {
@@ -236,7 +247,12 @@ type Emit<'a> = dyn FnMut(Result<ImageTextPair, SampleError>) -> bool + 'a;
 
 /// Reads one shard, emitting samples and skipped-sample errors in order. An error mid-shard
 /// ends this shard only. Returns false when `emit` asked to stop.
-fn read_shard(path: &Path, limits: ImageLimits, captions: Captions, emit: &mut Emit) -> bool {
+fn read_shard(
+    path: &Path,
+    limits: ImageLimits,
+    needs: (Captions, Labels),
+    emit: &mut Emit,
+) -> bool {
     let shard = path.display().to_string();
     let bad_shard = |message: String| {
         Err(SampleError::new(
@@ -310,7 +326,7 @@ fn read_shard(path: &Path, limits: ImageLimits, captions: Captions, emit: &mut E
         let ext = ext.to_ascii_lowercase();
         if key != pending.key {
             let done = std::mem::take(&mut pending);
-            if let Some(item) = done.into_sample(&shard, captions)
+            if let Some(item) = done.into_sample(&shard, needs)
                 && !emit(item)
             {
                 return false;
@@ -319,12 +335,18 @@ fn read_shard(path: &Path, limits: ImageLimits, captions: Captions, emit: &mut E
         }
         let is_image = IMAGE_EXTENSIONS.contains(&ext.as_str());
         let is_caption = CAPTION_EXTENSIONS.contains(&ext.as_str());
-        if !(is_image && pending.image.is_none() || is_caption && pending.caption.is_none()) {
+        let is_label = ext == "cls" && needs.1 == Labels::Required;
+        if !(is_image && pending.image.is_none()
+            || is_caption && pending.caption.is_none()
+            || is_label && pending.label.is_none())
+        {
             continue; // .json and other extras are not read.
         }
         let declared = entry.size();
         let cap = if is_image {
             limits.max_bytes
+        } else if is_label {
+            MAX_LABEL_BYTES as u64 + 1 // one more: an over-long label is seen as one
         } else {
             MAX_CAPTION_BYTES as u64
         };
@@ -347,11 +369,13 @@ fn read_shard(path: &Path, limits: ImageLimits, captions: Captions, emit: &mut E
         }
         if is_image {
             pending.image = Some(Ok(bytes));
+        } else if is_label {
+            pending.label = Some(bytes);
         } else {
             pending.caption = Some(bytes);
         }
     }
-    match pending.into_sample(&shard, captions) {
+    match pending.into_sample(&shard, needs) {
         Some(item) => emit(item),
         None => true,
     }
@@ -362,7 +386,7 @@ impl Members {
     fn into_sample(
         self,
         shard: &str,
-        captions: Captions,
+        (captions, labels): (Captions, Labels),
     ) -> Option<Result<ImageTextPair, SampleError>> {
         if self.key.is_empty() {
             return None;
@@ -375,11 +399,15 @@ impl Members {
             (Some(Err(too_large)), _) => err(SampleErrorKind::ImageTooLarge, &too_large),
             (Some(Ok(image)), caption) => match captions.read(caption.as_deref()) {
                 Err((kind, why)) => err(kind, why),
-                Ok(caption) => Some(Ok(ImageTextPair {
-                    image: ImageInput::Encoded(image),
-                    caption,
-                    location,
-                })),
+                Ok(caption) => match labels.read(self.label.as_deref()) {
+                    Err((kind, why)) => err(kind, &format!("{why} (no .cls member?)")),
+                    Ok(label) => Some(Ok(ImageTextPair {
+                        image: ImageInput::Encoded(image),
+                        caption,
+                        label,
+                        location,
+                    })),
+                },
             },
         }
     }

@@ -422,6 +422,7 @@ fn csv_rows_resolve_paths_relative_to_the_file() {
     let columns = CsvColumns {
         image: "url".into(),
         caption: "caption".into(),
+        label: None,
         separator: b',',
     };
     let mut source = CsvSource::open(&csv, &columns).unwrap();
@@ -674,4 +675,149 @@ fn optional_captions_keep_images_without_them() {
             SampleErrorKind::BadCaption
         ]
     );
+}
+
+/// Every item's label (good samples) or kind (skipped ones).
+fn labels_of(
+    source: impl Iterator<Item = Result<mm_data::ImageTextPair, mm_data::SampleError>>,
+) -> Vec<Result<Option<String>, SampleErrorKind>> {
+    source
+        .map(|item| item.map(|p| p.label).map_err(|e| e.kind))
+        .collect()
+}
+
+#[test]
+fn labels_come_from_the_label_column_cls_members_and_class_folders() {
+    use mm_data::Labels;
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path(), &["a.png", "b.png"]);
+
+    // CSV: the label column; an empty label is a skipped, counted sample; no column is an
+    // error naming the key.
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(
+        &csv,
+        "filepath,title,label\na.png,one,cat\nb.png,two,\nb.png,three, dog \n",
+    )
+    .unwrap();
+    let columns = CsvColumns {
+        label: Some("label".into()),
+        separator: b',',
+        ..CsvColumns::default()
+    };
+    let got = labels_of(CsvSource::open(&csv, &columns).unwrap());
+    assert_eq!(
+        got,
+        vec![
+            Ok(Some("cat".into())),
+            Err(SampleErrorKind::MissingLabel),
+            Ok(Some("dog".into()))
+        ]
+    );
+    let no_labels = CsvColumns {
+        label: None,
+        separator: b',',
+        ..CsvColumns::default()
+    };
+    assert!(
+        labels_of(CsvSource::open(&csv, &no_labels).unwrap())
+            .iter()
+            .all(|l| l == &Ok(None))
+    );
+    let wrong = CsvColumns {
+        label: Some("class".into()),
+        separator: b',',
+        ..CsvColumns::default()
+    };
+    let err = CsvSource::open(&csv, &wrong).err().unwrap().to_string();
+    assert!(
+        err.contains("no column `class` (data.csv_label_key)"),
+        "{err}"
+    );
+
+    // Shards: the `.cls` member, read only when labels are needed.
+    let shard = dir.path().join("s.tar");
+    let long = "x".repeat(mm_data::MAX_LABEL_BYTES + 1);
+    write_tar(
+        &shard,
+        &[
+            ("0.png", png(0)),
+            ("0.txt", b"zero".to_vec()),
+            ("0.cls", b"3\n".to_vec()),
+            ("1.png", png(1)),
+            ("1.txt", b"one".to_vec()),
+            ("2.png", png(2)),
+            ("2.txt", b"two".to_vec()),
+            ("2.cls", long.into_bytes()),
+            ("3.png", png(3)),
+            ("3.txt", b"three".to_vec()),
+            ("3.cls", vec![0xff, 0xfe]),
+        ],
+    );
+    let read = |labels| {
+        labels_of(TarSource::reading(
+            vec![shard.clone()],
+            ImageLimits::default(),
+            (mm_data::Captions::Required, labels),
+        ))
+    };
+    assert_eq!(
+        read(Labels::Required),
+        vec![
+            Ok(Some("3".into())),
+            Err(SampleErrorKind::MissingLabel),
+            Err(SampleErrorKind::MissingLabel),
+            Err(SampleErrorKind::MissingLabel),
+        ]
+    );
+    assert_eq!(read(Labels::Ignored), vec![Ok(None); 4]);
+
+    // Folders: the top-level folder names the class; an image at the root has none.
+    let root = dir.path().join("tree");
+    for class in ["cat", "dog/puppies"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+    }
+    for (path, caption) in [
+        ("cat/1.png", "c"),
+        ("dog/puppies/2.png", "p"),
+        ("3.png", "r"),
+    ] {
+        std::fs::write(root.join(path), png(1)).unwrap();
+        std::fs::write(root.join(path).with_extension("txt"), caption).unwrap();
+    }
+    let folder = FolderSource::open(&root)
+        .unwrap()
+        .with_labels(Labels::Required);
+    let mut got = labels_of(folder);
+    got.sort_by_key(|l| format!("{l:?}"));
+    assert_eq!(
+        got,
+        vec![
+            Err(SampleErrorKind::MissingLabel),
+            Ok(Some("cat".into())),
+            Ok(Some("dog".into())),
+        ]
+    );
+}
+
+#[test]
+fn the_built_in_tasks_stream_labelled_pairs() {
+    for (task, classes) in [
+        ("matching", ["no", "yes"].as_slice()),
+        ("question", &["red", "star"]),
+    ] {
+        let config: DataConfig = toml::from_str(&format!("shapes_task = \"{task}\"")).unwrap();
+        let source = config.open_epoch(3, 0, 32).unwrap();
+        assert!(source.describe().contains(task), "{}", source.describe());
+        let labels: Vec<String> = source
+            .take(200)
+            .map(|p| p.unwrap().label.unwrap())
+            .collect();
+        for class in classes {
+            assert!(
+                labels.iter().any(|l| l == class),
+                "{task}: no {class} in {labels:?}"
+            );
+        }
+    }
 }

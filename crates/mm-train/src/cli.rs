@@ -353,6 +353,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             let columns = mm_data::CsvColumns {
                 image: args.csv_img_key.clone(),
                 caption: args.csv_label_key.clone(),
+                label: None,
                 separator: separator(csv)?,
             };
             crate::eval::EvalData::Labelled {

@@ -456,6 +456,7 @@ impl Suite {
                         let columns = mm_data::CsvColumns {
                             image: s.csv_img_key.clone(),
                             caption: s.csv_label_key.clone(),
+                            label: None,
                             separator,
                         };
                         LabelledImages::from_csv(&s.path, &columns, classes.clone(), limit)?

@@ -201,6 +201,7 @@ fn labelled_csv_labels_are_class_names_or_indices() {
     let columns = mm_data::CsvColumns {
         image: "filepath".into(),
         caption: "label".into(),
+        label: None,
         separator: b',',
     };
     let csv = dir.path().join("l.csv");

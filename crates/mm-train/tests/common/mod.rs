@@ -133,6 +133,7 @@ pub fn rows_of(batch: &mm_data::ClipBatch, rows: std::ops::Range<usize>) -> mm_d
         input_ids: batch.input_ids[rows.start * ctx..rows.end * ctx].to_vec(),
         captions: batch.captions[rows.clone()].to_vec(),
         keys: batch.keys[rows.clone()].to_vec(),
+        labels: batch.labels[rows.clone()].to_vec(),
         ..batch.clone()
     }
 }
