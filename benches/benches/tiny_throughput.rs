@@ -57,6 +57,7 @@ fn main() {
             collective_timeout_s: 900,
         },
         eval: EvalConfig::default(),
+        fusion: None,
     };
     let size = model_config.vision.image_size;
     let batcher = Batcher::new(

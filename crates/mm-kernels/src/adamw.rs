@@ -20,6 +20,9 @@ pub struct FusedAdamW {
     beta_2: f32,
     epsilon: f32,
     weight_decay: f32,
+    /// The step's learning rate is multiplied by this (a parameter group's own rate, e.g.
+    /// pretrained towers under a new head).
+    lr_scale: f64,
 }
 
 impl FusedAdamW {
@@ -35,7 +38,14 @@ impl FusedAdamW {
             beta_2,
             epsilon,
             weight_decay: weight_decay as f32,
+            lr_scale: 1.0,
         }
+    }
+
+    /// This optimiser with its learning rate `scale` times the schedule's.
+    pub fn with_lr_scale(mut self, scale: f64) -> Self {
+        self.lr_scale = scale;
+        self
     }
 }
 
@@ -49,6 +59,7 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let lr = lr * self.lr_scale;
         let on_flex = matches!(tensor.device().as_dispatch(), DispatchDevice::Flex(_));
         let f32s = [&tensor, &grad].iter().all(|t| t.dtype() == DType::F32);
         if !(on_flex && f32s) {

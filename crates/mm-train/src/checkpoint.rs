@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
 use crate::suite::Selection;
+use crate::task::Trainee;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const MODEL_CONFIG_FILE: &str = "model.toml";
@@ -114,8 +115,9 @@ impl Checkpoint {
 }
 
 /// The parts of a checkpoint, borrowed for writing.
-pub struct CheckpointParts<'a> {
-    pub model: &'a ClipModel,
+pub struct CheckpointParts<'a, M: Trainee = ClipModel> {
+    /// The towers go to `model.safetensors`; a classifier's own parts beside them.
+    pub model: &'a M,
     pub model_config: &'a ClipConfig,
     pub train_config: Option<&'a TrainConfig>,
     pub tokenizer: &'a ClipTokenizer,
@@ -124,7 +126,7 @@ pub struct CheckpointParts<'a> {
     pub optimizer: Option<&'a burn::optim::ModuleOptimizer>,
 }
 
-impl CheckpointParts<'_> {
+impl<M: Trainee> CheckpointParts<'_, M> {
     /// Writes every file into the (new, empty) directory `dir`; `state.json` last, since its
     /// presence marks a checkpoint complete.
     fn write_into(&self, dir: &Path) -> Result<()> {
@@ -133,8 +135,12 @@ impl CheckpointParts<'_> {
             .metadata("format", "mm-clip")
             .metadata("step", self.state.step.to_string());
         self.model
+            .clip()
             .save_into(&mut store)
             .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", model_path.display()))?;
+        if let Some(classifier) = self.model.classifier() {
+            crate::classify::save_fusion(classifier, dir)?;
+        }
         write_synced(
             &dir.join(MODEL_CONFIG_FILE),
             toml::to_string(self.model_config)?.as_bytes(),
@@ -221,7 +227,11 @@ fn remove_dead_writers_temps(parent: &Path, name: &str) -> Result<()> {
 
 /// Writes a checkpoint of a training run under `run_dir/checkpoints` and points `latest` at it.
 /// Keeps the newest `keep` step directories (at least the new one).
-pub fn save(run_dir: &Path, parts: &CheckpointParts, keep: usize) -> Result<PathBuf> {
+pub fn save<M: Trainee>(
+    run_dir: &Path,
+    parts: &CheckpointParts<M>,
+    keep: usize,
+) -> Result<PathBuf> {
     let root = run_dir.join("checkpoints");
     let name = format!("step-{:06}", parts.state.step);
     let dir = root.join(&name);
@@ -235,7 +245,7 @@ pub fn save(run_dir: &Path, parts: &CheckpointParts, keep: usize) -> Result<Path
 }
 
 /// Writes a stand-alone checkpoint directory at `out` (which must not exist).
-pub fn save_to(out: &Path, parts: &CheckpointParts) -> Result<()> {
+pub fn save_to<M: Trainee>(out: &Path, parts: &CheckpointParts<M>) -> Result<()> {
     write_dir_atomically(out, |tmp| parts.write_into(tmp))
 }
 
@@ -377,7 +387,7 @@ pub fn step_dirs(root: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-pub fn write_param_ids(dir: &Path, model: &ClipModel) -> Result<()> {
+pub fn write_param_ids<M: burn::module::Module>(dir: &Path, model: &M) -> Result<()> {
     let path = dir.join(PARAM_IDS_FILE);
     std::fs::write(
         &path,

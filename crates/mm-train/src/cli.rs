@@ -291,8 +291,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     // Without a set named here, a run that configured eval suites (or trained on other data
     // than the built-in set) is measured by its own suites, never by the built-in task.
     let named = args.folder.is_some() || args.labels_csv.is_some() || !args.pairs.is_empty();
-    let default_shapes =
-        |c: &TrainConfig| c.eval.suites.is_empty() && c.data.source == mm_data::SourceKind::Shapes;
+    let default_shapes = |c: &TrainConfig| {
+        c.eval.suites.is_empty()
+            && c.data.source == mm_data::SourceKind::Shapes
+            && c.data.shapes_task == mm_data::ShapesTask::Pairs
+    };
     if let Some(config) = ckpt
         .train_config
         .as_ref()
@@ -304,8 +307,10 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             config.seed,
             ckpt.model_config.vision.image_size,
         )?;
+        let classifier = crate::classify::load_fusion(&ckpt.dir, ckpt.model.clone(), &device)?;
         let measuring = crate::suite::Measuring {
             model: &ckpt.model,
+            classifier: classifier.as_ref(),
             tokenizer: &ckpt.tokenizer,
             context_length: ckpt.model_config.text.context_length,
             objective: config.objective,

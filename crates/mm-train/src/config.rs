@@ -38,6 +38,83 @@ pub struct TrainConfig {
     pub train: ScheduleConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// `objective = "classify"`: the fusion classifier to put on the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusionTable>,
+}
+
+/// `[fusion]`: the classifier an `objective = "classify"` run trains on the towers (see
+/// `mm_encoders::fusion`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FusionTable {
+    /// `late`, `mid` or `early`.
+    #[serde(default)]
+    pub stage: mm_encoders::FusionStage,
+    /// `sum`, `concat`, `product`, `gated` or `attention`.
+    #[serde(default)]
+    pub operator: mm_encoders::FusionOperator,
+    /// `both`, or `image` / `text` alone (the baselines).
+    #[serde(default)]
+    pub modalities: mm_encoders::Modalities,
+    /// Hidden width of the MLP head.
+    #[serde(default = "default_head_hidden")]
+    pub head_hidden: usize,
+    /// `sum`: the image side's initial (or fixed) weight, in (0, 1).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_true")]
+    pub learn_alpha: bool,
+    /// `attention`: heads of the cross-attention blocks.
+    #[serde(default = "default_fusion_heads")]
+    pub heads: usize,
+    /// The class names, in output order. Else `classes_file` (one per line), else the
+    /// built-in task's, else every label of one pass over the training data, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes_file: Option<PathBuf>,
+    /// The towers' learning rate as a share of `optim.lr` (pretrained towers under a new
+    /// head usually learn slower; `train.lock_image` / `lock_text` freeze them).
+    #[serde(default = "default_tower_lr_scale")]
+    pub tower_lr_scale: f64,
+}
+
+impl Default for FusionTable {
+    fn default() -> Self {
+        toml::from_str("").expect("every [fusion] key has a default")
+    }
+}
+
+fn default_head_hidden() -> usize {
+    256
+}
+fn default_alpha() -> f64 {
+    0.5
+}
+fn default_true() -> bool {
+    true
+}
+fn default_fusion_heads() -> usize {
+    4
+}
+fn default_tower_lr_scale() -> f64 {
+    1.0
+}
+
+impl FusionTable {
+    /// The classifier's config for `classes`.
+    pub fn classifier(&self, classes: &[String]) -> mm_encoders::FusionConfig {
+        mm_encoders::FusionConfig::new(classes.len())
+            .with_stage(self.stage)
+            .with_operator(self.operator)
+            .with_modalities(self.modalities)
+            .with_head_hidden(self.head_hidden)
+            .with_alpha(self.alpha)
+            .with_learn_alpha(self.learn_alpha)
+            .with_heads(self.heads)
+            .with_class_names(classes.to_vec())
+    }
 }
 
 fn default_device() -> String {
@@ -327,6 +404,51 @@ impl TrainConfig {
         }
         if let Err((key, message)) = self.data.check() {
             return err(key, &message);
+        }
+        let classify = self.objective == crate::task::Objective::Classify;
+        match (&self.fusion, classify) {
+            (Some(_), false) => {
+                return err(
+                    "fusion",
+                    "is the classifier of objective = \"classify\"; set that objective or remove [fusion]",
+                );
+            }
+            (Some(fusion), true) => {
+                if !(fusion.alpha > 0.0 && fusion.alpha < 1.0) {
+                    return err(
+                        "fusion.alpha",
+                        &format!("{} (must be in (0, 1))", fusion.alpha),
+                    );
+                }
+                if fusion.head_hidden == 0 || fusion.heads == 0 {
+                    return err(
+                        "fusion.head_hidden",
+                        "head_hidden and heads must be at least 1",
+                    );
+                }
+                if !(fusion.tower_lr_scale >= 0.0 && fusion.tower_lr_scale.is_finite()) {
+                    return err(
+                        "fusion.tower_lr_scale",
+                        &format!("{} (must be a finite number >= 0)", fusion.tower_lr_scale),
+                    );
+                }
+                if !fusion.classes.is_empty() && fusion.classes_file.is_some() {
+                    return err(
+                        "fusion.classes_file",
+                        "give `classes` or `classes_file`, not both",
+                    );
+                }
+                if let Err(message) = crate::classify::check_classes(&fusion.classes) {
+                    return err("fusion.classes", &message);
+                }
+            }
+            _ => {}
+        }
+        if !classify && self.data.shapes_task != mm_data::ShapesTask::Pairs {
+            return err(
+                "data.shapes_task",
+                "is a classification task: set objective = \"classify\"",
+            );
         }
         for (key, value, max) in [
             ("train.steps", self.train.steps, MAX_STEPS),

@@ -15,15 +15,15 @@ use mm_contrastive::dist::{Communicator, SingleProcess, Timed};
 
 use crate::config::TrainConfig;
 use crate::device::parse_device;
-use crate::optim::{clip_adamw, clip_grad_norm, learning_rate};
+use crate::optim::{clip_adamw, clip_grad_norm, learning_rate, param_ids};
 use crate::precision::{Compute, grads_to_f32, half_copy};
 use crate::replicas::{all_reduce_grads, broadcast_weights};
-use crate::task::StepOptions;
+use crate::task::{StepOptions, Trainee};
 use mm_encoders::{MatmulPrecision, with_matmul_precision};
 
 /// One optimisation step's model, optimiser and bookkeeping, and the ranks it trains with.
-pub struct Learner {
-    pub model: ClipModel,
+pub struct Learner<M: Trainee = ClipModel> {
+    pub model: M,
     pub optim: ModuleOptimizer,
     config: TrainConfig,
     comm: Timed,
@@ -56,20 +56,36 @@ impl Learner {
         ))
     }
 
+    /// The objective's loss of the current model on `batch` (the forward pass of a step).
+    pub fn loss(&self, batch: &ClipBatch) -> Tensor<1> {
+        self.config.objective.batch_loss(&self.model, batch)
+    }
+}
+
+impl<M: Trainee> Learner<M> {
     /// Trains `model` (on an autodiff device) from where it is. Locked towers
     /// (`train.lock_image` / `lock_text`) get no gradients, so the optimiser never moves them;
     /// `train.grad_checkpointing` is set on both towers.
-    pub fn from_model(config: &TrainConfig, mut model: ClipModel) -> Self {
-        model.set_grad_checkpointing(config.train.grad_checkpointing);
+    pub fn from_model(config: &TrainConfig, mut model: M) -> Self {
+        let clip = model.clip_mut();
+        clip.set_grad_checkpointing(config.train.grad_checkpointing);
         if config.train.lock_image {
-            model.vision_model = model.vision_model.no_grad();
-            model.visual_projection = model.visual_projection.no_grad();
+            clip.vision_model = clip.vision_model.clone().no_grad();
+            clip.visual_projection = clip.visual_projection.clone().no_grad();
         }
         if config.train.lock_text {
-            model.text_model = model.text_model.no_grad();
-            model.text_projection = model.text_projection.no_grad();
+            clip.text_model = clip.text_model.clone().no_grad();
+            clip.text_projection = clip.text_projection.clone().no_grad();
         }
-        let optim = clip_adamw(&config.optim, &model);
+        // A classifier's towers learn at `fusion.tower_lr_scale` of the rate.
+        let (towers, scale) = match model.classifier() {
+            Some(classifier) => (
+                param_ids(&classifier.clip),
+                config.fusion.clone().unwrap_or_default().tower_lr_scale,
+            ),
+            None => (Vec::new(), 1.0),
+        };
+        let optim = clip_adamw(&config.optim, &model, (&towers, scale));
         Self {
             model,
             optim,
@@ -96,11 +112,6 @@ impl Learner {
         self.comm.take_spent()
     }
 
-    /// The objective's loss of the current model on `batch` (the forward pass of a step).
-    pub fn loss(&self, batch: &ClipBatch) -> Tensor<1> {
-        self.config.objective.batch_loss(&self.model, batch)
-    }
-
     /// Loss and gradients of the objective over the global batch (every rank's
     /// `micro_batches`, see [`crate::task::Objective::gradients`]), summed over ranks, in the
     /// configured precision (see [`crate::precision`]): gradients come back as fp32 for the
@@ -113,12 +124,9 @@ impl Learner {
                 .map_err(|e| anyhow::anyhow!("train.patch_dropout: {e}"))?,
             seed: self.config.seed,
         };
-        let objective = |model: &ClipModel| {
-            self.config
-                .objective
-                .gradients(model, micro_batches, comm, &options)
-        };
-        let device = self.model.logit_scale.val().device();
+        let objective =
+            |model: &M| model.gradients(self.config.objective, micro_batches, comm, &options);
+        let device = self.model.clip().logit_scale.val().device();
         let (loss, mut grads) = match self.config.train.precision.compute_on(&device) {
             Compute::Fp32 => objective(&self.model)?,
             Compute::Bf16Gemms => {
@@ -138,7 +146,7 @@ impl Learner {
     }
 }
 
-impl Learner {
+impl<M: Trainee> Learner<M> {
     /// Forward, backward and AdamW update at step `step` (from 0) on one batch, or on
     /// several micro-batches accumulated as one (see [`Learner::gradients`]).
     /// A non-finite loss or gradient norm is a [`NonFinite`] error and leaves the model

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod checkpoint;
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod data_check;

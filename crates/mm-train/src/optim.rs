@@ -9,21 +9,57 @@ use crate::config::OptimConfig;
 
 /// AdamW that decays only matrices: biases, LayerNorm gains, the class embedding and
 /// `logit_scale` (every parameter with fewer than 2 dimensions) get no weight decay, as in
-/// open_clip.
-pub fn clip_adamw<M: Module>(config: &OptimConfig, model: &M) -> ModuleOptimizer {
-    let adamw = |weight_decay| {
+/// open_clip. The parameters in `scaled` (e.g. pretrained towers under a new head) learn at
+/// `scale` times the schedule's rate.
+pub fn clip_adamw<M: Module>(
+    config: &OptimConfig,
+    model: &M,
+    (scaled, scale): (&[ParamId], f64),
+) -> ModuleOptimizer {
+    let adamw = |weight_decay, scale| {
         FusedAdamW::new(
             config.beta1 as f32,
             config.beta2 as f32,
             config.eps as f32,
             weight_decay,
         )
+        .with_lr_scale(scale)
     };
-    ModuleOptimizer::from(adamw(config.weight_decay)).with_group(
-        ParamGroup::from_ids(no_decay_params(model)),
-        adamw(0.0),
+    let no_decay = no_decay_params(model);
+    let optimizer = ModuleOptimizer::from(adamw(config.weight_decay, 1.0)).with_group(
+        ParamGroup::from_ids(no_decay.clone()),
+        adamw(0.0, 1.0),
         None,
-    )
+    );
+    if scaled.is_empty() || scale == 1.0 {
+        return optimizer;
+    }
+    let (scaled_no_decay, scaled_decay): (Vec<ParamId>, Vec<ParamId>) =
+        scaled.iter().partition(|id| no_decay.contains(id));
+    optimizer
+        .with_group(
+            ParamGroup::from_ids(scaled_decay),
+            adamw(config.weight_decay, scale),
+            None,
+        )
+        .with_group(
+            ParamGroup::from_ids(scaled_no_decay),
+            adamw(0.0, scale),
+            None,
+        )
+}
+
+/// Ids of every parameter of `model`.
+pub fn param_ids<M: Module>(model: &M) -> Vec<ParamId> {
+    struct Collect(Vec<ParamId>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
 }
 
 /// Ids of parameters with fewer than two dimensions.

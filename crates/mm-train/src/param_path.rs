@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
-use mm_encoders::ClipModel;
 
 /// Tracks the dotted module path during a visit or a map.
 #[derive(Default)]
@@ -34,7 +33,7 @@ impl ModulePath {
 
 /// An error naming the first parameter that holds a NaN or infinity: such weights give NaN
 /// for every input, so no command should run with them.
-pub fn check_finite(model: &ClipModel) -> Result<()> {
+pub fn check_finite<M: Module>(model: &M) -> Result<()> {
     #[derive(Default)]
     struct FirstNonFinite {
         path: ModulePath,
@@ -62,7 +61,7 @@ pub fn check_finite(model: &ClipModel) -> Result<()> {
 }
 
 /// Every float parameter's id, by module path.
-pub fn param_ids(model: &ClipModel) -> BTreeMap<String, u64> {
+pub fn param_ids<M: Module>(model: &M) -> BTreeMap<String, u64> {
     #[derive(Default)]
     struct Collect {
         path: ModulePath,
@@ -85,7 +84,7 @@ pub fn param_ids(model: &ClipModel) -> BTreeMap<String, u64> {
 }
 
 /// `model` with the recorded ids restored; every parameter must have one.
-pub fn with_param_ids(model: ClipModel, ids: &BTreeMap<String, u64>) -> Result<ClipModel> {
+pub fn with_param_ids<M: Module>(model: M, ids: &BTreeMap<String, u64>) -> Result<M> {
     struct Assign<'a> {
         path: ModulePath,
         ids: &'a BTreeMap<String, u64>,

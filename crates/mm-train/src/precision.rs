@@ -71,7 +71,7 @@ pub enum Compute {
 
 /// `model` cast to `dtype`: every parameter a new leaf with the master's id (so gradients map
 /// back to it) and the master's trainability.
-pub fn half_copy(model: &ClipModel, dtype: FloatDType) -> ClipModel {
+pub fn half_copy<M: Module>(model: &M, dtype: FloatDType) -> M {
     struct Cast(FloatDType);
     impl ModuleMapper for Cast {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -86,7 +86,7 @@ pub fn half_copy(model: &ClipModel, dtype: FloatDType) -> ClipModel {
 }
 
 /// Casts every gradient of `model`'s parameters to fp32, in place.
-pub fn grads_to_f32(model: &ClipModel, grads: &mut GradientsParams) {
+pub fn grads_to_f32<M: Module>(model: &M, grads: &mut GradientsParams) {
     struct ToF32<'a>(&'a mut GradientsParams);
     impl ModuleVisitor for ToF32<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

@@ -6,7 +6,6 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use mm_contrastive::dist::{CommError, Communicator};
-use mm_encoders::ClipModel;
 
 use crate::param_path::ModulePath;
 
@@ -32,8 +31,8 @@ pub(crate) fn tensor_of<const D: usize>(
 /// loss shares), in one all-reduce; afterwards `grads` and `extra` hold the sums on every rank.
 /// A parameter gets a gradient where at least one rank had one, so the optimiser moves the
 /// same parameters it would in one process.
-pub fn all_reduce_grads(
-    model: &ClipModel,
+pub fn all_reduce_grads<M: Module>(
+    model: &M,
     grads: &mut GradientsParams,
     extra: &mut [f32],
     comm: &dyn Communicator,
@@ -124,10 +123,7 @@ pub fn all_reduce_grads(
 
 /// `model` with every parameter replaced by rank 0's value (ids and trainability kept): the
 /// replicas start as one model however each rank initialised or loaded it.
-pub fn broadcast_weights(
-    model: ClipModel,
-    comm: &dyn Communicator,
-) -> Result<ClipModel, CommError> {
+pub fn broadcast_weights<M: Module>(model: M, comm: &dyn Communicator) -> Result<M, CommError> {
     if comm.world_size() == 1 {
         return Ok(model);
     }
@@ -188,8 +184,8 @@ const CHECKSUM_TOLERANCE: f32 = 1e-6;
 
 /// Checks that every rank holds rank 0's weights, by one all-gather of two sums per parameter
 /// tensor (`sum |w|`, `sum w^2`); the error names the first parameter that differs.
-pub fn check_replicas_agree(
-    model: &ClipModel,
+pub fn check_replicas_agree<M: Module>(
+    model: &M,
     step: usize,
     comm: &dyn Communicator,
 ) -> anyhow::Result<()> {

@@ -9,11 +9,10 @@ use std::time::Instant;
 use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::dist::{Communicator, SingleProcess};
 use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SkipCounts};
-use mm_encoders::ClipModel;
+use mm_encoders::{ClipModel, FusionClassifier};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointParts, CheckpointState};
@@ -22,8 +21,9 @@ use crate::learner::NonFinite;
 use crate::optim::learning_rate;
 use crate::replicas::check_replicas_agree;
 use crate::run_dir::RunDirLock;
-use crate::start::{Resumed, StartingPoint, resume_point, starting_point};
+use crate::start::{Resumed, Startable, StartingPoint, resume_point};
 use crate::suite::{Measurement, Measuring, RunSuites};
+use crate::task::Objective;
 
 impl TrainReport {
     /// A metric of the last evaluation, e.g. `shapes/top1`.
@@ -220,6 +220,21 @@ pub fn train_ranks(
     resume: Option<&Path>,
     comm: Rc<dyn Communicator>,
 ) -> Result<TrainReport> {
+    match config.objective {
+        Objective::Classify => run::<FusionClassifier>(config, show_progress, resume, comm),
+        Objective::Clip | Objective::Siglip => {
+            run::<ClipModel>(config, show_progress, resume, comm)
+        }
+    }
+}
+
+/// [`train_ranks`] for the model the objective trains.
+fn run<M: Startable>(
+    config: &TrainConfig,
+    show_progress: bool,
+    resume: Option<&Path>,
+    comm: Rc<dyn Communicator>,
+) -> Result<TrainReport> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let lead = rank == 0;
     let run_dir = &config.output_dir;
@@ -236,7 +251,7 @@ pub fn train_ranks(
     let mut resumed_note = None;
     let (start_point, first_step, data_position) = match resume {
         Some(from) => {
-            let Resumed { start, state } = resume_point(config, from)?;
+            let Resumed { start, state } = resume_point::<M>(config, from)?;
             let (position, note) = state.data_position_for(rank, world);
             resumed_note = note;
             (start, state.step, position)
@@ -248,7 +263,7 @@ pub fn train_ranks(
                     previous.display()
                 );
             }
-            (starting_point(config)?, 0, 0)
+            (M::start(config)?, 0, 0)
         }
     };
     let steps = config.train.steps;
@@ -283,9 +298,11 @@ pub fn train_ranks(
     .with_image_limits(config.data.image_limits())
     .with_max_consecutive_skips(config.data.max_consecutive_skips)
     .with_workers(config.data.workers)?;
-    let mut stream = config
-        .data
-        .for_rank(rank, world)
+    let mut data = config.data.for_rank(rank, world);
+    if config.objective == Objective::Classify {
+        data.labels = mm_data::Labels::Required;
+    }
+    let mut stream = data
         .open_stream(config.seed, image_size)
         .context("key `data.path`")?;
     stream.fast_forward(data_position);
@@ -362,10 +379,11 @@ pub fn train_ranks(
         )?,
     }
     let ctx = model_config.text.context_length;
-    let evaluate = |model: &ClipModel| -> Result<Vec<Measurement>> {
+    let evaluate = |model: &M| -> Result<Vec<Measurement>> {
         let model = model.valid();
         run_suites.measure(&Measuring {
-            model: &model,
+            model: model.clip(),
+            classifier: model.classifier(),
             tokenizer: &tokenizer,
             context_length: ctx,
             objective: config.objective,
@@ -386,7 +404,7 @@ pub fn train_ranks(
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
         for _ in 0..config.train.accum_freq.max(1) {
             let batch = match batches.next() {
-                Some(Ok(batch)) => batch,
+                Some(Ok(batch)) => learner.model.admit(batch),
                 Some(Err(e)) => return Err(e).context(format!("step {}", step + 1)),
                 None => bail!(
                     "the data source ended at step {} (no usable samples in a whole pass?)",
@@ -441,23 +459,30 @@ pub fn train_ranks(
 
         let every = |n: usize| n > 0 && done.is_multiple_of(n);
         if every(config.train.log_every) || done == steps {
-            let logit_scale = learner.model.logit_scale.val().into_scalar::<f32>();
+            let values = learner.model.log_values();
             let comm_ms = 1e3 * comm_seconds / steps_since_log.max(1) as f64;
             let comm_note = match world {
                 1 => String::new(),
                 _ => format!(" comm {comm_ms:.1} ms/step"),
             };
             (comm_seconds, steps_since_log) = (0.0, 0);
+            let shown: String = values
+                .iter()
+                .map(|(name, value)| format!(" {name} {value:.3}"))
+                .collect();
             log.note(&format!(
-                "step {done}/{steps} loss {:.4} lr {lr:.3e} logit_scale {logit_scale:.3} samples/s {samples_per_sec:.1}{comm_note}{}",
+                "step {done}/{steps} loss {:.4} lr {lr:.3e}{shown} samples/s {samples_per_sec:.1}{comm_note}{}",
                 out.loss,
                 progress_note(&skipped)
             ))?;
             let mut record = json!({
-                "step": done, "loss": out.loss, "lr": lr, "logit_scale": logit_scale,
+                "step": done, "loss": out.loss, "lr": lr,
                 "grad_norm": out.grad_norm, "samples_per_sec": samples_per_sec,
                 "skipped": by_kind(&skipped),
             });
+            for (name, value) in values {
+                record[name] = json!(value);
+            }
             if world > 1 {
                 record["comm_ms"] = json!(comm_ms);
             }

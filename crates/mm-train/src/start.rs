@@ -5,20 +5,80 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use mm_data::ClipTokenizer;
-use mm_encoders::ClipConfig;
+use mm_encoders::{ClipConfig, ClipModel, FusionClassifier};
 
-use crate::checkpoint::{self, CheckpointState};
+use crate::checkpoint::{self, Checkpoint, CheckpointState};
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::learner::Learner;
+use crate::task::Trainee;
 
 /// The model a run starts from and the tokenizer that goes with it.
-pub struct StartingPoint {
+pub struct StartingPoint<M: Trainee = ClipModel> {
+    /// The towers' shape.
     pub model_config: ClipConfig,
-    pub learner: Learner,
+    pub learner: Learner<M>,
     pub tokenizer: ClipTokenizer,
     /// What the log says it is.
     pub description: String,
+}
+
+/// A model a run can start: fresh or from `init_from`, or restored from its own checkpoint.
+pub trait Startable: Trainee + Sized {
+    fn start(config: &TrainConfig) -> Result<StartingPoint<Self>>;
+    /// The model of a checkpoint of its own run (`ckpt` read from `dir`).
+    fn restored(config: &TrainConfig, ckpt: Checkpoint, dir: &Path) -> Result<Self>;
+}
+
+impl Startable for ClipModel {
+    fn start(config: &TrainConfig) -> Result<StartingPoint> {
+        starting_point(config)
+    }
+
+    fn restored(_: &TrainConfig, ckpt: Checkpoint, _: &Path) -> Result<Self> {
+        Ok(ckpt.model)
+    }
+}
+
+/// A classifier starts on the towers of `init_from` (or fresh ones of `model`) with a new
+/// fusion head; the classes come from the config or the data (see
+/// [`crate::classify::class_names`]).
+impl Startable for FusionClassifier {
+    fn start(config: &TrainConfig) -> Result<StartingPoint<Self>> {
+        let classes = crate::classify::class_names(config)?;
+        let StartingPoint {
+            model_config,
+            learner,
+            tokenizer,
+            description,
+        } = starting_point(config)?;
+        let device = parse_device(&config.device)?.autodiff();
+        let fusion = config.fusion.clone().unwrap_or_default();
+        let model = crate::classify::classifier(&fusion, &classes, learner.model, &device)?;
+        Ok(StartingPoint {
+            model_config,
+            learner: Learner::from_model(config, model),
+            tokenizer,
+            description: format!(
+                "{description}; a new {:?}-stage {:?} classifier of {} classes",
+                fusion.stage,
+                fusion.operator,
+                classes.len()
+            )
+            .to_lowercase(),
+        })
+    }
+
+    fn restored(_: &TrainConfig, ckpt: Checkpoint, dir: &Path) -> Result<Self> {
+        let device = ckpt.model.logit_scale.val().device();
+        crate::classify::load_fusion(dir, ckpt.model, &device)?.with_context(|| {
+            format!(
+                "{}: not a classifier's checkpoint (no {})",
+                dir.display(),
+                crate::classify::FUSION_CONFIG_FILE
+            )
+        })
+    }
 }
 
 /// A fresh model of `config.model` with OpenAI's tokenizer, or the checkpoint `init_from`.
@@ -51,15 +111,15 @@ pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
 }
 
 /// A run continued from a checkpoint of its own: where, and at which step and data position.
-pub struct Resumed {
-    pub start: StartingPoint,
+pub struct Resumed<M: Trainee = ClipModel> {
+    pub start: StartingPoint<M>,
     pub state: CheckpointState,
 }
 
 /// Restores a run from `from`: a checkpoint directory, or a run directory whose newest
 /// complete checkpoint that loads is used (a corrupt or partial newest one is reported and
 /// the previous one tried). Model, optimiser moments, step and data position come back.
-pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
+pub fn resume_point<M: Startable>(config: &TrainConfig, from: &Path) -> Result<Resumed<M>> {
     let candidates = if from.join(checkpoint::STATE_FILE).exists() {
         vec![from.to_path_buf()]
     } else {
@@ -73,7 +133,7 @@ pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
     }
     let mut failures: Vec<(PathBuf, anyhow::Error)> = Vec::new();
     for dir in candidates {
-        match restore(config, &dir) {
+        match restore::<M>(config, &dir) {
             Ok(resumed) => {
                 for (bad, error) in &failures {
                     eprintln!("warning: skipped checkpoint {}: {error:#}", bad.display());
@@ -87,7 +147,7 @@ pub fn resume_point(config: &TrainConfig, from: &Path) -> Result<Resumed> {
     Err(error.context(format!("resuming from {}", dir.display())))
 }
 
-fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
+fn restore<M: Startable>(config: &TrainConfig, dir: &Path) -> Result<Resumed<M>> {
     let device = parse_device(&config.device)?.autodiff();
     let ckpt = checkpoint::load(dir, &device)?;
     if let Some(spec) = &config.model {
@@ -99,8 +159,14 @@ fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
             );
         }
     }
+    let (model_config, tokenizer, state) = (
+        ckpt.model_config.clone(),
+        ckpt.tokenizer.clone(),
+        ckpt.state.clone(),
+    );
+    let model = M::restored(config, ckpt, dir)?;
     let ids = checkpoint::read_param_ids(dir)?;
-    let model = crate::param_path::with_param_ids(ckpt.model, &ids)
+    let model = crate::param_path::with_param_ids(model, &ids)
         .with_context(|| format!("{}", dir.join(checkpoint::PARAM_IDS_FILE).display()))?;
     let mut learner = Learner::from_model(config, model);
     let optimizer = dir.join(checkpoint::OPTIMIZER_FILE);
@@ -110,11 +176,11 @@ fn restore(config: &TrainConfig, dir: &Path) -> Result<Resumed> {
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", optimizer.display()))?;
     Ok(Resumed {
         start: StartingPoint {
-            model_config: ckpt.model_config,
+            model_config,
             learner,
-            tokenizer: ckpt.tokenizer,
-            description: format!("resumed from {} at step {}", dir.display(), ckpt.state.step),
+            tokenizer,
+            description: format!("resumed from {} at step {}", dir.display(), state.step),
         },
-        state: ckpt.state,
+        state,
     })
 }

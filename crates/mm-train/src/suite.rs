@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use mm_data::{ClipTokenizer, DataConfig, Paths, ShapesDataset, SourceKind, Split};
+use mm_data::{ClipTokenizer, DataConfig, Paths, ShapesDataset, ShapesTask, SourceKind, Split};
 use mm_encoders::ClipModel;
 use serde::{Deserialize, Serialize};
 
+use crate::classify::{ClassMetrics, LabelledPairs};
 use crate::eval::{
     LabelledImages, PairedSet, RetrievalReport, ZeroShotReport, encode_images, encode_texts,
     retrieval, zero_shot,
@@ -76,6 +77,23 @@ pub enum SuiteConfig {
     /// Retrieval (R@1/5/10 both ways) and validation loss on the first `samples` usable pairs
     /// of any source kind (shards, CSV, folder), as open_clip's `--val-data`.
     Pairs(PairsSuite),
+    /// A classifier's accuracy and macro-F1 on labelled (image, text) pairs: the built-in
+    /// task's held-out split (the default of `objective = "classify"` on it).
+    Task(TaskSuite),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSuite {
+    #[serde(default = "task_name")]
+    pub name: String,
+    /// Held-out pairs (default: `eval.heldout_samples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+}
+
+fn task_name() -> String {
+    "task".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -158,6 +176,7 @@ impl SuiteConfig {
             Self::Shapes(s) => &s.name,
             Self::ZeroShot(s) => &s.name,
             Self::Pairs(s) => &s.name,
+            Self::Task(s) => &s.name,
         }
     }
 
@@ -177,6 +196,7 @@ impl SuiteConfig {
             Self::Shapes(_) => [CLASSIFY, PAIRS].concat(),
             Self::ZeroShot(_) => CLASSIFY.to_vec(),
             Self::Pairs(_) => PAIRS.to_vec(),
+            Self::Task(_) => vec!["accuracy", "macro_f1"],
         }
     }
 
@@ -228,13 +248,19 @@ impl EvalConfig {
     /// The suites a run on `data` measures: the configured ones, else the built-in shapes
     /// suite when `data` is the built-in set.
     pub fn suites_for(&self, data: &DataConfig) -> Vec<SuiteConfig> {
-        match (self.suites.is_empty(), data.source) {
-            (false, _) => self.suites.clone(),
-            (true, SourceKind::Shapes) => vec![SuiteConfig::Shapes(ShapesSuite {
-                name: shapes_name(),
+        match (self.suites.is_empty(), data.source, data.shapes_task) {
+            (false, _, _) => self.suites.clone(),
+            (true, SourceKind::Shapes, ShapesTask::Pairs) => {
+                vec![SuiteConfig::Shapes(ShapesSuite {
+                    name: shapes_name(),
+                    samples: None,
+                })]
+            }
+            (true, SourceKind::Shapes, _) => vec![SuiteConfig::Task(TaskSuite {
+                name: task_name(),
                 samples: None,
             })],
-            (true, _) => Vec::new(),
+            (true, _, _) => Vec::new(),
         }
     }
 
@@ -256,6 +282,7 @@ impl EvalConfig {
             .iter()
             .map(|s| match s {
                 SuiteConfig::Shapes(s) => s.samples.unwrap_or(self.heldout_samples),
+                SuiteConfig::Task(s) => s.samples.unwrap_or(self.heldout_samples),
                 _ => 0,
             })
             .sum()
@@ -301,6 +328,7 @@ impl EvalConfig {
                 SuiteConfig::Shapes(s) => s.samples,
                 SuiteConfig::ZeroShot(s) => s.samples,
                 SuiteConfig::Pairs(s) => Some(s.samples),
+                SuiteConfig::Task(s) => s.samples,
             };
             if let Some(n) = samples
                 && !(1..=MAX_SUITE_SAMPLES).contains(&n)
@@ -312,6 +340,14 @@ impl EvalConfig {
             }
             match suite {
                 SuiteConfig::Shapes(_) => {}
+                SuiteConfig::Task(_) => {
+                    if data.source != SourceKind::Shapes || data.shapes_task == ShapesTask::Pairs {
+                        return err(
+                            key("kind"),
+                            "a task suite measures the built-in classification tasks (data.shapes_task = \"matching\" or \"question\")".into(),
+                        );
+                    }
+                }
                 SuiteConfig::ZeroShot(s) => {
                     if let Some(templates) = &s.templates {
                         check_templates(&key("templates"), templates)?;
@@ -409,6 +445,7 @@ enum SuiteData {
         templates: Vec<String>,
     },
     Pairs(PairedSet),
+    Task(LabelledPairs),
 }
 
 /// One measurement of one suite.
@@ -486,6 +523,23 @@ impl Suite {
                 let data = SuiteConfig::pairs_data(s, inputs.data);
                 let pairs = PairedSet::from_source(&data, s.samples, inputs.image_size)?;
                 (pairs.name.clone(), SuiteData::Pairs(pairs))
+            }
+            SuiteConfig::Task(s) => {
+                if inputs.data.source != SourceKind::Shapes
+                    || inputs.data.shapes_task == ShapesTask::Pairs
+                {
+                    bail!(
+                        "a task suite measures the built-in classification tasks: train on data.shapes_task = \"matching\" or \"question\""
+                    );
+                }
+                let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
+                let set = LabelledPairs::builtin(
+                    inputs.data.shapes_task,
+                    inputs.seed,
+                    inputs.image_size,
+                    n.min(MAX_SUITE_SAMPLES),
+                );
+                (set.name.clone(), SuiteData::Task(set))
             }
         };
         Ok(Self {
@@ -576,6 +630,27 @@ impl Suite {
                     skipped_note(encoded.skipped.len())
                 )
             }
+            SuiteData::Task(set) => {
+                let classifier = m.classifier.with_context(|| {
+                    format!(
+                        "suite `{}` measures a classifier (objective = \"classify\")",
+                        self.name
+                    )
+                })?;
+                let (truth, predicted, skipped) = set.predict(classifier, tokenizer, ctx, size)?;
+                let scores = ClassMetrics::new(&truth, &predicted, set.class_names.len());
+                put("accuracy", scores.accuracy);
+                put("macro_f1", scores.macro_f1);
+                format!(
+                    "{}: accuracy {:.1}%, macro-F1 {:.3} on {} pairs of {} classes{}",
+                    self.name,
+                    100.0 * scores.accuracy,
+                    scores.macro_f1,
+                    truth.len(),
+                    set.class_names.len(),
+                    skipped_note(skipped)
+                )
+            }
         };
         if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
             bail!("{name} is {value} (diverged weights?)");
@@ -598,6 +673,13 @@ impl Suite {
                 .iter()
                 .cloned()
                 .zip(pairs.captions.iter().cloned())
+                .take(n)
+                .collect(),
+            SuiteData::Task(set) => set
+                .images
+                .iter()
+                .cloned()
+                .zip(set.texts.iter().cloned())
                 .take(n)
                 .collect(),
             SuiteData::ZeroShot { .. } => Vec::new(),
@@ -710,6 +792,8 @@ impl RunSuites {
 pub struct Measuring<'a> {
     /// An inference (non-autodiff) model.
     pub model: &'a ClipModel,
+    /// The classifier on `model`, for the suites that measure one.
+    pub classifier: Option<&'a mm_encoders::FusionClassifier>,
     pub tokenizer: &'a ClipTokenizer,
     pub context_length: usize,
     pub objective: Objective,

@@ -8,13 +8,14 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{FloatDType, Tensor};
 use std::ops::Range;
 
+use burn::module::Module;
 use mm_contrastive::dist::{CommError, Communicator};
 use mm_contrastive::{
     SIGLIP_LOGIT_BIAS_INIT, SIGLIP_LOGIT_SCALE_INIT, clip_loss, clip_loss_rows, siglip_loss,
     siglip_loss_rows,
 };
 use mm_data::ClipBatch;
-use mm_encoders::{ClipConfig, ClipModel, PatchDropout};
+use mm_encoders::{ClipConfig, ClipModel, FusionClassifier, PatchDropout};
 use serde::{Deserialize, Serialize};
 
 use crate::replicas::{host_values, tensor_of};
@@ -28,6 +29,62 @@ pub enum Objective {
     Clip,
     /// Pairwise sigmoid loss with a learnable bias (Zhai et al. 2023).
     Siglip,
+    /// Cross-entropy of a [`mm_encoders::FusionClassifier`] on labelled (image, text) pairs
+    /// (`[fusion]` says which; see [`crate::classify`]).
+    Classify,
+}
+
+/// A model a run can train: what the loop needs of it beyond being a burn module.
+pub trait Trainee: Module + Clone + Send + std::fmt::Debug + 'static {
+    /// The CLIP model inside (the towers the data is shaped for; what lock_image / lock_text
+    /// freeze; what the CLIP eval suites measure).
+    fn clip(&self) -> &ClipModel;
+    fn clip_mut(&mut self) -> &mut ClipModel;
+    /// The classifier, for the suites that measure one.
+    fn classifier(&self) -> Option<&FusionClassifier> {
+        None
+    }
+    /// The batch with the rows this model cannot train on removed and recorded in its
+    /// errors (a classifier: rows without a label of its classes).
+    fn admit(&self, batch: ClipBatch) -> ClipBatch {
+        batch
+    }
+    /// This rank's share of the loss over the global batch and its gradients (see
+    /// [`Objective::gradients`]).
+    fn gradients(
+        &self,
+        objective: Objective,
+        micro_batches: &[ClipBatch],
+        comm: &dyn Communicator,
+        options: &StepOptions,
+    ) -> Result<(f32, GradientsParams), CommError>;
+    /// Values worth logging with the loss (CLIP: the temperature).
+    fn log_values(&self) -> Vec<(&'static str, f64)>;
+}
+
+impl Trainee for ClipModel {
+    fn clip(&self) -> &ClipModel {
+        self
+    }
+
+    fn clip_mut(&mut self) -> &mut ClipModel {
+        self
+    }
+
+    fn gradients(
+        &self,
+        objective: Objective,
+        micro_batches: &[ClipBatch],
+        comm: &dyn Communicator,
+        options: &StepOptions,
+    ) -> Result<(f32, GradientsParams), CommError> {
+        objective.gradients(self, micro_batches, comm, options)
+    }
+
+    fn log_values(&self) -> Vec<(&'static str, f64)> {
+        let scale = self.logit_scale.val().into_scalar::<f32>() as f64;
+        vec![("logit_scale", scale)]
+    }
 }
 
 /// How a training step's forward pass runs, beyond the model and the data (from `[train]`).
@@ -69,7 +126,8 @@ impl Objective {
         };
         let scale = param(model.logit_scale.val());
         match self {
-            Self::Clip => match rows {
+            // A classifier's towers (eval suites measure them too) by CLIP's loss.
+            Self::Clip | Self::Classify => match rows {
                 None => clip_loss(image, text, scale),
                 Some(rows) => clip_loss_rows(image, text, scale, rows),
             },

@@ -37,6 +37,9 @@ pub struct FusionConfig {
     /// `attention`: heads of the cross-attention blocks (must divide `embed_dim`).
     #[config(default = 4)]
     pub heads: usize,
+    /// The classes' names, in output order (HF's `id2label`): empty, or `num_classes` of them.
+    #[config(default = "Vec::new()")]
+    pub class_names: Vec<String>,
 }
 
 impl FusionConfig {
@@ -54,6 +57,16 @@ impl FusionConfig {
         }
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(("alpha", format!("{} (must be in (0, 1))", self.alpha)));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+            return Err((
+                "class_names",
+                format!(
+                    "{} names for num_classes = {}",
+                    self.class_names.len(),
+                    self.num_classes
+                ),
+            ));
         }
         if self.head_hidden == 0 {
             return Err(("head_hidden", "0 (must be at least 1)".into()));
@@ -79,24 +92,25 @@ impl FusionConfig {
             false => width,
         };
         FusionClassifier {
-            joint: (fused && self.stage == FusionStage::Early)
-                .then(|| JointStream::new(&clip, device)),
-            merge: (fused && !late)
-                .then(|| Merge::new(self.operator, width, alpha, self.heads, device)),
-            head: (!late)
-                .then(|| Head::new(head_input, self.head_hidden, self.num_classes, device)),
-            late: late.then(|| {
-                LateFusion::new(
-                    self.operator,
-                    width,
-                    (self.head_hidden, self.num_classes),
-                    alpha,
-                    device,
-                )
-            }),
+            fusion: Fusion {
+                joint: (fused && self.stage == FusionStage::Early)
+                    .then(|| JointStream::new(&clip, device)),
+                merge: (fused && !late)
+                    .then(|| Merge::new(self.operator, width, alpha, self.heads, device)),
+                head: (!late)
+                    .then(|| Head::new(head_input, self.head_hidden, self.num_classes, device)),
+                late: late.then(|| {
+                    LateFusion::new(
+                        self.operator,
+                        width,
+                        (self.head_hidden, self.num_classes),
+                        alpha,
+                        device,
+                    )
+                }),
+                config: self.clone(),
+            },
             clip,
-            stage: self.stage,
-            modalities: self.modalities,
         }
     }
 }
@@ -107,6 +121,14 @@ impl FusionConfig {
 pub struct FusionClassifier {
     /// The towers and their projections into the joint space (HF `CLIPModel` names).
     pub clip: ClipModel,
+    /// Everything on top of them.
+    pub fusion: Fusion,
+}
+
+/// A [`FusionClassifier`]'s own modules (kept apart from the towers, so that the towers stay a
+/// CLIP model with CLIP's parameter names).
+#[derive(Module, Debug)]
+pub struct Fusion {
     /// Early fusion's stream additions.
     pub joint: Option<JointStream>,
     /// Mid and early fusion's operator.
@@ -115,10 +137,9 @@ pub struct FusionClassifier {
     pub head: Option<Head>,
     /// Late fusion's heads and decision merge.
     pub late: Option<LateFusion>,
+    /// What it was built from (stage, operator, classes).
     #[module(skip)]
-    pub stage: FusionStage,
-    #[module(skip)]
-    pub modalities: Modalities,
+    pub config: FusionConfig,
 }
 
 impl FusionClassifier {
@@ -126,22 +147,23 @@ impl FusionClassifier {
     /// (late fusion: log-probabilities). A single-modality classifier ignores the other input.
     pub fn forward(&self, pixels: Tensor<4>, input_ids: Tensor<2, Int>) -> Tensor<2> {
         let present = "FusionConfig::init builds the stage's modules";
-        let head = || self.head.as_ref().expect(present);
-        match (self.modalities, self.stage) {
+        let fusion = &self.fusion;
+        let head = || fusion.head.as_ref().expect(present);
+        match (fusion.config.modalities, fusion.config.stage) {
             (Modalities::Image, _) => head().forward(self.image_features(pixels).pooled),
             (Modalities::Text, _) => head().forward(self.text_features(input_ids).pooled),
             (Modalities::Both, FusionStage::Late) => {
                 let (image, text) = (self.image_features(pixels), self.text_features(input_ids));
-                self.late.as_ref().expect(present).forward(&image, &text)
+                fusion.late.as_ref().expect(present).forward(&image, &text)
             }
             (Modalities::Both, FusionStage::Mid) => {
                 let (image, text) = (self.image_features(pixels), self.text_features(input_ids));
-                head().forward(self.merge.as_ref().expect(present).forward(&image, &text))
+                head().forward(fusion.merge.as_ref().expect(present).forward(&image, &text))
             }
             (Modalities::Both, FusionStage::Early) => {
-                let joint = self.joint.as_ref().expect(present);
+                let joint = fusion.joint.as_ref().expect(present);
                 let (image, text) = joint.forward(&self.clip, pixels, input_ids);
-                head().forward(self.merge.as_ref().expect(present).forward(&image, &text))
+                head().forward(fusion.merge.as_ref().expect(present).forward(&image, &text))
             }
         }
     }

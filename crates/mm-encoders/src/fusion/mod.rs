@@ -31,7 +31,7 @@ pub mod sum;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use classifier::{FusionClassifier, FusionConfig};
+pub use classifier::{Fusion, FusionClassifier, FusionConfig};
 
 /// How deep the modalities interact before they are merged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

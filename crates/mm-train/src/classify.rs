@@ -1,0 +1,437 @@
+//! `objective = "classify"`: a [`FusionClassifier`] trained with cross-entropy on labelled
+//! (image, text) pairs, and what goes with it: its class list, its checkpoint files beside the
+//! towers', and the accuracy / macro-F1 a held-out set measures.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use mm_contrastive::dist::{CommError, Communicator};
+use mm_data::{
+    ClipBatch, ImageInput, Labels, SampleError, SampleErrorKind, ShapesTask, SourceKind,
+};
+use mm_encoders::{ClipModel, FusionClassifier, FusionConfig, FusionOperator, from_toml_str};
+
+use crate::config::{FusionTable, TrainConfig};
+use crate::task::{Objective, StepOptions, Trainee};
+
+/// Classes a classifier may have (a label set, not a vocabulary).
+pub const MAX_CLASSES: usize = 10_000;
+/// The classifier's own weights in a checkpoint (the towers stay in `model.safetensors`, so
+/// every CLIP command still reads it).
+pub const FUSION_FILE: &str = "fusion.safetensors";
+/// The classifier's shape and class names.
+pub const FUSION_CONFIG_FILE: &str = "fusion.toml";
+
+/// Why a class list cannot be used, if it cannot.
+pub fn check_classes(classes: &[String]) -> Result<(), String> {
+    if classes.len() > MAX_CLASSES {
+        return Err(format!("{} classes (at most {MAX_CLASSES})", classes.len()));
+    }
+    let mut seen = BTreeSet::new();
+    for class in classes {
+        if class.trim().is_empty() {
+            return Err("an empty class name".into());
+        }
+        if !seen.insert(class) {
+            return Err(format!("`{class}` is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// The run's classes, in output order: `[fusion] classes`, `classes_file` (one per line), the
+/// built-in task's, or every label of one pass over the training data (sorted). Fewer than two
+/// is an error.
+pub fn class_names(config: &TrainConfig) -> Result<Vec<String>> {
+    let fusion = config.fusion.clone().unwrap_or_default();
+    let classes = if !fusion.classes.is_empty() {
+        fusion.classes
+    } else if let Some(path) = &fusion.classes_file {
+        let text = mm_data::regular_file::read_text(path)
+            .with_context(|| format!("fusion.classes_file = {}", path.display()))?;
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    } else if config.data.source == SourceKind::Shapes {
+        config.data.shapes_task.class_names()
+    } else {
+        labels_in(config)?
+    };
+    check_classes(&classes).map_err(|e| anyhow::anyhow!("the classes: {e}"))?;
+    if classes.len() < 2 {
+        bail!(
+            "the data has {} class{} ({classes:?}): a classifier needs at least 2",
+            classes.len(),
+            if classes.len() == 1 { "" } else { "es" }
+        );
+    }
+    Ok(classes)
+}
+
+/// Every label of one pass over the training data, sorted (images are not decoded).
+fn labels_in(config: &TrainConfig) -> Result<Vec<String>> {
+    let mut data = config.data.clone();
+    data.labels = Labels::Required;
+    let source = data
+        .open_epoch(config.seed, 0, 1)
+        .context("key `data.path`")?;
+    let mut labels = BTreeSet::new();
+    for label in source.flatten().filter_map(|pair| pair.label) {
+        labels.insert(label);
+        if labels.len() > MAX_CLASSES {
+            bail!(
+                "the training data has more than {MAX_CLASSES} distinct labels: is data.csv_label_key the label column?"
+            );
+        }
+    }
+    Ok(labels.into_iter().collect())
+}
+
+/// The classifier of `fusion` with `classes` on `clip` (towers of a checkpoint or fresh).
+pub fn classifier(
+    fusion: &FusionTable,
+    classes: &[String],
+    clip: ClipModel,
+    device: &Device,
+) -> Result<FusionClassifier> {
+    let config = fusion.classifier(classes);
+    let embed_dim = clip.visual_projection.weight.dims()[1];
+    config
+        .check(embed_dim)
+        .map_err(|(key, why)| anyhow::anyhow!("key `fusion.{key}`: {why}"))?;
+    Ok(config.init(clip, device))
+}
+
+/// Writes the classifier's own weights and config into checkpoint directory `dir`.
+pub fn save_fusion(model: &FusionClassifier, dir: &Path) -> Result<()> {
+    let path = dir.join(FUSION_FILE);
+    let mut store = SafetensorsStore::from_file(&path).metadata("format", "mm-fusion");
+    model
+        .fusion
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", path.display()))?;
+    crate::checkpoint::write_file_atomically(
+        &dir.join(FUSION_CONFIG_FILE),
+        toml::to_string(&model.fusion.config)?.as_bytes(),
+    )
+}
+
+/// The classifier of checkpoint directory `dir` on its towers `clip`; `None` when `dir` holds
+/// no classifier.
+pub fn load_fusion(
+    dir: &Path,
+    clip: ClipModel,
+    device: &Device,
+) -> Result<Option<FusionClassifier>> {
+    let config_path = dir.join(FUSION_CONFIG_FILE);
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let text = mm_data::regular_file::read_text(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config: FusionConfig = from_toml_str(&text, &config_path.display().to_string())?;
+    let embed_dim = clip.visual_projection.weight.dims()[1];
+    config
+        .check(embed_dim)
+        .map_err(|(key, why)| anyhow::anyhow!("{}: `{key}`: {why}", config_path.display()))?;
+    let mut model = config.init(clip, device);
+    let path = dir.join(FUSION_FILE);
+    mm_data::regular_file::open_regular(&path).with_context(|| format!("{}", path.display()))?;
+    let mut store = SafetensorsStore::from_file(&path);
+    let result = model
+        .fusion
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some((name, reason)) = result.missing.first() {
+        bail!("{}: missing tensor `{name}` ({reason})", path.display());
+    }
+    if let Some(error) = result.errors.first() {
+        bail!("{}: {error}", path.display());
+    }
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
+    Ok(Some(model))
+}
+
+/// Each row's class index among `classes` (`None`: no label, or one not in the list).
+fn class_indices(batch: &ClipBatch, classes: &[String]) -> Vec<Option<usize>> {
+    batch
+        .labels
+        .iter()
+        .map(|label| {
+            let label = label.as_deref()?;
+            classes.iter().position(|c| c == label)
+        })
+        .collect()
+}
+
+/// `rows` of `batch` as a batch.
+fn select_rows(batch: ClipBatch, rows: &[usize]) -> ClipBatch {
+    let plane = 3 * batch.image_size * batch.image_size;
+    let ctx = batch.context_length;
+    let mut out = ClipBatch {
+        batch_size: rows.len(),
+        pixels: Vec::with_capacity(rows.len() * plane),
+        input_ids: Vec::with_capacity(rows.len() * ctx),
+        captions: Vec::with_capacity(rows.len()),
+        keys: Vec::with_capacity(rows.len()),
+        labels: Vec::with_capacity(rows.len()),
+        ..batch.clone()
+    };
+    for &r in rows {
+        out.pixels
+            .extend_from_slice(&batch.pixels[r * plane..(r + 1) * plane]);
+        out.input_ids
+            .extend_from_slice(&batch.input_ids[r * ctx..(r + 1) * ctx]);
+        out.captions.push(batch.captions[r].clone());
+        out.keys.push(batch.keys[r].clone());
+        out.labels.push(batch.labels[r].clone());
+    }
+    out
+}
+
+/// Mean cross-entropy of `logits` `[n, classes]` against `targets`, times `n / total` (this
+/// batch's share of a mean over `total` rows).
+pub fn cross_entropy_share(logits: Tensor<2>, targets: &[usize], total: usize) -> Tensor<1> {
+    let device = logits.device();
+    let n = targets.len();
+    let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+    let picked = log_softmax(logits, 1).gather(1, targets);
+    picked.sum().neg().div_scalar(total as f64)
+}
+
+impl Trainee for FusionClassifier {
+    fn clip(&self) -> &ClipModel {
+        &self.clip
+    }
+
+    fn clip_mut(&mut self) -> &mut ClipModel {
+        &mut self.clip
+    }
+
+    fn classifier(&self) -> Option<&FusionClassifier> {
+        Some(self)
+    }
+
+    /// Rows without a label of the classifier's classes are skipped and counted
+    /// (`missing_label`), naming the label.
+    fn admit(&self, batch: ClipBatch) -> ClipBatch {
+        let classes = &self.fusion.config.class_names;
+        let indices = class_indices(&batch, classes);
+        if indices.iter().all(Option::is_some) {
+            return batch;
+        }
+        let mut errors = Vec::new();
+        let keep: Vec<usize> = indices
+            .iter()
+            .enumerate()
+            .filter_map(|(row, index)| match index {
+                Some(_) => Some(row),
+                None => {
+                    let why = match &batch.labels[row] {
+                        Some(label) => format!(
+                            "label `{label}` is not one of the {} classes",
+                            classes.len()
+                        ),
+                        None => "no label".into(),
+                    };
+                    errors.push(SampleError::new(
+                        SampleErrorKind::MissingLabel,
+                        batch.keys[row].clone(),
+                        why,
+                    ));
+                    None
+                }
+            })
+            .collect();
+        let mut admitted = select_rows(batch, &keep);
+        admitted.errors.extend(errors);
+        admitted
+    }
+
+    /// Cross-entropy averaged over every rank's admitted rows: each micro-batch is its own
+    /// forward and backward pass (rows do not interact), scaled by its share of the global
+    /// count.
+    fn gradients(
+        &self,
+        objective: Objective,
+        micro_batches: &[ClipBatch],
+        comm: &dyn Communicator,
+        _options: &StepOptions,
+    ) -> Result<(f32, GradientsParams), CommError> {
+        debug_assert_eq!(objective, Objective::Classify);
+        let device = self.clip.logit_scale.val().device();
+        let classes = &self.fusion.config.class_names;
+        let local: usize = micro_batches.iter().map(|b| b.batch_size).sum();
+        let total = comm.all_gather(&[local as f32])?.iter().sum::<f32>() as usize;
+        let mut accumulator = GradientsAccumulator::<FusionClassifier>::new();
+        let mut loss_sum = 0.0;
+        for batch in micro_batches.iter().filter(|b| b.batch_size > 0) {
+            let targets: Vec<usize> = class_indices(batch, classes)
+                .into_iter()
+                .map(|i| i.expect("admit() keeps labelled rows only"))
+                .collect();
+            let logits = self.forward(
+                batch.pixels_tensor(&device),
+                batch.input_ids_tensor(&device),
+            );
+            let loss = cross_entropy_share(logits, &targets, total.max(1));
+            loss_sum += loss.clone().into_scalar::<f32>();
+            accumulator.accumulate(self, GradientsParams::from_grads(loss.backward(), self));
+        }
+        Ok((loss_sum, accumulator.grads()))
+    }
+
+    /// The learned weight α of a sum (image side), when there is one.
+    fn log_values(&self) -> Vec<(&'static str, f64)> {
+        let sum = match (&self.fusion.merge, &self.fusion.late) {
+            (Some(merge), _) => merge.sum.as_ref(),
+            (_, Some(late)) => late.sum.as_ref(),
+            _ => None,
+        };
+        match sum {
+            Some(sum) if self.fusion.config.operator != FusionOperator::Concat => {
+                let device = self.clip.logit_scale.val().device();
+                vec![("alpha", sum.alpha(&device).into_scalar::<f32>() as f64)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A classifier's scores on a labelled set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClassMetrics {
+    pub accuracy: f64,
+    /// The mean over classes of F1 (a class never predicted nor present counts as absent).
+    pub macro_f1: f64,
+    /// Each class's F1 (`NaN` where the class neither occurs nor is predicted).
+    pub per_class_f1: Vec<f64>,
+    /// `confusion[truth][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl ClassMetrics {
+    pub fn new(truth: &[usize], predicted: &[usize], classes: usize) -> Self {
+        let mut confusion = vec![vec![0usize; classes]; classes];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            confusion[t][p] += 1;
+        }
+        let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+        let per_class_f1: Vec<f64> = (0..classes)
+            .map(|c| {
+                let tp = confusion[c][c] as f64;
+                let actual: usize = confusion[c].iter().sum();
+                let predicted: usize = confusion.iter().map(|row| row[c]).sum();
+                match actual + predicted {
+                    0 => f64::NAN,
+                    n => 2.0 * tp / n as f64,
+                }
+            })
+            .collect();
+        let present: Vec<f64> = per_class_f1
+            .iter()
+            .copied()
+            .filter(|f| !f.is_nan())
+            .collect();
+        Self {
+            accuracy: correct as f64 / truth.len().max(1) as f64,
+            macro_f1: present.iter().sum::<f64>() / present.len().max(1) as f64,
+            per_class_f1,
+            confusion,
+        }
+    }
+}
+
+/// The classes of the built-in task a config trains on, if it does.
+pub fn builtin_task(config: &TrainConfig) -> Option<ShapesTask> {
+    (config.data.source == SourceKind::Shapes).then_some(config.data.shapes_task)
+}
+
+/// A labelled (image, text) set a classifier is measured on: images, texts, class indices.
+pub struct LabelledPairs {
+    pub images: Vec<ImageInput>,
+    pub texts: Vec<String>,
+    pub labels: Vec<usize>,
+    pub class_names: Vec<String>,
+    /// What the set is, for logs.
+    pub name: String,
+}
+
+impl LabelledPairs {
+    /// The first `n` samples of the built-in task's held-out split.
+    pub fn builtin(task: ShapesTask, seed: u64, image_size: usize, n: usize) -> Self {
+        let dataset = mm_data::ShapesDataset::new(seed, image_size as u32);
+        let (mut images, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n as u64 {
+            let sample = task.sample(&dataset, mm_data::Split::HeldOut, i);
+            images.push(ImageInput::Decoded(image::DynamicImage::ImageRgb8(
+                sample.image,
+            )));
+            texts.push(sample.text);
+            labels.push(sample.label);
+        }
+        Self {
+            images,
+            texts,
+            labels,
+            class_names: task.class_names(),
+            name: format!("built-in {task:?} task, held-out split, {n} pairs").to_lowercase(),
+        }
+    }
+
+    /// The classifier's predicted class of every pair; pairs whose image cannot be read are
+    /// left out of both lists (their count is returned).
+    pub fn predict(
+        &self,
+        model: &FusionClassifier,
+        tokenizer: &mm_data::ClipTokenizer,
+        context_length: usize,
+        image_size: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>, usize)> {
+        const BATCH: usize = 64;
+        let device = model.clip.logit_scale.val().device();
+        let plane = 3 * image_size * image_size;
+        let (mut truth, mut predicted, mut skipped) = (Vec::new(), Vec::new(), 0);
+        for (chunk, start) in self.images.chunks(BATCH).zip((0..).step_by(BATCH)) {
+            let (mut pixels, mut texts) = (Vec::new(), Vec::new());
+            for (offset, input) in chunk.iter().enumerate() {
+                let index = start + offset;
+                match mm_data::decode_input(input, &format!("pair {index}"), Default::default()) {
+                    Ok(image) => {
+                        let at = pixels.len();
+                        pixels.resize(at + plane, 0.0);
+                        mm_data::preprocess_into(&image, image_size, &mut pixels[at..]);
+                        texts.push(self.texts[index].clone());
+                        truth.push(self.labels[index]);
+                    }
+                    Err(_) => skipped += 1,
+                }
+            }
+            if texts.is_empty() {
+                continue;
+            }
+            let ids = tokenizer.encode_batch(&texts, context_length)?;
+            let logits = model.forward(
+                mm_data::pixels_tensor(pixels, image_size, &device),
+                mm_data::token_ids_tensor(&ids, context_length, &device),
+            );
+            let n = logits.dims()[0];
+            let classes = logits
+                .argmax(1)
+                .reshape([n])
+                .into_data()
+                .try_into_vec_as::<i64>()
+                .map_err(|e| anyhow::anyhow!("reading predictions: {e:?}"))?;
+            predicted.extend(classes.into_iter().map(|c| c as usize));
+        }
+        Ok((truth, predicted, skipped))
+    }
+}
