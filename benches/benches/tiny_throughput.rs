@@ -53,6 +53,7 @@ fn main() {
             local_loss: false,
             patch_dropout: 0.0,
             grad_checkpointing: false,
+            early_stop_patience: 0,
             checksum_every: 0,
             collective_timeout_s: 900,
         },

@@ -48,6 +48,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Render RUN_DIR/report.html: training curves, eval results, a retrieval gallery.
     Report(ReportArgs),
+    /// Class probabilities of (image, text) inputs from a fusion classifier's checkpoint.
+    Predict(crate::predict::PredictArgs),
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::ZeroShot(args)) => run_zero_shot(args),
+        Some(Command::Predict(args)) => crate::predict::run(args),
         Some(Command::ImportHf(args)) => {
             let ckpt = crate::hf::import(&args.dir, &args.out, &args.device.device()?)?;
             println!(
@@ -482,7 +485,11 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
 }
 
 /// One image file as a `[1, 3, size, size]` CLIP-normalised tensor.
-fn image_tensor(path: &Path, size: usize, device: &burn::tensor::Device) -> Result<Tensor<4>> {
+pub(crate) fn image_tensor(
+    path: &Path,
+    size: usize,
+    device: &burn::tensor::Device,
+) -> Result<Tensor<4>> {
     let mut pixels = vec![0.0; 3 * size * size];
     preprocess_into(&load_image(path)?, size, &mut pixels);
     Ok(pixels_tensor(pixels, size, device))

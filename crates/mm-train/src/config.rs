@@ -200,6 +200,10 @@ pub struct ScheduleConfig {
     /// all of them, for about a third more compute (`benches/README.md` has the numbers).
     #[serde(default)]
     pub grad_checkpointing: bool,
+    /// Stop once this many evaluations in a row have not improved the selected metric
+    /// (`eval.select`); the best checkpoint is kept. 0: never stop early.
+    #[serde(default)]
+    pub early_stop_patience: usize,
     /// Data-parallel runs: every this many steps the ranks compare checksums of their weights
     /// and stop with an error naming the first parameter that differs (0: never).
     #[serde(default = "default_checksum_every")]
@@ -404,6 +408,23 @@ impl TrainConfig {
         }
         if let Err((key, message)) = self.data.check() {
             return err(key, &message);
+        }
+        let t = &self.train;
+        if t.early_stop_patience > 0
+            && (t.eval_every == 0
+                || t.checkpoint_every == 0
+                || !t.eval_every.is_multiple_of(t.checkpoint_every))
+        {
+            return err(
+                "train.early_stop_patience",
+                "needs evaluations (eval_every > 0) that are also checkpoints (eval_every a multiple of checkpoint_every), so that the run can end at any of them",
+            );
+        }
+        if t.early_stop_patience > 0 && self.eval.suites_for(&self.data).is_empty() {
+            return err(
+                "train.early_stop_patience",
+                "needs an eval suite to watch ([[eval.suites]])",
+            );
         }
         let classify = self.objective == crate::task::Objective::Classify;
         match (&self.fusion, classify) {

@@ -19,6 +19,7 @@ pub mod mpi_comm;
 pub mod optim;
 pub mod param_path;
 pub mod precision;
+pub mod predict;
 pub mod replicas;
 pub mod report;
 pub mod run;

@@ -35,7 +35,10 @@ impl TrainReport {
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainReport {
+    /// The step the run ended at (`train.steps`, or where it stopped early).
     pub steps: usize,
+    /// Set when `train.early_stop_patience` ended the run before `train.steps`.
+    pub stopped_early: Option<usize>,
     /// Loss of every step this call ran, in order.
     pub losses: Vec<f32>,
     /// The last evaluation's metrics (`SUITE/METRIC`), in suite order; empty without suites.
@@ -391,6 +394,8 @@ fn run<M: Startable>(
         })
     };
     let mut best: Option<f64> = None;
+    // Evaluations since the selected metric last improved, and the step an early stop ended.
+    let (mut stale_evals, mut stopped_early) = (0usize, None);
 
     let start = Instant::now();
     let mut train_seconds = 0.0;
@@ -545,16 +550,36 @@ fn run<M: Startable>(
                     .with_context(|| format!("no metric {}", selection.metric))?;
                 if best.is_none_or(|b| selection.better(value, b)) {
                     best = Some(value);
+                    stale_evals = 0;
                     log.note(&format!(
                         "step {done}: best {} so far: {value:.4}",
                         selection.metric
                     ))?;
+                } else {
+                    stale_evals += 1;
                 }
             }
             let values: serde_json::Map<String, serde_json::Value> =
                 metrics.iter().map(|(n, v)| (n.clone(), json!(v))).collect();
             log.record(json!({"step": done, "eval": values}))?;
             last_eval = metrics;
+        }
+        // Early stopping: rank 0 decides at an evaluation (which is also a checkpoint, see
+        // the config check) and every rank follows at the same step.
+        let patience = config.train.early_stop_patience;
+        if patience > 0 && every(config.train.eval_every) && done < steps {
+            let mut stop = lead && stale_evals >= patience;
+            if world > 1 {
+                stop = learner.comm().all_gather(&[stop as u8 as f32])?[0] > 0.5;
+            }
+            if stop {
+                log.say(&format!(
+                    "step {done}: {patience} evaluations without a better {}; stopping early",
+                    selection.as_ref().map_or("metric", |s| s.metric.as_str())
+                ))?;
+                stopped_early = Some(done);
+                break;
+            }
         }
     }
     progress.finish_and_clear();
@@ -574,11 +599,13 @@ fn run<M: Startable>(
             dir
         }
     };
+    let last_step = stopped_early.unwrap_or(steps);
     let report = TrainReport {
-        steps,
+        steps: last_step,
+        stopped_early,
         losses,
         eval: last_eval,
-        samples_per_sec: ((steps - first_step) * global_batch) as f64 / train_seconds.max(1e-9),
+        samples_per_sec: ((last_step - first_step) * global_batch) as f64 / train_seconds.max(1e-9),
         wall_seconds,
         checkpoint,
     };
@@ -588,7 +615,7 @@ fn run<M: Startable>(
             .and_then(|s| Some((s, report.metric(&s.metric)?)))
             .map_or(String::new(), |(s, v)| format!("; {} {v:.4}", s.metric));
         log.say(&format!(
-            "done: {steps} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps){selected}; checkpoint {}",
+            "done: {last_step} steps in {wall_seconds:.0}s ({:.1} samples/s in train steps){selected}; checkpoint {}",
             report.samples_per_sec,
             report.checkpoint.display()
         ))?;

@@ -83,6 +83,55 @@ fn a_classifier_learns_and_its_checkpoint_holds_towers_and_head_apart() {
         ok,
         "the towers of a classifier checkpoint are a CLIP model: {stderr}{stdout}"
     );
+
+    // `predict`: each input's class probabilities, most likely first.
+    let image = dir.path().join("x.png");
+    let ckpt_s = ckpt.to_str().unwrap();
+    let image_s = image.to_str().unwrap();
+    let (ok, stdout, stderr) = common::mm_train(&[
+        "predict",
+        "--checkpoint",
+        ckpt_s,
+        "--text",
+        "a red circle",
+        "--top-k",
+        "48",
+        image_s,
+        image_s,
+    ]);
+    assert!(ok, "{stderr}");
+    let probs = common::printed_probabilities(&stdout);
+    assert_eq!(probs.len(), 96, "{stdout}");
+    let total: f64 = probs[..48].iter().sum();
+    assert!((total - 100.0).abs() < 0.1, "{total}: {stdout}");
+    assert!(probs[..48].windows(2).all(|w| w[0] >= w[1]));
+    assert!(stdout.contains("\"a red circle\""), "{stdout}");
+    // Texts must pair with the images; a CLIP checkpoint has no classes.
+    let (ok, _, stderr) = common::mm_train(&[
+        "predict",
+        "--checkpoint",
+        ckpt_s,
+        "--text",
+        "a",
+        "--text",
+        "b",
+        "--text",
+        "c",
+        image_s,
+        image_s,
+    ]);
+    assert!(!ok && stderr.contains("3 texts for 2 images"), "{stderr}");
+    let clip_run = dir.path().join("clip");
+    mm_train::train(&common::tiny_config(&clip_run, 1), false).unwrap();
+    let (ok, _, stderr) = common::mm_train(&[
+        "predict",
+        "--checkpoint",
+        clip_run.to_str().unwrap(),
+        "--text",
+        "a",
+        image_s,
+    ]);
+    assert!(!ok && stderr.contains("holds no classifier"), "{stderr}");
 }
 
 #[test]

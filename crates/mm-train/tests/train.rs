@@ -232,3 +232,37 @@ fn a_nan_loss_stops_the_step_and_leaves_the_model_untouched() {
     assert!(err.to_string().contains("step 1: the loss is NaN"), "{err}");
     assert_eq!(learner.model.logit_scale.val().into_data(), before);
 }
+
+/// `train.early_stop_patience`: a run whose selected metric stops improving ends at the
+/// evaluation that used up the patience, checkpointed there; configs that could not stop at
+/// a checkpoint are errors naming the key.
+#[test]
+fn early_stopping_ends_a_run_that_stopped_improving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(&dir.path().join("run"), 40);
+    config.optim.lr = 1e-12; // the metric cannot move: every evaluation after the first is stale
+    config.optim.warmup_steps = 0;
+    config.train.eval_every = 4;
+    config.train.checkpoint_every = 4;
+    config.train.early_stop_patience = 2;
+    config.validate("test").unwrap();
+    let report = mm_train::train(&config, false).unwrap();
+    assert_eq!(
+        report.stopped_early,
+        Some(12),
+        "best at 4, stale at 8 and 12"
+    );
+    assert_eq!(report.steps, 12);
+    assert_eq!(report.losses.len(), 12);
+    assert!(
+        report.checkpoint.ends_with("step-000012"),
+        "{}",
+        report.checkpoint.display()
+    );
+    let log = std::fs::read_to_string(dir.path().join("run/train.log")).unwrap();
+    assert!(log.contains("stopping early"), "{log}");
+
+    config.train.checkpoint_every = 3;
+    let err = config.validate("run.toml").unwrap_err().to_string();
+    assert!(err.contains("key `train.early_stop_patience`"), "{err}");
+}
