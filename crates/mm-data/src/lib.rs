@@ -27,6 +27,6 @@ pub use source::{
     Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, MAX_LABEL_BYTES, PairSource,
     SampleError, SampleErrorKind, SkipCounts, caption_from_bytes,
 };
-pub use stream::{DataConfig, DataStream, Paths, ShuffleBuffer, SourceKind};
+pub use stream::{DataConfig, DataStream, Fold, Paths, ShuffleBuffer, SourceKind};
 pub use tokenizer::ClipTokenizer;
 pub use webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};

@@ -126,6 +126,68 @@ pub struct DataConfig {
     /// config file.
     #[serde(skip)]
     pub labels: Labels,
+    /// One fold of a k-fold split (`mm-train cv` writes it): train on the other folds' samples,
+    /// or (`held_out`) read only this fold's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<Fold>,
+}
+
+/// Fold `index` of `of` folds. A sample's fold is a hash of where it comes from (its file,
+/// row or shard key), so folds are disjoint, cover the data, and do not move between epochs
+/// or when shard order is shuffled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fold {
+    pub index: usize,
+    pub of: usize,
+    /// Read this fold only (evaluation) instead of every other fold (training).
+    #[serde(default)]
+    pub held_out: bool,
+}
+
+impl Fold {
+    /// The fold a sample from `location` belongs to.
+    pub fn of_location(location: &str, folds: usize) -> usize {
+        // FNV-1a, then a mixer: stable across runs and platforms.
+        let hash = location.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        (mix(hash, 0x464f_4c44) % folds as u64) as usize
+    }
+
+    /// Whether a sample from `location` is read.
+    pub fn keeps(&self, location: &str) -> bool {
+        (Self::of_location(location, self.of) == self.index) == self.held_out
+    }
+}
+
+/// The samples of a source in `fold`'s part (skipped samples' reports pass through).
+struct FoldFilter {
+    inner: Box<dyn PairSource>,
+    fold: Fold,
+}
+
+impl Iterator for FoldFilter {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            match self.inner.next()? {
+                Ok(pair) if !self.fold.keeps(&pair.location) => continue,
+                item => return Some(item),
+            }
+        }
+    }
+}
+
+impl PairSource for FoldFilter {
+    fn describe(&self) -> String {
+        let part = match self.fold.held_out {
+            true => format!("fold {} of {}", self.fold.index + 1, self.fold.of),
+            false => format!("all but fold {} of {}", self.fold.index + 1, self.fold.of),
+        };
+        format!("{} ({part})", self.inner.describe())
+    }
 }
 
 /// CSV column of class labels when none is named.
@@ -181,6 +243,7 @@ impl Default for DataConfig {
             world_size: 1,
             captions: Captions::Required,
             labels: Labels::Ignored,
+            fold: None,
         }
     }
 }
@@ -198,6 +261,23 @@ impl DataConfig {
             // Counted before anything is read: a typo'd range is a config error, not an OOM.
             for pattern in self.path.iter().flat_map(Paths::to_vec) {
                 expand_braces(&pattern).map_err(|e| ("data.path", e))?;
+            }
+        }
+        if let Some(fold) = self.fold {
+            if fold.of < 2 || fold.index >= fold.of {
+                return Err((
+                    "data.fold",
+                    format!(
+                        "fold index {} of {} (need 0 <= index < of, of >= 2)",
+                        fold.index, fold.of
+                    ),
+                ));
+            }
+            if self.source == SourceKind::Shapes {
+                return Err((
+                    "data.fold",
+                    "the built-in data is endless: folds split a dataset of files".into(),
+                ));
             }
         }
         let csv_path = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
@@ -289,6 +369,13 @@ impl DataConfig {
     ) -> Result<Box<dyn PairSource>, DataError> {
         let paths = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
         let share = |source: Box<dyn PairSource>| -> Box<dyn PairSource> {
+            let source: Box<dyn PairSource> = match self.fold {
+                Some(fold) => Box::new(FoldFilter {
+                    inner: source,
+                    fold,
+                }),
+                None => source,
+            };
             match self.world_size {
                 0 | 1 => source,
                 world => Box::new(RankShare::new(source, self.rank, world)),
@@ -312,11 +399,19 @@ impl DataConfig {
                     )));
                 }
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-                Box::new(TarSource::reading(
+                let source = Box::new(TarSource::reading(
                     shards,
                     self.image_limits(),
                     (self.captions, self.labels),
-                ))
+                ));
+                // Whole shards per rank already; only a fold filter applies.
+                match self.fold {
+                    Some(fold) => Box::new(FoldFilter {
+                        inner: source,
+                        fold,
+                    }),
+                    None => source,
+                }
             }
             SourceKind::Csv => {
                 let path = PathBuf::from(&paths[0]);

@@ -821,3 +821,82 @@ fn the_built_in_tasks_stream_labelled_pairs() {
         }
     }
 }
+
+#[test]
+fn k_fold_parts_are_disjoint_and_cover_the_data() {
+    use mm_data::Fold;
+    let locations: Vec<String> = (0..3000).map(|i| format!("rows.csv row {i}")).collect();
+    let folds = 5;
+    let mut sizes = vec![0usize; folds];
+    for location in &locations {
+        let held_out: Vec<usize> = (0..folds)
+            .filter(|&index| {
+                Fold {
+                    index,
+                    of: folds,
+                    held_out: true,
+                }
+                .keeps(location)
+            })
+            .collect();
+        assert_eq!(held_out.len(), 1, "{location} is held out by {held_out:?}");
+        sizes[held_out[0]] += 1;
+        for index in 0..folds {
+            let trains = Fold {
+                index,
+                of: folds,
+                held_out: false,
+            }
+            .keeps(location);
+            assert_eq!(trains, index != held_out[0], "{location}, fold {index}");
+        }
+    }
+    // Balanced to within a few percent.
+    assert!(sizes.iter().all(|&n| (540..660).contains(&n)), "{sizes:?}");
+
+    // Through a source: the held-out parts of a CSV partition its rows.
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path(), &["a.png"]);
+    let csv = dir.path().join("rows.csv");
+    let mut rows = String::from("filepath,title\n");
+    for i in 0..60 {
+        rows += &format!("a.png,caption {i}\n");
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let config = |fold| DataConfig {
+        source: SourceKind::Csv,
+        path: Some(Paths::One(csv.display().to_string())),
+        fold,
+        ..DataConfig::default()
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for index in 0..3 {
+        let part = Some(Fold {
+            index,
+            of: 3,
+            held_out: true,
+        });
+        let (good, _) = drain(config(part).open_epoch(0, 0, 16).unwrap());
+        let (rest, _) = drain(
+            config(Some(Fold {
+                index,
+                of: 3,
+                held_out: false,
+            }))
+            .open_epoch(0, 0, 16)
+            .unwrap(),
+        );
+        assert_eq!(good.len() + rest.len(), 60);
+        assert!(good.iter().all(|c| !rest.contains(c)));
+        seen.extend(good);
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 60);
+    let bad = config(Some(Fold {
+        index: 3,
+        of: 3,
+        held_out: true,
+    }));
+    assert_eq!(bad.check().unwrap_err().0, "data.fold");
+}

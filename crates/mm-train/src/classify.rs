@@ -355,20 +355,24 @@ pub fn builtin_task(config: &TrainConfig) -> Option<ShapesTask> {
     (config.data.source == SourceKind::Shapes).then_some(config.data.shapes_task)
 }
 
-/// A labelled (image, text) set a classifier is measured on: images, texts, class indices.
+/// A labelled (image, text) set a classifier is measured on.
 pub struct LabelledPairs {
     pub images: Vec<ImageInput>,
     pub texts: Vec<String>,
-    pub labels: Vec<usize>,
-    pub class_names: Vec<String>,
+    /// Each pair's label as the data names it.
+    pub labels: Vec<String>,
     /// What the set is, for logs.
     pub name: String,
 }
+
+/// Encoded image bytes a labelled set may hold in memory for a whole run.
+const MAX_SET_BYTES: u64 = 1 << 30;
 
 impl LabelledPairs {
     /// The first `n` samples of the built-in task's held-out split.
     pub fn builtin(task: ShapesTask, seed: u64, image_size: usize, n: usize) -> Self {
         let dataset = mm_data::ShapesDataset::new(seed, image_size as u32);
+        let names = task.class_names();
         let (mut images, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n as u64 {
             let sample = task.sample(&dataset, mm_data::Split::HeldOut, i);
@@ -376,19 +380,64 @@ impl LabelledPairs {
                 sample.image,
             )));
             texts.push(sample.text);
-            labels.push(sample.label);
+            labels.push(names[sample.label].clone());
         }
         Self {
             images,
             texts,
             labels,
-            class_names: task.class_names(),
             name: format!("built-in {task:?} task, held-out split, {n} pairs").to_lowercase(),
         }
     }
 
-    /// The classifier's predicted class of every pair; pairs whose image cannot be read are
-    /// left out of both lists (their count is returned).
+    /// The first `n` labelled pairs of `data` (read in order, unshuffled; unusable samples are
+    /// counted in the name).
+    pub fn from_source(data: &mm_data::DataConfig, n: usize) -> Result<Self> {
+        let mut data = data.clone();
+        data.labels = Labels::Required;
+        data.shuffle_buffer = 0;
+        let source = data.open_epoch(0, 0, 1)?;
+        let name = source.describe();
+        let (mut images, mut texts, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut skipped, mut held) = (0, 0u64);
+        for item in source {
+            let Ok(pair) = item else {
+                skipped += 1;
+                continue;
+            };
+            if let ImageInput::Encoded(bytes) = &pair.image {
+                held += bytes.len() as u64;
+                if held > MAX_SET_BYTES {
+                    bail!(
+                        "{name}: the first {} pairs hold more than {} MiB of encoded images, kept in memory for the whole run; use fewer samples",
+                        images.len() + 1,
+                        MAX_SET_BYTES >> 20
+                    );
+                }
+            }
+            images.push(pair.image);
+            texts.push(pair.caption);
+            labels.push(pair.label.unwrap_or_default());
+            if images.len() == n {
+                break;
+            }
+        }
+        if images.is_empty() {
+            bail!("{name}: no usable labelled pairs");
+        }
+        Ok(Self {
+            name: format!(
+                "{name}: {} labelled pairs ({skipped} skipped)",
+                images.len()
+            ),
+            images,
+            texts,
+            labels,
+        })
+    }
+
+    /// The classifier's predicted class and the true class of every pair whose image reads
+    /// and whose label is one of the classifier's classes, and how many were left out.
     pub fn predict(
         &self,
         model: &FusionClassifier,
@@ -398,19 +447,24 @@ impl LabelledPairs {
     ) -> Result<(Vec<usize>, Vec<usize>, usize)> {
         const BATCH: usize = 64;
         let device = model.clip.logit_scale.val().device();
+        let classes = &model.fusion.config.class_names;
         let plane = 3 * image_size * image_size;
         let (mut truth, mut predicted, mut skipped) = (Vec::new(), Vec::new(), 0);
         for (chunk, start) in self.images.chunks(BATCH).zip((0..).step_by(BATCH)) {
             let (mut pixels, mut texts) = (Vec::new(), Vec::new());
             for (offset, input) in chunk.iter().enumerate() {
                 let index = start + offset;
+                let Some(class) = classes.iter().position(|c| *c == self.labels[index]) else {
+                    skipped += 1;
+                    continue;
+                };
                 match mm_data::decode_input(input, &format!("pair {index}"), Default::default()) {
                     Ok(image) => {
                         let at = pixels.len();
                         pixels.resize(at + plane, 0.0);
                         mm_data::preprocess_into(&image, image_size, &mut pixels[at..]);
                         texts.push(self.texts[index].clone());
-                        truth.push(self.labels[index]);
+                        truth.push(class);
                     }
                     Err(_) => skipped += 1,
                 }

@@ -50,6 +50,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Class probabilities of (image, text) inputs from a fusion classifier's checkpoint.
     Predict(crate::predict::PredictArgs),
+    /// k-fold cross-validation of a classify config: a run per fold, mean ± std of its metrics.
+    Cv(crate::cv::CvArgs),
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +206,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::ZeroShot(args)) => run_zero_shot(args),
         Some(Command::Predict(args)) => crate::predict::run(args),
+        Some(Command::Cv(args)) => crate::cv::run(args).map(|_| ()),
         Some(Command::ImportHf(args)) => {
             let ckpt = crate::hf::import(&args.dir, &args.out, &args.device.device()?)?;
             println!(

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod cv;
 pub mod data_check;
 pub mod device;
 pub mod embed;

@@ -87,9 +87,13 @@ pub enum SuiteConfig {
 pub struct TaskSuite {
     #[serde(default = "task_name")]
     pub name: String,
-    /// Held-out pairs (default: `eval.heldout_samples`).
+    /// Held-out pairs (default: `eval.heldout_samples`; for `data`, at most 100,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<usize>,
+    /// Labelled pairs read as `[data]` reads them (its `source`, `path`, `csv_*` keys, and
+    /// `fold` for a held-out fold); default: the built-in task's held-out split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataConfig>,
 }
 
 fn task_name() -> String {
@@ -259,6 +263,7 @@ impl EvalConfig {
             (true, SourceKind::Shapes, _) => vec![SuiteConfig::Task(TaskSuite {
                 name: task_name(),
                 samples: None,
+                data: None,
             })],
             (true, _, _) => Vec::new(),
         }
@@ -282,7 +287,9 @@ impl EvalConfig {
             .iter()
             .map(|s| match s {
                 SuiteConfig::Shapes(s) => s.samples.unwrap_or(self.heldout_samples),
-                SuiteConfig::Task(s) => s.samples.unwrap_or(self.heldout_samples),
+                SuiteConfig::Task(s) if s.data.is_none() => {
+                    s.samples.unwrap_or(self.heldout_samples)
+                }
                 _ => 0,
             })
             .sum()
@@ -340,14 +347,19 @@ impl EvalConfig {
             }
             match suite {
                 SuiteConfig::Shapes(_) => {}
-                SuiteConfig::Task(_) => {
-                    if data.source != SourceKind::Shapes || data.shapes_task == ShapesTask::Pairs {
-                        return err(
-                            key("kind"),
-                            "a task suite measures the built-in classification tasks (data.shapes_task = \"matching\" or \"question\")".into(),
-                        );
+                SuiteConfig::Task(s) => match &s.data {
+                    Some(suite_data) => suite_data.check().map_err(|(k, m)| (key(k), m))?,
+                    None => {
+                        if data.source != SourceKind::Shapes
+                            || data.shapes_task == ShapesTask::Pairs
+                        {
+                            return err(
+                                key("data"),
+                                "a task suite without `data` measures the built-in classification tasks (data.shapes_task = \"matching\" or \"question\")".into(),
+                            );
+                        }
                     }
-                }
+                },
                 SuiteConfig::ZeroShot(s) => {
                     if let Some(templates) = &s.templates {
                         check_templates(&key("templates"), templates)?;
@@ -525,20 +537,27 @@ impl Suite {
                 (pairs.name.clone(), SuiteData::Pairs(pairs))
             }
             SuiteConfig::Task(s) => {
-                if inputs.data.source != SourceKind::Shapes
-                    || inputs.data.shapes_task == ShapesTask::Pairs
-                {
-                    bail!(
-                        "a task suite measures the built-in classification tasks: train on data.shapes_task = \"matching\" or \"question\""
-                    );
-                }
-                let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
-                let set = LabelledPairs::builtin(
-                    inputs.data.shapes_task,
-                    inputs.seed,
-                    inputs.image_size,
-                    n.min(MAX_SUITE_SAMPLES),
-                );
+                let set = match &s.data {
+                    Some(data) => {
+                        LabelledPairs::from_source(data, s.samples.unwrap_or(MAX_SUITE_SAMPLES))?
+                    }
+                    None => {
+                        if inputs.data.source != SourceKind::Shapes
+                            || inputs.data.shapes_task == ShapesTask::Pairs
+                        {
+                            bail!(
+                                "a task suite without `data` measures the built-in classification tasks: train on data.shapes_task = \"matching\" or \"question\", or give the suite labelled data"
+                            );
+                        }
+                        let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
+                        LabelledPairs::builtin(
+                            inputs.data.shapes_task,
+                            inputs.seed,
+                            inputs.image_size,
+                            n.min(MAX_SUITE_SAMPLES),
+                        )
+                    }
+                };
                 (set.name.clone(), SuiteData::Task(set))
             }
         };
@@ -638,7 +657,8 @@ impl Suite {
                     )
                 })?;
                 let (truth, predicted, skipped) = set.predict(classifier, tokenizer, ctx, size)?;
-                let scores = ClassMetrics::new(&truth, &predicted, set.class_names.len());
+                let classes = classifier.fusion.config.class_names.len();
+                let scores = ClassMetrics::new(&truth, &predicted, classes);
                 put("accuracy", scores.accuracy);
                 put("macro_f1", scores.macro_f1);
                 format!(
@@ -647,8 +667,11 @@ impl Suite {
                     100.0 * scores.accuracy,
                     scores.macro_f1,
                     truth.len(),
-                    set.class_names.len(),
-                    skipped_note(skipped)
+                    classes,
+                    match skipped {
+                        0 => String::new(),
+                        n => format!(" ({n} unreadable or of other classes skipped)"),
+                    }
                 )
             }
         };

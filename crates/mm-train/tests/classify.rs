@@ -265,3 +265,66 @@ fn bad_label_setups_are_clear_errors() {
     .to_string();
     assert!(err.contains("key `data.shapes_task`"), "{err}");
 }
+
+#[test]
+fn cross_validation_trains_a_run_per_fold_and_reports_mean_and_std() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("img")).unwrap();
+    let mut rows = String::from("filepath,title,label\n");
+    for i in 0..30 {
+        let image = dir.path().join(format!("img/{i}.png"));
+        common::save_shape(&image, 20);
+        rows += &format!("img/{i}.png,text {i},{}\n", ["cat", "dog"][i % 2]);
+    }
+    std::fs::write(dir.path().join("rows.csv"), rows).unwrap();
+    let data = format!(
+        "source = \"csv\"\npath = \"{}\"",
+        dir.path().join("rows.csv").display()
+    );
+    let config = dir.path().join("cv.toml");
+    let root = dir.path().join("cv");
+    std::fs::write(&config, classify_toml(&root, 2, &data, "head_hidden = 8")).unwrap();
+    let (ok, stdout, stderr) =
+        common::mm_train(&["cv", "--config", config.to_str().unwrap(), "--folds", "3"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("3-fold cross-validation (2 classes)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fold/accuracy:") && stdout.contains("±"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("cv.json")).unwrap()).unwrap();
+    let folds = report["metrics"]["fold/accuracy"]["folds"]
+        .as_array()
+        .unwrap();
+    assert_eq!(folds.len(), 3);
+    for k in 1..=3 {
+        assert!(root.join(format!("fold-{k}/checkpoints/latest")).is_file());
+    }
+    // Every fold was measured on its own rows: together they are all 30.
+    let logs: String = (1..=3)
+        .map(|k| std::fs::read_to_string(root.join(format!("fold-{k}/train.log"))).unwrap())
+        .collect();
+    let measured: usize = logs
+        .lines()
+        .filter(|l| l.contains("eval suite fold:"))
+        .map(|l| {
+            let n = l.split(": ").nth(2).unwrap().split(' ').next().unwrap();
+            n.parse::<usize>().unwrap()
+        })
+        .sum();
+    assert_eq!(measured, 30, "{logs}");
+
+    // The built-in data cannot be split.
+    std::fs::write(
+        &config,
+        classify_toml(&root, 2, "shapes_task = \"matching\"", ""),
+    )
+    .unwrap();
+    let (ok, _, stderr) =
+        common::mm_train(&["cv", "--config", config.to_str().unwrap(), "--folds", "3"]);
+    assert!(!ok && stderr.contains("endless"), "{stderr}");
+}
