@@ -72,6 +72,105 @@ fn chart(title: &str, points: &[(f64, f64)], color: &RGBColor) -> Result<String>
     Ok(svg)
 }
 
+/// A confusion matrix as an SVG heat map: rows the true class, columns the predicted one,
+/// shaded by the share of the row, with the counts written in.
+fn confusion_svg(names: &[String], confusion: &[Vec<usize>]) -> Result<String> {
+    let n = names.len();
+    let cell = (480 / n.max(1)).clamp(12, 48) as i32;
+    let label = 110;
+    let side = label + cell * n as i32 + 10;
+    let mut svg = String::new();
+    {
+        let root =
+            SVGBackend::with_string(&mut svg, (side as u32, side as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let font = ("sans-serif", (cell / 3).clamp(8, 13)).into_font();
+        for (t, row) in confusion.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            for (p, &count) in row.iter().enumerate() {
+                let share = count as f64 / total;
+                let (x, y) = (label + cell * p as i32, label + cell * t as i32);
+                let shade = (255.0 * (1.0 - share)) as u8;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    RGBColor(shade, shade, 255).filled(),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if count > 0 {
+                    let color = if share > 0.5 { &WHITE } else { &BLACK };
+                    root.draw(&Text::new(
+                        count.to_string(),
+                        (x + 3, y + cell / 3),
+                        font.clone().color(color),
+                    ))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+            }
+            root.draw(&Text::new(
+                names[t].clone(),
+                (4, label + cell * t as i32 + cell / 3),
+                font.clone(),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        for (p, name) in names.iter().enumerate() {
+            root.draw(&Text::new(
+                name.clone(),
+                (label + cell * p as i32 + cell / 3, label - 4),
+                font.clone().transform(FontTransform::Rotate270),
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
+}
+
+/// For a classifier's run: each task suite's accuracy, macro-F1, per-class F1 and confusion
+/// matrix at the latest checkpoint.
+fn classifier_section(
+    ckpt: &crate::Checkpoint,
+    classifier: &mm_encoders::FusionClassifier,
+    suites: &[Suite],
+) -> Result<String> {
+    let mut html = String::new();
+    let names = &classifier.fusion.config.class_names;
+    for suite in suites {
+        let Some(set) = suite.labelled_pairs() else {
+            continue;
+        };
+        let (truth, predicted, skipped) = set.predict(
+            classifier,
+            &ckpt.tokenizer,
+            ckpt.model_config.text.context_length,
+            ckpt.model_config.vision.image_size,
+        )?;
+        let scores = crate::classify::ClassMetrics::new(&truth, &predicted, names.len());
+        let _ = write!(
+            html,
+            "<h2>Classifier: suite <code>{}</code></h2><p>{}: accuracy {:.1}%, macro-F1 {:.3} on {} pairs ({skipped} skipped). Rows: true class; columns: predicted.</p>",
+            escape(&suite.name),
+            escape(&set.name),
+            100.0 * scores.accuracy,
+            scores.macro_f1,
+            truth.len()
+        );
+        html += &confusion_svg(names, &scores.confusion)?;
+        html += "<table><tr><th>class</th><th>F1</th><th>pairs</th></tr>";
+        for (c, name) in names.iter().enumerate() {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+                escape(name),
+                scores.per_class_f1[c],
+                scores.confusion[c].iter().sum::<usize>()
+            );
+        }
+        html += "</table>";
+    }
+    Ok(html)
+}
+
 /// Thumbnails fit a square of this many pixels.
 const THUMBNAIL: u32 = 96;
 
@@ -306,6 +405,7 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         ("loss", "loss", BLUE),
         ("lr", "learning rate", RED),
         ("logit_scale", "logit scale (log of 1/temperature)", MAGENTA),
+        ("alpha", "fusion weight α of the image side", GREEN),
         ("grad_norm", "gradient norm", CYAN),
         ("samples_per_sec", "samples/s", BLACK),
     ] {
@@ -316,6 +416,9 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
     }
     html += "</div>";
     html += &suites_section(&records, &configs, &suites, selected.as_deref())?;
+    if let Some(classifier) = crate::classify::load_fusion(&ckpt.dir, ckpt.model.clone(), device)? {
+        html += &classifier_section(&ckpt, &classifier, &suites)?;
+    }
 
     for note in &skipped {
         let _ = write!(html, "<p><em>{}</em></p>", escape(note));

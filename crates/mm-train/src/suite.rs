@@ -681,6 +681,14 @@ impl Suite {
         Ok(Measurement { metrics, summary })
     }
 
+    /// The labelled pairs a task suite measures a classifier on.
+    pub fn labelled_pairs(&self) -> Option<&LabelledPairs> {
+        match &self.data {
+            SuiteData::Task(set) => Some(set),
+            _ => None,
+        }
+    }
+
     /// Up to `n` image-caption pairs of the suite (images decoded), for the report's gallery.
     pub fn gallery_pairs(&self, n: usize) -> Vec<(mm_data::ImageInput, String)> {
         match &self.data {

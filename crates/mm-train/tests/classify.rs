@@ -170,6 +170,15 @@ fn the_matching_task_is_measured_by_accuracy_and_macro_f1() {
     let accuracy = report.metric("task/accuracy").unwrap();
     let f1 = report.metric("task/macro_f1").unwrap();
     assert!((0.0..=1.0).contains(&accuracy) && (0.0..=1.0).contains(&f1));
+
+    // The report shows the classifier's confusion matrix on the suite, its classes named.
+    let run = dir.path().join("run");
+    let (ok, _, stderr) = common::mm_train(&["report", run.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    let section = &html[html.find("<h2>Classifier: suite").expect("classifier section")..];
+    assert!(section.contains("<svg") && section.contains(">\nno\n</text>"), "{section}");
+    assert!(section.contains("<td>yes</td>"), "{section}");
 }
 
 #[test]
