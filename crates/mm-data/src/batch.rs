@@ -56,6 +56,18 @@ impl ClipBatch {
     }
 }
 
+/// One image file, CLIP-preprocessed, as a `[1, 3, size, size]` tensor (what a command that
+/// takes image paths feeds a model).
+pub fn image_file_tensor(
+    path: &std::path::Path,
+    image_size: usize,
+    device: &Device,
+) -> Result<Tensor<4>, crate::DataError> {
+    let mut pixels = vec![0.0; 3 * image_size * image_size];
+    crate::preprocess_into(&crate::load_image(path)?, image_size, &mut pixels);
+    Ok(pixels_tensor(pixels, image_size, device))
+}
+
 /// Row-major CHW images (`n * 3 * size * size` floats) as a `[n, 3, size, size]` tensor.
 pub fn pixels_tensor(pixels: Vec<f32>, image_size: usize, device: &Device) -> Tensor<4> {
     let n = pixels.len() / (3 * image_size * image_size);

@@ -14,7 +14,9 @@ pub mod stream;
 pub mod tokenizer;
 pub mod webdataset;
 
-pub use batch::{Batcher, ClipBatch, Prefetcher, ScanReport, pixels_tensor, token_ids_tensor};
+pub use batch::{
+    Batcher, ClipBatch, Prefetcher, ScanReport, image_file_tensor, pixels_tensor, token_ids_tensor,
+};
 pub use error::DataError;
 pub use files::{CsvColumns, CsvSource, FolderSource, csv_separator};
 pub use preprocess::{

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use mm_data::ClipTokenizer;
-use mm_encoders::{ClipConfig, ClipModel, from_toml_str};
+use mm_encoders::{ClipConfig, ClipModel, FusionClassifier, FusionConfig, from_toml_str};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
@@ -36,6 +36,12 @@ const LATEST: &str = "latest";
 pub const OPTIMIZER_FILE: &str = "optimizer.bpk";
 /// Each parameter's burn id by module path, which the optimiser record is keyed by.
 pub const PARAM_IDS_FILE: &str = "param_ids.json";
+
+/// The classifier's own weights in a checkpoint (the towers stay in `model.safetensors`, so
+/// every CLIP command still reads it).
+pub const FUSION_FILE: &str = "fusion.safetensors";
+/// The classifier's shape and class names.
+pub const FUSION_CONFIG_FILE: &str = "fusion.toml";
 
 /// What a checkpoint records beside the weights.
 #[derive(Default, Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,7 +145,7 @@ impl<M: Trainee> CheckpointParts<'_, M> {
             .save_into(&mut store)
             .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", model_path.display()))?;
         if let Some(classifier) = self.model.classifier() {
-            crate::classify::save_fusion(classifier, dir)?;
+            save_fusion(classifier, dir)?;
         }
         write_synced(
             &dir.join(MODEL_CONFIG_FILE),
@@ -477,6 +483,56 @@ pub fn set_aside_diverged(
         None => {}
     }
     Ok((moved, good))
+}
+
+/// Writes the classifier's own weights and config into checkpoint directory `dir`.
+pub fn save_fusion(model: &FusionClassifier, dir: &Path) -> Result<()> {
+    let path = dir.join(FUSION_FILE);
+    let mut store = SafetensorsStore::from_file(&path).metadata("format", "mm-fusion");
+    model
+        .fusion
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", path.display()))?;
+    write_file_atomically(
+        &dir.join(FUSION_CONFIG_FILE),
+        toml::to_string(&model.fusion.config)?.as_bytes(),
+    )
+}
+
+/// The classifier of checkpoint directory `dir` on its towers `clip`; `None` when `dir` holds
+/// no classifier.
+pub fn load_fusion(
+    dir: &Path,
+    clip: ClipModel,
+    device: &Device,
+) -> Result<Option<FusionClassifier>> {
+    let config_path = dir.join(FUSION_CONFIG_FILE);
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let text = mm_data::regular_file::read_text(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config: FusionConfig = from_toml_str(&text, &config_path.display().to_string())?;
+    let embed_dim = clip.visual_projection.weight.dims()[1];
+    config
+        .check(embed_dim)
+        .map_err(|(key, why)| anyhow::anyhow!("{}: `{key}`: {why}", config_path.display()))?;
+    let mut model = config.init(clip, device);
+    let path = dir.join(FUSION_FILE);
+    mm_data::regular_file::open_regular(&path).with_context(|| format!("{}", path.display()))?;
+    let mut store = SafetensorsStore::from_file(&path);
+    let result = model
+        .fusion
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if let Some((name, reason)) = result.missing.first() {
+        bail!("{}: missing tensor `{name}` ({reason})", path.display());
+    }
+    if let Some(error) = result.errors.first() {
+        bail!("{}: {error}", path.display());
+    }
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
+    Ok(Some(model))
 }
 
 /// Loads an HF CLIP directory: config, weights, tokenizer, and a check that its image processor

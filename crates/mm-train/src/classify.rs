@@ -1,163 +1,16 @@
 //! `objective = "classify"`: a [`FusionClassifier`] trained with cross-entropy on labelled
-//! (image, text) pairs, and what goes with it: its class list, its checkpoint files beside the
-//! towers', and the accuracy / macro-F1 a held-out set measures.
+//! (image, text) pairs, and the accuracy / macro-F1 a held-out set measures. (Its class list
+//! and construction are [`crate::start`]'s; its checkpoint files [`crate::checkpoint`]'s.)
 
-use std::collections::BTreeSet;
-use std::path::Path;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use mm_contrastive::dist::{CommError, Communicator};
-use mm_data::{
-    ClipBatch, ImageInput, Labels, SampleError, SampleErrorKind, ShapesTask, SourceKind,
-};
-use mm_encoders::{ClipModel, FusionClassifier, FusionConfig, FusionOperator, from_toml_str};
+use mm_data::{ClipBatch, ImageInput, Labels, SampleError, SampleErrorKind, ShapesTask};
+use mm_encoders::{ClipModel, FusionClassifier, FusionOperator};
 
-use crate::config::{FusionTable, TrainConfig};
 use crate::task::{Objective, StepOptions, Trainee};
-
-/// Classes a classifier may have (a label set, not a vocabulary).
-pub const MAX_CLASSES: usize = 10_000;
-/// The classifier's own weights in a checkpoint (the towers stay in `model.safetensors`, so
-/// every CLIP command still reads it).
-pub const FUSION_FILE: &str = "fusion.safetensors";
-/// The classifier's shape and class names.
-pub const FUSION_CONFIG_FILE: &str = "fusion.toml";
-
-/// Why a class list cannot be used, if it cannot.
-pub fn check_classes(classes: &[String]) -> Result<(), String> {
-    if classes.len() > MAX_CLASSES {
-        return Err(format!("{} classes (at most {MAX_CLASSES})", classes.len()));
-    }
-    let mut seen = BTreeSet::new();
-    for class in classes {
-        if class.trim().is_empty() {
-            return Err("an empty class name".into());
-        }
-        if !seen.insert(class) {
-            return Err(format!("`{class}` is listed twice"));
-        }
-    }
-    Ok(())
-}
-
-/// The run's classes, in output order: `[fusion] classes`, `classes_file` (one per line), the
-/// built-in task's, or every label of one pass over the training data (sorted). Fewer than two
-/// is an error.
-pub fn class_names(config: &TrainConfig) -> Result<Vec<String>> {
-    let fusion = config.fusion.clone().unwrap_or_default();
-    let classes = if !fusion.classes.is_empty() {
-        fusion.classes
-    } else if let Some(path) = &fusion.classes_file {
-        let text = mm_data::regular_file::read_text(path)
-            .with_context(|| format!("fusion.classes_file = {}", path.display()))?;
-        text.lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect()
-    } else if config.data.source == SourceKind::Shapes {
-        config.data.shapes_task.class_names()
-    } else {
-        labels_in(config)?
-    };
-    check_classes(&classes).map_err(|e| anyhow::anyhow!("the classes: {e}"))?;
-    if classes.len() < 2 {
-        bail!(
-            "the data has {} class{} ({classes:?}): a classifier needs at least 2",
-            classes.len(),
-            if classes.len() == 1 { "" } else { "es" }
-        );
-    }
-    Ok(classes)
-}
-
-/// Every label of one pass over the training data, sorted (images are not decoded).
-fn labels_in(config: &TrainConfig) -> Result<Vec<String>> {
-    let mut data = config.data.clone();
-    data.labels = Labels::Required;
-    let source = data
-        .open_epoch(config.seed, 0, 1)
-        .context("key `data.path`")?;
-    let mut labels = BTreeSet::new();
-    for label in source.flatten().filter_map(|pair| pair.label) {
-        labels.insert(label);
-        if labels.len() > MAX_CLASSES {
-            bail!(
-                "the training data has more than {MAX_CLASSES} distinct labels: is data.csv_label_key the label column?"
-            );
-        }
-    }
-    Ok(labels.into_iter().collect())
-}
-
-/// The classifier of `fusion` with `classes` on `clip` (towers of a checkpoint or fresh).
-pub fn classifier(
-    fusion: &FusionTable,
-    classes: &[String],
-    clip: ClipModel,
-    device: &Device,
-) -> Result<FusionClassifier> {
-    let config = fusion.classifier(classes);
-    let embed_dim = clip.visual_projection.weight.dims()[1];
-    config
-        .check(embed_dim)
-        .map_err(|(key, why)| anyhow::anyhow!("key `fusion.{key}`: {why}"))?;
-    Ok(config.init(clip, device))
-}
-
-/// Writes the classifier's own weights and config into checkpoint directory `dir`.
-pub fn save_fusion(model: &FusionClassifier, dir: &Path) -> Result<()> {
-    let path = dir.join(FUSION_FILE);
-    let mut store = SafetensorsStore::from_file(&path).metadata("format", "mm-fusion");
-    model
-        .fusion
-        .save_into(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", path.display()))?;
-    crate::checkpoint::write_file_atomically(
-        &dir.join(FUSION_CONFIG_FILE),
-        toml::to_string(&model.fusion.config)?.as_bytes(),
-    )
-}
-
-/// The classifier of checkpoint directory `dir` on its towers `clip`; `None` when `dir` holds
-/// no classifier.
-pub fn load_fusion(
-    dir: &Path,
-    clip: ClipModel,
-    device: &Device,
-) -> Result<Option<FusionClassifier>> {
-    let config_path = dir.join(FUSION_CONFIG_FILE);
-    if !config_path.exists() {
-        return Ok(None);
-    }
-    let text = mm_data::regular_file::read_text(&config_path)
-        .with_context(|| format!("reading {}", config_path.display()))?;
-    let config: FusionConfig = from_toml_str(&text, &config_path.display().to_string())?;
-    let embed_dim = clip.visual_projection.weight.dims()[1];
-    config
-        .check(embed_dim)
-        .map_err(|(key, why)| anyhow::anyhow!("{}: `{key}`: {why}", config_path.display()))?;
-    let mut model = config.init(clip, device);
-    let path = dir.join(FUSION_FILE);
-    mm_data::regular_file::open_regular(&path).with_context(|| format!("{}", path.display()))?;
-    let mut store = SafetensorsStore::from_file(&path);
-    let result = model
-        .fusion
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if let Some((name, reason)) = result.missing.first() {
-        bail!("{}: missing tensor `{name}` ({reason})", path.display());
-    }
-    if let Some(error) = result.errors.first() {
-        bail!("{}: {error}", path.display());
-    }
-    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
-    Ok(Some(model))
-}
 
 /// Each row's class index among `classes` (`None`: no label, or one not in the list).
 fn class_indices(batch: &ClipBatch, classes: &[String]) -> Vec<Option<usize>> {
@@ -348,11 +201,6 @@ impl ClassMetrics {
             confusion,
         }
     }
-}
-
-/// The classes of the built-in task a config trains on, if it does.
-pub fn builtin_task(config: &TrainConfig) -> Option<ShapesTask> {
-    (config.data.source == SourceKind::Shapes).then_some(config.data.shapes_task)
 }
 
 /// A labelled (image, text) set a classifier is measured on.

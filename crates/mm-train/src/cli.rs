@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::module::Module;
-use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
-use mm_data::{load_image, pixels_tensor, preprocess_into};
 
 use crate::checkpoint;
 use crate::config::{Overrides, TrainConfig};
@@ -313,7 +311,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             config.seed,
             ckpt.model_config.vision.image_size,
         )?;
-        let classifier = crate::classify::load_fusion(&ckpt.dir, ckpt.model.clone(), &device)?;
+        let classifier = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model.clone(), &device)?;
         let measuring = crate::suite::Measuring {
             model: &ckpt.model,
             classifier: classifier.as_ref(),
@@ -449,10 +447,10 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
     let mut unreadable = Vec::new();
     for path in &args.images {
         // One bad image is reported and skipped; the others are still classified.
-        let pixels = match image_tensor(path, size, &device) {
+        let pixels = match mm_data::image_file_tensor(path, size, &device) {
             Ok(pixels) => pixels,
             Err(e) => {
-                unreadable.push(e);
+                unreadable.push(anyhow::Error::from(e));
                 continue;
             }
         };
@@ -485,15 +483,4 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
             bail!("{n} of {} images could not be read", args.images.len())
         }
     }
-}
-
-/// One image file as a `[1, 3, size, size]` CLIP-normalised tensor.
-pub(crate) fn image_tensor(
-    path: &Path,
-    size: usize,
-    device: &burn::tensor::Device,
-) -> Result<Tensor<4>> {
-    let mut pixels = vec![0.0; 3 * size * size];
-    preprocess_into(&load_image(path)?, size, &mut pixels);
-    Ok(pixels_tensor(pixels, size, device))
 }

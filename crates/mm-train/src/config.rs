@@ -1,5 +1,6 @@
 //! The training config: one typed structure, read from TOML, validated once, passed down.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,25 @@ impl Default for FusionTable {
     fn default() -> Self {
         toml::from_str("").expect("every [fusion] key has a default")
     }
+}
+
+/// Classes a classifier may have (a label set, not a vocabulary).
+pub const MAX_CLASSES: usize = 10_000;
+/// Why a class list cannot be used, if it cannot.
+pub fn check_classes(classes: &[String]) -> Result<(), String> {
+    if classes.len() > MAX_CLASSES {
+        return Err(format!("{} classes (at most {MAX_CLASSES})", classes.len()));
+    }
+    let mut seen = BTreeSet::new();
+    for class in classes {
+        if class.trim().is_empty() {
+            return Err("an empty class name".into());
+        }
+        if !seen.insert(class) {
+            return Err(format!("`{class}` is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 fn default_head_hidden() -> usize {
@@ -459,7 +479,7 @@ impl TrainConfig {
                         "give `classes` or `classes_file`, not both",
                     );
                 }
-                if let Err(message) = crate::classify::check_classes(&fusion.classes) {
+                if let Err(message) = check_classes(&fusion.classes) {
                     return err("fusion.classes", &message);
                 }
             }

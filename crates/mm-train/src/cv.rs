@@ -100,7 +100,7 @@ pub fn run(args: CvArgs) -> Result<CvReport> {
         bail!("--folds {}: between 2 and {MAX_FOLDS}", args.folds);
     }
     let root = args.output_dir.unwrap_or_else(|| config.output_dir.clone());
-    let classes = crate::classify::class_names(&config)?;
+    let classes = crate::start::class_names(&config)?;
     let mut metrics: Vec<(String, Vec<f64>)> = Vec::new();
     for index in 0..args.folds {
         let fold = fold_config(&config, &classes, index, args.folds, &root);

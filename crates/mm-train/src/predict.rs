@@ -37,11 +37,11 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let Some(model) = crate::classify::load_fusion(&ckpt.dir, ckpt.model, &device)? else {
+    let Some(model) = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model, &device)? else {
         bail!(
             "{} holds no classifier (no {}; an objective = \"classify\" run writes one): for a CLIP model use `mm-train zero-shot`",
             ckpt.dir.display(),
-            crate::classify::FUSION_CONFIG_FILE
+            crate::checkpoint::FUSION_CONFIG_FILE
         );
     };
     let classes = model.fusion.config.class_names.clone();
@@ -50,10 +50,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let mut unreadable = Vec::new();
     for (i, path) in args.images.iter().enumerate() {
         let text = &args.texts[if args.texts.len() == 1 { 0 } else { i }];
-        let pixels = match crate::cli::image_tensor(path, size, &device) {
+        let pixels = match mm_data::image_file_tensor(path, size, &device) {
             Ok(pixels) => pixels,
             Err(e) => {
-                unreadable.push(e);
+                unreadable.push(anyhow::Error::from(e));
                 continue;
             }
         };

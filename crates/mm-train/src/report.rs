@@ -416,7 +416,8 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
     }
     html += "</div>";
     html += &suites_section(&records, &configs, &suites, selected.as_deref())?;
-    if let Some(classifier) = crate::classify::load_fusion(&ckpt.dir, ckpt.model.clone(), device)? {
+    if let Some(classifier) = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model.clone(), device)?
+    {
         html += &classifier_section(&ckpt, &classifier, &suites)?;
     }
 

@@ -3,12 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context, Result, bail};
-use mm_data::ClipTokenizer;
+use burn::tensor::Device;
+use mm_data::{ClipTokenizer, Labels, SourceKind};
 use mm_encoders::{ClipConfig, ClipModel, FusionClassifier};
 
 use crate::checkpoint::{self, Checkpoint, CheckpointState};
-use crate::config::TrainConfig;
+use crate::config::{FusionTable, MAX_CLASSES, TrainConfig, check_classes};
 use crate::device::parse_device;
 use crate::learner::Learner;
 use crate::task::Trainee;
@@ -42,10 +45,10 @@ impl Startable for ClipModel {
 
 /// A classifier starts on the towers of `init_from` (or fresh ones of `model`) with a new
 /// fusion head; the classes come from the config or the data (see
-/// [`crate::classify::class_names`]).
+/// [`class_names`]).
 impl Startable for FusionClassifier {
     fn start(config: &TrainConfig) -> Result<StartingPoint<Self>> {
-        let classes = crate::classify::class_names(config)?;
+        let classes = class_names(config)?;
         let StartingPoint {
             model_config,
             learner,
@@ -54,7 +57,7 @@ impl Startable for FusionClassifier {
         } = starting_point(config)?;
         let device = parse_device(&config.device)?.autodiff();
         let fusion = config.fusion.clone().unwrap_or_default();
-        let model = crate::classify::classifier(&fusion, &classes, learner.model, &device)?;
+        let model = classifier(&fusion, &classes, learner.model, &device)?;
         Ok(StartingPoint {
             model_config,
             learner: Learner::from_model(config, model),
@@ -71,11 +74,11 @@ impl Startable for FusionClassifier {
 
     fn restored(_: &TrainConfig, ckpt: Checkpoint, dir: &Path) -> Result<Self> {
         let device = ckpt.model.logit_scale.val().device();
-        crate::classify::load_fusion(dir, ckpt.model, &device)?.with_context(|| {
+        checkpoint::load_fusion(dir, ckpt.model, &device)?.with_context(|| {
             format!(
                 "{}: not a classifier's checkpoint (no {})",
                 dir.display(),
-                crate::classify::FUSION_CONFIG_FILE
+                checkpoint::FUSION_CONFIG_FILE
             )
         })
     }
@@ -108,6 +111,71 @@ pub fn starting_point(config: &TrainConfig) -> Result<StartingPoint> {
         tokenizer: ClipTokenizer::openai(),
         description: "freshly initialised".into(),
     })
+}
+
+/// The run's classes, in output order: `[fusion] classes`, `classes_file` (one per line), the
+/// built-in task's, or every label of one pass over the training data (sorted). Fewer than two
+/// is an error.
+pub fn class_names(config: &TrainConfig) -> Result<Vec<String>> {
+    let fusion = config.fusion.clone().unwrap_or_default();
+    let classes = if !fusion.classes.is_empty() {
+        fusion.classes
+    } else if let Some(path) = &fusion.classes_file {
+        let text = mm_data::regular_file::read_text(path)
+            .with_context(|| format!("fusion.classes_file = {}", path.display()))?;
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    } else if config.data.source == SourceKind::Shapes {
+        config.data.shapes_task.class_names()
+    } else {
+        labels_in(config)?
+    };
+    check_classes(&classes).map_err(|e| anyhow::anyhow!("the classes: {e}"))?;
+    if classes.len() < 2 {
+        bail!(
+            "the data has {} class{} ({classes:?}): a classifier needs at least 2",
+            classes.len(),
+            if classes.len() == 1 { "" } else { "es" }
+        );
+    }
+    Ok(classes)
+}
+
+/// Every label of one pass over the training data, sorted (images are not decoded).
+fn labels_in(config: &TrainConfig) -> Result<Vec<String>> {
+    let mut data = config.data.clone();
+    data.labels = Labels::Required;
+    let source = data
+        .open_epoch(config.seed, 0, 1)
+        .context("key `data.path`")?;
+    let mut labels = BTreeSet::new();
+    for label in source.flatten().filter_map(|pair| pair.label) {
+        labels.insert(label);
+        if labels.len() > MAX_CLASSES {
+            bail!(
+                "the training data has more than {MAX_CLASSES} distinct labels: is data.csv_label_key the label column?"
+            );
+        }
+    }
+    Ok(labels.into_iter().collect())
+}
+
+/// The classifier of `fusion` with `classes` on `clip` (towers of a checkpoint or fresh).
+pub fn classifier(
+    fusion: &FusionTable,
+    classes: &[String],
+    clip: ClipModel,
+    device: &Device,
+) -> Result<FusionClassifier> {
+    let config = fusion.classifier(classes);
+    let embed_dim = clip.visual_projection.weight.dims()[1];
+    config
+        .check(embed_dim)
+        .map_err(|(key, why)| anyhow::anyhow!("key `fusion.{key}`: {why}"))?;
+    Ok(config.init(clip, device))
 }
 
 /// A run continued from a checkpoint of its own: where, and at which step and data position.

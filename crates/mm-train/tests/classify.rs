@@ -176,8 +176,13 @@ fn the_matching_task_is_measured_by_accuracy_and_macro_f1() {
     let (ok, _, stderr) = common::mm_train(&["report", run.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
-    let section = &html[html.find("<h2>Classifier: suite").expect("classifier section")..];
-    assert!(section.contains("<svg") && section.contains(">\nno\n</text>"), "{section}");
+    let section = &html[html
+        .find("<h2>Classifier: suite")
+        .expect("classifier section")..];
+    assert!(
+        section.contains("<svg") && section.contains(">\nno\n</text>"),
+        "{section}"
+    );
     assert!(section.contains("<td>yes</td>"), "{section}");
 }
 
