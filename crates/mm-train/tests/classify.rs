@@ -171,8 +171,28 @@ fn the_matching_task_is_measured_by_accuracy_and_macro_f1() {
     let f1 = report.metric("task/macro_f1").unwrap();
     assert!((0.0..=1.0).contains(&accuracy) && (0.0..=1.0).contains(&f1));
 
-    // The report shows the classifier's confusion matrix on the suite, its classes named.
+    // `eval` on the checkpoint measures the classifier by the run's own suite.
     let run = dir.path().join("run");
+    let (ok, stdout, stderr) = common::mm_train(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("task: accuracy"), "{stdout}");
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let eval: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            run.join("checkpoints")
+                .join(latest.trim())
+                .join("eval.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        eval["metrics"]["task/accuracy"].as_f64(),
+        Some(accuracy),
+        "{eval}"
+    );
+
+    // The report shows the classifier's confusion matrix on the suite, its classes named.
     let (ok, _, stderr) = common::mm_train(&["report", run.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
@@ -195,7 +215,9 @@ fn labels_outside_the_classes_are_skipped_and_counted() {
         let image = dir.path().join(format!("img/{i}.png"));
         common::save_shape(&image, 20);
         let label = ["cat", "dog", "bird"][i % 3];
-        rows += &format!("img/{i}.png,a picture,{label}\n");
+        // Row 5's text is empty: skipped and counted as a missing caption.
+        let text = if i == 5 { "" } else { "a picture" };
+        rows += &format!("img/{i}.png,{text},{label}\n");
     }
     std::fs::write(dir.path().join("rows.csv"), rows).unwrap();
     let data = format!(
@@ -207,6 +229,7 @@ fn labels_outside_the_classes_are_skipped_and_counted() {
     mm_train::train(&config, false).unwrap();
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"missing_label\""), "{metrics}");
+    assert!(metrics.contains("\"missing_caption\":"), "{metrics}");
     let log = std::fs::read_to_string(run.join("train.log")).unwrap();
     assert!(
         log.contains("label `bird` is not one of the 2 classes"),
