@@ -12,16 +12,16 @@ use burn::tensor::Tensor;
 use mm_contrastive::dist::{Communicator, ThreadRank};
 use mm_data::ClipBatch;
 use mm_encoders::ClipModel;
-use mm_train::task::Objective;
+use mm_train::task::{Objective, Trainee};
 use mm_train::{Learner, TrainConfig};
 
 /// Runs `work` as each of `world` ranks on its own thread, its learner a copy of `model`
 /// (same parameter ids, so gradients compare by id); results in rank order.
-fn on_ranks<T: Send>(
+fn on_ranks<M: Trainee, T: Send>(
     world: usize,
     config: &TrainConfig,
-    model: &ClipModel,
-    work: impl Fn(usize, &mut Learner) -> T + Sync,
+    model: &M,
+    work: impl Fn(usize, &mut Learner<M>) -> T + Sync,
 ) -> Vec<T> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = ThreadRank::group(world)
@@ -43,7 +43,7 @@ fn on_ranks<T: Send>(
 }
 
 fn assert_same_gradients(
-    model: &ClipModel,
+    model: &impl Module,
     want: &GradientsParams,
     got: &GradientsParams,
     what: &str,
@@ -102,6 +102,49 @@ fn siglip_ranks_give_the_global_batch_gradients() {
     ranks_match_one_process(Objective::Siglip, false, 2, 1);
     ranks_match_one_process(Objective::Siglip, true, 4, 1);
     ranks_match_one_process(Objective::Siglip, false, 2, 2);
+}
+
+/// A fusion classifier's cross-entropy averaged over the global batch: ranks (and their
+/// micro-batches) give one process's gradients on all the rows.
+#[test]
+fn classifier_ranks_give_the_global_batch_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::tiny_config(dir.path(), 1);
+    config.objective = Objective::Classify;
+    let model_config = config.model.as_ref().unwrap().resolve().unwrap();
+    let device = burn::tensor::Device::flex().autodiff();
+    let clip = model_config.init_seeded(&device, 5);
+    let classes = mm_data::ShapesDataset::class_names();
+    let fusion = mm_encoders::FusionConfig::new(classes.len())
+        .with_operator(mm_encoders::FusionOperator::Gated)
+        .with_head_hidden(16)
+        .with_class_names(classes)
+        .init(clip, &device);
+    let learner = Learner::from_model(&config, fusion);
+    let global = common::shapes_batches(&model_config, 1).remove(0);
+    let (want_loss, want) = learner.gradients(std::slice::from_ref(&global)).unwrap();
+    for (world, accum) in [(2, 1), (2, 2), (4, 1)] {
+        let (per_rank, micro) = (16 / world, 16 / world / accum);
+        let results = on_ranks(world, &config, &learner.model, |rank, learner| {
+            let batches: Vec<ClipBatch> = (0..accum)
+                .map(|j| {
+                    common::rows_of(
+                        &global,
+                        rank * per_rank + j * micro..rank * per_rank + (j + 1) * micro,
+                    )
+                })
+                .collect();
+            learner.gradients(&batches).unwrap()
+        });
+        for (rank, (loss, grads)) in results.iter().enumerate() {
+            let what = format!("classifier, {world} ranks x {accum}, rank {rank}");
+            assert!(
+                (loss - want_loss).abs() <= 1e-5 * want_loss.abs(),
+                "{what}: {loss} vs {want_loss}"
+            );
+            assert_same_gradients(&learner.model, &want, grads, &what);
+        }
+    }
 }
 
 /// Gradients of `local` alone (its own rows' loss, no other rank's) differ from the global
