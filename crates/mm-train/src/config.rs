@@ -420,6 +420,7 @@ impl TrainConfig {
             }
         }
         let err = |key: &str, msg: &str| Err(ConfigError::new(origin, key, msg));
+        let classify = self.objective == crate::task::Objective::Classify;
         if self.output_dir.as_os_str().is_empty() {
             return err(
                 "output_dir",
@@ -446,7 +447,6 @@ impl TrainConfig {
                 "needs an eval suite to watch ([[eval.suites]])",
             );
         }
-        let classify = self.objective == crate::task::Objective::Classify;
         match (&self.fusion, classify) {
             (Some(_), false) => {
                 return err(
@@ -514,7 +514,8 @@ impl TrainConfig {
         if self.optim.eps == 0.0 {
             return err("optim.eps", "must be positive (it guards a division)");
         }
-        if self.train.lock_image && self.train.lock_text {
+        // A classifier with both towers frozen trains its head (a probe on frozen features).
+        if self.train.lock_image && self.train.lock_text && !classify {
             return err(
                 "train.lock_text",
                 "both towers locked: only logit_scale would train",

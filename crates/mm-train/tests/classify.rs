@@ -365,3 +365,35 @@ fn cross_validation_trains_a_run_per_fold_and_reports_mean_and_std() {
         common::mm_train(&["cv", "--config", config.to_str().unwrap(), "--folds", "3"]);
     assert!(!ok && stderr.contains("endless"), "{stderr}");
 }
+
+#[test]
+fn frozen_towers_leave_only_the_head_to_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut config = classify_config(&run, 3, "", "head_hidden = 8");
+    config.train.lock_image = true;
+    config.train.lock_text = true;
+    config.train.checkpoint_every = 1;
+    config.train.keep_checkpoints = 5;
+    config.validate("test").unwrap();
+    mm_train::train(&config, false).unwrap();
+    let at = |step: usize, file: &str| {
+        common::safetensors_tensors(&run.join(format!("checkpoints/step-{step:06}")).join(file))
+    };
+    assert_eq!(
+        at(1, "model.safetensors"),
+        at(3, "model.safetensors"),
+        "frozen towers moved"
+    );
+    assert_ne!(
+        at(1, "fusion.safetensors"),
+        at(3, "fusion.safetensors"),
+        "the head should train"
+    );
+    // A CLIP run with both towers frozen would train nothing but the temperature.
+    let mut clip = common::tiny_config(&run, 1);
+    clip.train.lock_image = true;
+    clip.train.lock_text = true;
+    let err = clip.validate("run.toml").unwrap_err().to_string();
+    assert!(err.contains("key `train.lock_text`"), "{err}");
+}
