@@ -40,18 +40,22 @@ def cell(task, v, key="accuracy", scale=100.0, fmt="{:.1f} ± {:.1f}"):
 
 
 lines = [
-    "| fusion | matching accuracy % | question accuracy % | matching macro-F1 | question macro-F1 | parameters | train s (matching) |",
+    "| fusion | matching accuracy % | question accuracy % | matching macro-F1 | question macro-F1 | fusion parameters (+ towers) | train s (matching) |",
     "|---|---|---|---|---|---|---|",
 ]
 for v in variants:
     acc = [cell(t, v)[0] for t in tasks]
     f1 = [cell(t, v, "macro_f1", 1.0, "{:.3f} ± {:.3f}")[0] for t in tasks]
     rs = groups.get(("matching", v), []) or groups.get(("question", v), [])
-    params = f"{rs[0]['parameters']:,}" if rs else "–"
+    params = f"{rs[0]['fusion_parameters']:,}" if rs else "–"
     secs = cell("matching", v, "train_seconds", 1.0, "{:.0f} ± {:.0f}")[0]
     lines.append(f"| {label(v)} | {acc[0]} | {acc[1]} | {f1[0]} | {f1[1]} | {params} | {secs} |")
 lines.append("")
-lines.append(f"Chance: matching 50%, question {100 / 14:.1f}% (14 answers).")
+towers = {r["parameters"] - r["fusion_parameters"] for r in runs}
+lines.append(
+    f"Chance: matching 50%, question {100 / 14:.1f}% (14 answers). Every classifier also has the "
+    f"towers' {', '.join(f'{t:,}' for t in sorted(towers))} parameters (fine-tuned at half the rate)."
+)
 (here / "results.md").write_text("\n".join(lines) + "\n")
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=False)

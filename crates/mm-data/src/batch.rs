@@ -54,6 +54,33 @@ impl ClipBatch {
     pub fn input_ids_tensor(&self, device: &Device) -> Tensor<2, Int> {
         token_ids_tensor(&self.input_ids, self.context_length, device)
     }
+
+    /// The samples at `rows` (in that order) as a batch, with this batch's skipped-sample
+    /// reports and stream position.
+    pub fn select_rows(&self, rows: &[usize]) -> ClipBatch {
+        let plane = 3 * self.image_size * self.image_size;
+        let ctx = self.context_length;
+        let (mut pixels, mut input_ids) = (
+            Vec::with_capacity(rows.len() * plane),
+            Vec::with_capacity(rows.len() * ctx),
+        );
+        for &r in rows {
+            pixels.extend_from_slice(&self.pixels[r * plane..(r + 1) * plane]);
+            input_ids.extend_from_slice(&self.input_ids[r * ctx..(r + 1) * ctx]);
+        }
+        ClipBatch {
+            batch_size: rows.len(),
+            image_size: self.image_size,
+            context_length: ctx,
+            pixels,
+            input_ids,
+            captions: rows.iter().map(|&r| self.captions[r].clone()).collect(),
+            keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
+            labels: rows.iter().map(|&r| self.labels[r].clone()).collect(),
+            errors: self.errors.clone(),
+            stream_position: self.stream_position,
+        }
+    }
 }
 
 /// One image file, CLIP-preprocessed, as a `[1, 3, size, size]` tensor (what a command that

@@ -24,31 +24,6 @@ fn class_indices(batch: &ClipBatch, classes: &[String]) -> Vec<Option<usize>> {
         .collect()
 }
 
-/// `rows` of `batch` as a batch.
-fn select_rows(batch: ClipBatch, rows: &[usize]) -> ClipBatch {
-    let plane = 3 * batch.image_size * batch.image_size;
-    let ctx = batch.context_length;
-    let mut out = ClipBatch {
-        batch_size: rows.len(),
-        pixels: Vec::with_capacity(rows.len() * plane),
-        input_ids: Vec::with_capacity(rows.len() * ctx),
-        captions: Vec::with_capacity(rows.len()),
-        keys: Vec::with_capacity(rows.len()),
-        labels: Vec::with_capacity(rows.len()),
-        ..batch.clone()
-    };
-    for &r in rows {
-        out.pixels
-            .extend_from_slice(&batch.pixels[r * plane..(r + 1) * plane]);
-        out.input_ids
-            .extend_from_slice(&batch.input_ids[r * ctx..(r + 1) * ctx]);
-        out.captions.push(batch.captions[r].clone());
-        out.keys.push(batch.keys[r].clone());
-        out.labels.push(batch.labels[r].clone());
-    }
-    out
-}
-
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets`, times `n / total` (this
 /// batch's share of a mean over `total` rows).
 pub fn cross_entropy_share(logits: Tensor<2>, targets: &[usize], total: usize) -> Tensor<1> {
@@ -104,7 +79,7 @@ impl Trainee for FusionClassifier {
                 }
             })
             .collect();
-        let mut admitted = select_rows(batch, &keep);
+        let mut admitted = batch.select_rows(&keep);
         admitted.errors.extend(errors);
         admitted
     }

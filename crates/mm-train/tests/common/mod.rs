@@ -125,17 +125,7 @@ pub fn safetensors_tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 /// Rows `rows` of a batch, as a batch.
 #[allow(dead_code)]
 pub fn rows_of(batch: &mm_data::ClipBatch, rows: std::ops::Range<usize>) -> mm_data::ClipBatch {
-    let plane = 3 * batch.image_size * batch.image_size;
-    let ctx = batch.context_length;
-    mm_data::ClipBatch {
-        batch_size: rows.len(),
-        pixels: batch.pixels[rows.start * plane..rows.end * plane].to_vec(),
-        input_ids: batch.input_ids[rows.start * ctx..rows.end * ctx].to_vec(),
-        captions: batch.captions[rows.clone()].to_vec(),
-        keys: batch.keys[rows.clone()].to_vec(),
-        labels: batch.labels[rows.clone()].to_vec(),
-        ..batch.clone()
-    }
+    batch.select_rows(&rows.collect::<Vec<_>>())
 }
 
 /// Largest |a - b| over every parameter's gradient, and the largest |a|.
