@@ -312,3 +312,27 @@ impl LabelledPairs {
         Ok((truth, predicted, skipped))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ClassMetrics;
+
+    #[test]
+    fn metrics_match_a_hand_count() {
+        // Class 0: 3 true, 2 found (+1 false alarm); class 1: 2 true, 1 found; class 2: never
+        // occurs, predicted once; class 3: neither (left out of the macro mean).
+        let truth = [0, 0, 0, 1, 1];
+        let predicted = [0, 0, 1, 1, 2];
+        let m = ClassMetrics::new(&truth, &predicted, 4);
+        assert_eq!(m.confusion[0], vec![2, 1, 0, 0]);
+        assert_eq!(m.confusion[1], vec![0, 1, 1, 0]);
+        assert!((m.accuracy - 0.6).abs() < 1e-12);
+        // F1 = 2TP / (actual + predicted): class 0 4/5, class 1 2/4, class 2 0/1.
+        let want = [0.8, 0.5, 0.0];
+        for (c, f1) in want.iter().enumerate() {
+            assert!((m.per_class_f1[c] - f1).abs() < 1e-12, "class {c}");
+        }
+        assert!(m.per_class_f1[3].is_nan());
+        assert!((m.macro_f1 - (0.8 + 0.5) / 3.0).abs() < 1e-12);
+    }
+}
