@@ -111,6 +111,7 @@ impl ShapesTask {
     pub fn source(self, dataset: ShapesDataset, split: Split, start: u64) -> TaskSource {
         TaskSource {
             task: self,
+            names: self.class_names(),
             dataset,
             split,
             next_index: start,
@@ -210,6 +211,8 @@ fn question(size: u32, rng: &mut StdRng) -> TaskSample {
 /// An endless stream of one split of a [`ShapesTask`], each pair labelled with its class name.
 pub struct TaskSource {
     task: ShapesTask,
+    /// The task's class names, once (labels are cloned from them).
+    names: Vec<String>,
     dataset: ShapesDataset,
     split: Split,
     next_index: u64,
@@ -222,11 +225,10 @@ impl Iterator for TaskSource {
         let index = self.next_index;
         self.next_index += 1;
         let sample = self.task.sample(&self.dataset, self.split, index);
-        let names = self.task.class_names();
         Some(Ok(ImageTextPair {
             image: ImageInput::Decoded(image::DynamicImage::ImageRgb8(sample.image)),
             caption: sample.text,
-            label: Some(names[sample.label].clone()),
+            label: Some(self.names[sample.label].clone()),
             location: format!("shapes {:?} {:?} #{index}", self.task, self.split),
         }))
     }

@@ -94,10 +94,7 @@ impl ShapesDataset {
 
     /// `"{colour} {shape}"` for every class, colour-major (`red circle`, `red square`, ...).
     pub fn class_names() -> Vec<String> {
-        COLORS
-            .iter()
-            .flat_map(|(color, _)| SHAPES.iter().map(move |shape| format!("{color} {shape}")))
-            .collect()
+        (0..COLORS.len() * SHAPES.len()).map(class_name).collect()
     }
 
     /// The `index`-th sample of `split`.
@@ -143,6 +140,15 @@ impl ShapesDataset {
             next_index: start,
         }
     }
+}
+
+/// Class `class`'s name, `"{colour} {shape}"` (see [`ShapesDataset::class_names`]).
+fn class_name(class: usize) -> String {
+    format!(
+        "{} {}",
+        COLORS[class / SHAPES.len()].0,
+        SHAPES[class % SHAPES.len()]
+    )
 }
 
 /// SplitMix64 of the (seed, split, index) triple: nearby indices give unrelated streams.
@@ -304,7 +310,7 @@ impl Iterator for ShapesSource {
         Some(Ok(ImageTextPair {
             image: ImageInput::Decoded(image::DynamicImage::ImageRgb8(sample.image)),
             caption: sample.caption,
-            label: Some(ShapesDataset::class_names()[sample.class].clone()),
+            label: Some(class_name(sample.class)),
             location: format!("shapes {:?} #{index}", self.split),
         }))
     }

@@ -368,14 +368,17 @@ impl DataConfig {
         image_size: usize,
     ) -> Result<Box<dyn PairSource>, DataError> {
         let paths = self.path.as_ref().map(Paths::to_vec).unwrap_or_default();
-        let share = |source: Box<dyn PairSource>| -> Box<dyn PairSource> {
-            let source: Box<dyn PairSource> = match self.fold {
+        let folded = |source: Box<dyn PairSource>| -> Box<dyn PairSource> {
+            match self.fold {
                 Some(fold) => Box::new(FoldFilter {
                     inner: source,
                     fold,
                 }),
                 None => source,
-            };
+            }
+        };
+        let share = |source: Box<dyn PairSource>| -> Box<dyn PairSource> {
+            let source = folded(source);
             match self.world_size {
                 0 | 1 => source,
                 world => Box::new(RankShare::new(source, self.rank, world)),
@@ -399,19 +402,12 @@ impl DataConfig {
                     )));
                 }
                 shards.shuffle(&mut StdRng::seed_from_u64(mix(seed, epoch)));
-                let source = Box::new(TarSource::reading(
+                // Whole shards per rank already; only a fold filter applies.
+                folded(Box::new(TarSource::reading(
                     shards,
                     self.image_limits(),
                     (self.captions, self.labels),
-                ));
-                // Whole shards per rank already; only a fold filter applies.
-                match self.fold {
-                    Some(fold) => Box::new(FoldFilter {
-                        inner: source,
-                        fold,
-                    }),
-                    None => source,
-                }
+                )))
             }
             SourceKind::Csv => {
                 let path = PathBuf::from(&paths[0]);

@@ -520,18 +520,7 @@ pub fn load_fusion(
     let mut model = config.init(clip, device);
     let path = dir.join(FUSION_FILE);
     mm_data::regular_file::open_regular(&path).with_context(|| format!("{}", path.display()))?;
-    let mut store = SafetensorsStore::from_file(&path);
-    let result = model
-        .fusion
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    if let Some((name, reason)) = result.missing.first() {
-        bail!("{}: missing tensor `{name}` ({reason})", path.display());
-    }
-    if let Some(error) = result.errors.first() {
-        bail!("{}: {error}", path.display());
-    }
-    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
+    load_checked(&mut model.fusion, &path)?;
     Ok(Some(model))
 }
 
@@ -616,8 +605,15 @@ fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<Cli
     )
     .map_err(anyhow::Error::msg)?;
     let mut model = config.init(device);
+    load_checked(&mut model, path)?;
+    Ok(model)
+}
+
+/// Loads `module`'s weights from safetensors file `path`: every tensor present, of the right
+/// shape, and finite, or an error naming the tensor.
+fn load_checked<M: burn::module::Module>(module: &mut M, path: &Path) -> Result<()> {
     let mut store = SafetensorsStore::from_file(path);
-    let result = model
+    let result = module
         .load_from(&mut store)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     if let Some((name, reason)) = result.missing.first() {
@@ -626,8 +622,7 @@ fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<Cli
     if let Some(error) = result.errors.first() {
         bail!("{}: {error}", path.display());
     }
-    crate::param_path::check_finite(&model).with_context(|| format!("{}", path.display()))?;
-    Ok(model)
+    crate::param_path::check_finite(module).with_context(|| format!("{}", path.display()))
 }
 
 /// A tokenizer that can emit ids beyond the embedding table would index out of range;

@@ -8,7 +8,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use mm_contrastive::dist::{CommError, Communicator};
 use mm_data::{ClipBatch, ImageInput, Labels, SampleError, SampleErrorKind, ShapesTask};
-use mm_encoders::{ClipModel, FusionClassifier, FusionOperator};
+use mm_encoders::{ClipModel, FusionClassifier};
 
 use crate::task::{Objective, StepOptions, Trainee};
 
@@ -125,11 +125,11 @@ impl Trainee for FusionClassifier {
             _ => None,
         };
         match sum {
-            Some(sum) if self.fusion.config.operator != FusionOperator::Concat => {
+            Some(sum) => {
                 let device = self.clip.logit_scale.val().device();
                 vec![("alpha", sum.alpha(&device).into_scalar::<f32>() as f64)]
             }
-            _ => Vec::new(),
+            None => Vec::new(),
         }
     }
 }
