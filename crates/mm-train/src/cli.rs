@@ -443,44 +443,13 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
         &templates,
         context_length,
     )?;
-    let size = ckpt.model_config.vision.image_size;
-    let mut unreadable = Vec::new();
-    for path in &args.images {
-        // One bad image is reported and skipped; the others are still classified.
-        let pixels = match mm_data::image_file_tensor(path, size, &device) {
-            Ok(pixels) => pixels,
-            Err(e) => {
-                unreadable.push(anyhow::Error::from(e));
-                continue;
-            }
-        };
-        let probs = classifier
-            .probabilities(&ckpt.model, pixels)
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))?;
-        if probs.iter().any(|p| !p.is_finite()) {
-            bail!(
-                "{}: the model gives NaN or infinite scores for {} (diverged weights?)",
-                ckpt.dir.display(),
-                path.display()
-            );
-        }
-        let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!("{}", path.display());
-        for (class, p) in ranked.into_iter().take(args.top_k as usize) {
-            println!("  {:6.2}%  {}", 100.0 * p, classes[class]);
-        }
-    }
-    match unreadable.len() {
-        0 => Ok(()),
-        1 => Err(unreadable.remove(0)),
-        n => {
-            for e in &unreadable {
-                eprintln!("warning: {e:#}");
-            }
-            bail!("{n} of {} images could not be read", args.images.len())
-        }
-    }
+    crate::predict::print_top_classes(
+        &args.images,
+        (ckpt.model_config.vision.image_size, &device),
+        &classes,
+        args.top_k as usize,
+        &format!("{}: the model", ckpt.dir.display()),
+        |_, pixels| Ok(classifier.probabilities(&ckpt.model, pixels)),
+        |_, path| path.display().to_string(),
+    )
 }

@@ -1,9 +1,10 @@
 //! `mm-train predict`: a fusion classifier's class probabilities for (image, text) inputs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
 use clap::Args;
 
 use crate::checkpoint;
@@ -44,37 +45,65 @@ pub fn run(args: PredictArgs) -> Result<()> {
             crate::checkpoint::FUSION_CONFIG_FILE
         );
     };
-    let classes = model.fusion.config.class_names.clone();
-    let size = ckpt.model_config.vision.image_size;
+    let classes = &model.fusion.config.class_names;
     let ctx = ckpt.model_config.text.context_length;
+    print_top_classes(
+        &args.images,
+        (ckpt.model_config.vision.image_size, &device),
+        classes,
+        args.top_k as usize,
+        &format!("{}: the classifier", ckpt.dir.display()),
+        |i, pixels| {
+            let text = &args.texts[if args.texts.len() == 1 { 0 } else { i }];
+            let ids = ckpt
+                .tokenizer
+                .encode_batch(std::slice::from_ref(text), ctx)?;
+            let ids = mm_data::token_ids_tensor(&ids, ctx, &device);
+            Ok(softmax(model.forward(pixels, ids), 1))
+        },
+        |i, path| {
+            let text = &args.texts[if args.texts.len() == 1 { 0 } else { i }];
+            format!("{}  {text:?}", path.display())
+        },
+    )
+}
+
+/// Scores each image file with `probabilities(index, pixels)` and prints its `top_k` classes,
+/// most likely first, under `header(index, path)`. An unreadable image is reported and skipped
+/// (the others are still scored); scores that are not finite are an error naming `model` and
+/// the image.
+pub(crate) fn print_top_classes(
+    images: &[PathBuf],
+    (image_size, device): (usize, &Device),
+    classes: &[String],
+    top_k: usize,
+    model: &str,
+    mut probabilities: impl FnMut(usize, Tensor<4>) -> Result<Tensor<2>>,
+    header: impl Fn(usize, &Path) -> String,
+) -> Result<()> {
     let mut unreadable = Vec::new();
-    for (i, path) in args.images.iter().enumerate() {
-        let text = &args.texts[if args.texts.len() == 1 { 0 } else { i }];
-        let pixels = match mm_data::image_file_tensor(path, size, &device) {
+    for (i, path) in images.iter().enumerate() {
+        let pixels = match mm_data::image_file_tensor(path, image_size, device) {
             Ok(pixels) => pixels,
             Err(e) => {
                 unreadable.push(anyhow::Error::from(e));
                 continue;
             }
         };
-        let ids = ckpt
-            .tokenizer
-            .encode_batch(std::slice::from_ref(text), ctx)?;
-        let ids = mm_data::token_ids_tensor(&ids, ctx, &device);
-        let probs = softmax(model.forward(pixels, ids), 1)
+        let probs = probabilities(i, pixels)?
             .into_data()
             .try_into_vec_as::<f32>()
             .map_err(|e| anyhow::anyhow!("reading probabilities: {e:?}"))?;
         if probs.iter().any(|p| !p.is_finite()) {
             bail!(
-                "{}: the classifier gives NaN or infinite scores (diverged weights?)",
-                ckpt.dir.display()
+                "{model} gives NaN or infinite scores for {} (diverged weights?)",
+                path.display()
             );
         }
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!("{}  {text:?}", path.display());
-        for (class, p) in ranked.into_iter().take(args.top_k as usize) {
+        println!("{}", header(i, path));
+        for (class, p) in ranked.into_iter().take(top_k) {
             let name = classes.get(class).map_or("?", String::as_str);
             println!("  {:6.2}%  {name}", 100.0 * p);
         }
@@ -86,7 +115,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             for e in &unreadable {
                 eprintln!("warning: {e:#}");
             }
-            bail!("{n} of {} images could not be read", args.images.len())
+            bail!("{n} of {} images could not be read", images.len())
         }
     }
 }
