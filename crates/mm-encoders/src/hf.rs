@@ -119,6 +119,9 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
             intermediate_size: vision.usize_or("intermediate_size", 3072)?,
             activation: vision.activation()?,
             layer_norm_eps: vision.f64_or("layer_norm_eps", 1e-5)?,
+            attentional_pool: false,
+            attn_pooler_queries: 0,
+            attn_pooler_heads: 0,
         },
         text: TextConfig {
             context_length: text.usize_or("max_position_embeddings", 77)?,
@@ -130,7 +133,10 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
             activation: text.activation()?,
             layer_norm_eps: text.f64_or("layer_norm_eps", 1e-5)?,
             eos_token_id: text.usize_or("eos_token_id", 49407)? as u32,
+            embed_cls: false,
+            pad_id: 0,
         },
+        multimodal: None,
     };
     // Relations (heads | width, patch | image, eos < vocab) named with HF's keys.
     config.validate(origin).map_err(|e| ConfigError {
@@ -420,11 +426,21 @@ pub fn load_weights(model: &mut ClipModel, path: &Path) -> Result<(), HfError> {
 
 /// Writes `model` as HF-layout safetensors (what `CLIPModel.from_pretrained` reads).
 pub fn save_weights(model: &ClipModel, path: &Path) -> Result<(), HfError> {
-    if model.logit_bias.is_some() {
-        return Err(HfError::Weights {
+    let refuse = |message: &str| {
+        Err(HfError::Weights {
             path: path.display().to_string(),
-            message: "the model has a logit_bias (trained with the sigmoid loss): HF's CLIPModel has no such parameter, so it has no CLIP export".into(),
-        });
+            message: message.into(),
+        })
+    };
+    if model.logit_bias.is_some() {
+        return refuse(
+            "the model has a logit_bias (trained with the sigmoid loss): HF's CLIPModel has no such parameter, so it has no CLIP export",
+        );
+    }
+    if model.vision_model.attn_pool.is_some() || model.text_model.cls_emb.is_some() {
+        return refuse(
+            "the model has CoCa's towers (attentional pooler, text class token): HF's CLIPModel has neither; open_clip reads it (see mm_encoders::open_clip)",
+        );
     }
     // transformers refuses safetensors files whose `format` is not `pt`.
     let mut store = SafetensorsStore::from_file(path)

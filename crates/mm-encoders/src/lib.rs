@@ -14,17 +14,24 @@
 //! assert_eq!(images.dims(), texts.dims());
 //! ```
 
+pub mod coca;
 pub mod config;
+pub mod decoder;
 pub mod fusion;
+pub mod generate;
 pub mod hf;
 pub mod model;
+pub mod open_clip;
 mod ops;
 pub mod patch_dropout;
+pub mod pooler;
 pub mod text;
 pub mod transformer;
 pub mod vision;
 
+pub use coca::{CocaModel, CocaOutput, DecodingState};
 pub use config::{ConfigError, from_toml_str};
+pub use decoder::{MultimodalConfig, MultimodalDecoder};
 pub use fusion::{FusionClassifier, FusionConfig, FusionOperator, FusionStage, Modalities};
 pub use hf::HfError;
 pub use model::{ClipConfig, ClipModel};
@@ -33,5 +40,5 @@ pub use ops::{
 };
 pub use patch_dropout::PatchDropout;
 pub use text::{TextConfig, TextTransformer, eot_index, text_padding};
-pub use transformer::{Activation, Encoder, TransformerConfig};
+pub use transformer::{Activation, ContextKeys, Encoder, KvCache, TransformerConfig};
 pub use vision::{TowerOutput, VisionConfig, VisionTransformer};

@@ -12,6 +12,7 @@ use crate::config::{
     ConfigError, MAX_CONTEXT_LENGTH, MAX_IMAGE_SIZE, MAX_LAYERS, MAX_PARAMS, MAX_PATCHES,
     MAX_VOCAB_SIZE, MAX_WIDTH, from_toml_str,
 };
+use crate::decoder::MultimodalConfig;
 use crate::text::{TextConfig, TextTransformer};
 use crate::transformer::linear;
 use crate::vision::{VisionConfig, VisionTransformer};
@@ -35,12 +36,21 @@ pub struct ClipConfig {
     pub logit_bias_init: Option<f64>,
     pub vision: VisionConfig,
     pub text: TextConfig,
+    /// CoCa's caption decoder (open_clip's `multimodal_cfg`; see [`crate::CocaModel`]): the
+    /// towers above are then CoCa's (`vision.attentional_pool`, `text.embed_cls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multimodal: Option<MultimodalConfig>,
 }
 
 /// Named model shapes shipped with mm (files in `crates/mm-encoders/presets/`).
 const PRESETS: &[(&str, &str)] = &[
     ("vit-b-32", include_str!("../presets/vit-b-32.toml")),
     ("tiny", include_str!("../presets/tiny.toml")),
+    (
+        "coca-vit-b-32",
+        include_str!("../presets/coca-vit-b-32.toml"),
+    ),
+    ("coca-tiny", include_str!("../presets/coca-tiny.toml")),
 ];
 
 impl ClipConfig {
@@ -149,6 +159,7 @@ impl ClipConfig {
                 return err(key, format!("must be in (0, 1), got {value}"));
             }
         }
+        self.validate_coca(origin)?;
         if !self.logit_scale_init.is_finite() || self.logit_scale_init.abs() > 20.0 {
             return err(
                 "logit_scale_init",
@@ -166,7 +177,7 @@ impl ClipConfig {
                 format!("must be a finite number in [-100, 100], got {bias}"),
             );
         }
-        let params = self.num_params();
+        let params = self.num_params_with_decoder();
         if params > MAX_PARAMS {
             return err(
                 "model",
@@ -176,8 +187,127 @@ impl ClipConfig {
         Ok(())
     }
 
-    /// Parameters of the model this config builds, counted without allocating it (checked
-    /// against the built model in the tests).
+    /// The attentional pooler's and the caption decoder's sizes, and how they must meet the
+    /// towers (open_clip's CoCa wiring: the decoder reads the text tower's token states and
+    /// cross-attends to the pooler's queries, which live in the joint space).
+    fn validate_coca(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(origin, key, msg));
+        let v = &self.vision;
+        if v.attentional_pool {
+            if v.attn_pooler_queries < 2 && self.multimodal.is_some() {
+                return err(
+                    "vision.attn_pooler_queries",
+                    "must be at least 2 (one pools, the rest are the decoder's tokens)".into(),
+                );
+            }
+            for (key, value) in [
+                ("vision.attn_pooler_queries", v.attn_pooler_queries),
+                ("vision.attn_pooler_heads", v.attn_pooler_heads),
+            ] {
+                if value == 0 || value > MAX_PATCHES {
+                    return err(key, format!("must be in 1..={MAX_PATCHES}, got {value}"));
+                }
+            }
+            if !self.embed_dim.is_multiple_of(v.attn_pooler_heads) {
+                return err(
+                    "vision.attn_pooler_heads",
+                    format!(
+                        "must divide embed_dim ({}) exactly, got {}",
+                        self.embed_dim, v.attn_pooler_heads
+                    ),
+                );
+            }
+        }
+        let Some(m) = &self.multimodal else {
+            return Ok(());
+        };
+        if !v.attentional_pool {
+            return err(
+                "vision.attentional_pool",
+                "must be true with a [multimodal] decoder (it reads the pooler's tokens)".into(),
+            );
+        }
+        if !self.text.embed_cls {
+            return err(
+                "text.embed_cls",
+                "must be true with a [multimodal] decoder (CoCa pools text at its class token)"
+                    .into(),
+            );
+        }
+        for (key, value, max) in [
+            (
+                "multimodal.context_length",
+                m.context_length,
+                MAX_CONTEXT_LENGTH,
+            ),
+            ("multimodal.vocab_size", m.vocab_size, MAX_VOCAB_SIZE),
+            ("multimodal.width", m.width, MAX_WIDTH),
+            ("multimodal.layers", m.layers, MAX_LAYERS),
+            ("multimodal.heads", m.heads, MAX_WIDTH),
+            (
+                "multimodal.intermediate_size",
+                m.intermediate_size,
+                4 * MAX_WIDTH,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return err(key, format!("must be in 1..={max}, got {value}"));
+            }
+        }
+        if !m.width.is_multiple_of(m.heads) {
+            return err(
+                "multimodal.heads",
+                format!(
+                    "must divide multimodal.width ({}) exactly, got {}",
+                    m.width, m.heads
+                ),
+            );
+        }
+        for (key, other, what) in [
+            (
+                "text.width",
+                self.text.width,
+                "the text tower's token states",
+            ),
+            ("embed_dim", self.embed_dim, "the image pooler's tokens"),
+        ] {
+            if m.width != other {
+                return err(
+                    "multimodal.width",
+                    format!(
+                        "{} must equal {key} ({other}): the decoder reads {what}",
+                        m.width
+                    ),
+                );
+            }
+        }
+        if m.vocab_size != self.text.vocab_size {
+            return err(
+                "multimodal.vocab_size",
+                format!(
+                    "{} must equal text.vocab_size ({}): it predicts the text tower's tokens",
+                    m.vocab_size, self.text.vocab_size
+                ),
+            );
+        }
+        if !(m.layer_norm_eps > 0.0 && m.layer_norm_eps < 1.0) {
+            return err(
+                "multimodal.layer_norm_eps",
+                format!("must be in (0, 1), got {}", m.layer_norm_eps),
+            );
+        }
+        if self.text.pad_id as usize >= self.text.vocab_size {
+            return err(
+                "text.pad_id",
+                format!("must be below text.vocab_size ({})", self.text.vocab_size),
+            );
+        }
+        Ok(())
+    }
+
+    /// Parameters of the model this config builds (the towers, [`ClipConfig::init`]; with a
+    /// decoder, [`ClipConfig::num_params_with_decoder`]), counted without allocating it
+    /// (checked against the built model in the tests).
     pub fn num_params(&self) -> u64 {
         let block = |width: usize, intermediate: usize| -> u64 {
             let (w, i) = (width as u64, intermediate as u64);
@@ -186,16 +316,40 @@ impl ClipConfig {
         };
         let (v, t) = (&self.vision, &self.text);
         let (vw, tw, e) = (v.width as u64, t.width as u64, self.embed_dim as u64);
+        let pool = v.pool_dim(self.embed_dim) as u64;
         let patches = (v.grid_size() * v.grid_size()) as u64;
+        let pooler = match v.attentional_pool {
+            // Queries, q and out projections (e -> e), k and v (width -> e), biases, ln_q, ln_k.
+            true => {
+                v.attn_pooler_queries as u64 * e
+                    + 2 * (e * e + e)
+                    + 2 * (vw * e + e)
+                    + 2 * e
+                    + 2 * vw
+            }
+            false => 0,
+        };
         let vision = 3 * (v.patch_size * v.patch_size) as u64 * vw // patch embedding, no bias
             + vw // class embedding
             + (patches + 1) * vw // positions
-            + 2 * 2 * vw // pre and post LayerNorm
+            + 2 * vw // pre LayerNorm
+            + 2 * pool // post LayerNorm
+            + pooler
             + v.layers as u64 * block(v.width, v.intermediate_size);
-        let text = (t.vocab_size + t.context_length) as u64 * tw
+        let text = (t.vocab_size + t.num_positions()) as u64 * tw
+            + t.embed_cls as u64 * tw
             + 2 * tw
             + t.layers as u64 * block(t.width, t.intermediate_size);
-        vision + text + vw * e + tw * e + 1 + self.logit_bias_init.is_some() as u64
+        vision + text + pool * e + tw * e + 1 + self.logit_bias_init.is_some() as u64
+    }
+
+    /// [`ClipConfig::num_params`] and the caption decoder's.
+    pub fn num_params_with_decoder(&self) -> u64 {
+        self.num_params()
+            + self
+                .multimodal
+                .as_ref()
+                .map_or(0, MultimodalConfig::num_params)
     }
 }
 
@@ -232,26 +386,27 @@ impl ClipConfig {
         self.init_unlocked(device)
     }
 
-    /// Builds the model and draws every parameter now: burn initialises lazily, on first use,
-    /// which would draw from the generator outside the lock.
     fn init_unlocked(&self, device: &Device) -> ClipModel {
-        struct Materialize;
-        impl ModuleVisitor for Materialize {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                let _ = param.val();
-            }
-        }
-        let model = self.build(device);
-        model.visit(&mut Materialize);
-        model
+        materialized(self.build(device))
+    }
+
+    /// A model built around this config's towers by `wrap` (CoCa adds its decoder), under
+    /// the same lock as [`ClipConfig::init`].
+    pub(crate) fn init_with<M: Module>(
+        &self,
+        device: &Device,
+        wrap: impl FnOnce(ClipModel) -> M,
+    ) -> M {
+        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        materialized(wrap(self.build(device)))
     }
 
     fn build(&self, device: &Device) -> ClipModel {
         ClipModel {
             text_model: self.text.init(device),
-            vision_model: self.vision.init(device),
+            vision_model: self.vision.init(self.embed_dim, device),
             visual_projection: linear(
-                self.vision.width,
+                self.vision.pool_dim(self.embed_dim),
                 self.embed_dim,
                 (self.vision.width as f64).powf(-0.5),
                 false,
@@ -311,8 +466,21 @@ impl ClipModel {
     }
 }
 
+/// `model` with every parameter drawn now: burn initialises lazily, on first use, which
+/// would draw from the generator outside the init lock.
+fn materialized<M: Module>(model: M) -> M {
+    struct Materialize;
+    impl ModuleVisitor for Materialize {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Materialize);
+    model
+}
+
 /// `x` in `dtype`, without an autodiff node when it already is.
-fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+pub(crate) fn in_dtype<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
     match x.dtype() == dtype {
         true => x,
         false => x.cast(dtype),

@@ -1,13 +1,15 @@
 //! The text tower (HF `CLIPTextTransformer`): token + position embedding, causal transformer,
 //! final LayerNorm, features taken at the end-of-text token.
 
-use burn::module::Module;
+use std::ops::Range;
+
+use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::ops;
-use crate::transformer::{Activation, Encoder, TransformerConfig, layer_norm, normal};
+use crate::transformer::{Activation, Encoder, KvCache, TransformerConfig, layer_norm, normal};
 use crate::vision::TowerOutput;
 
 /// The text tower: a causal transformer (HF `CLIPTextConfig`).
@@ -28,6 +30,15 @@ pub struct TextConfig {
     /// `2` is HF's legacy value and means "pool at the largest id" (see `eot_index`).
     #[serde(default = "default_eos_token_id")]
     pub eos_token_id: u32,
+    /// Append a learned class token and pool there (open_clip's `embed_cls`, CoCa's text
+    /// tower), so the pooled features need not come from the token a decoder predicts from.
+    /// Keys after padding are then masked (open_clip's rule, see [`class_token_mask`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embed_cls: bool,
+    /// The id texts are padded with (open_clip's `pad_id`; 0 in its tokenizer): with
+    /// `embed_cls`, the mask and the caption loss skip it.
+    #[serde(default)]
+    pub pad_id: u32,
 }
 
 fn default_eos_token_id() -> u32 {
@@ -41,6 +52,11 @@ impl TextConfig {
             .with_layer_norm_eps(self.layer_norm_eps)
             .with_causal(true)
     }
+
+    /// Learned positions: the context, and the class token's after it.
+    pub fn num_positions(&self) -> usize {
+        self.context_length + self.embed_cls as usize
+    }
 }
 
 #[derive(Module, Debug)]
@@ -52,9 +68,12 @@ pub struct TextEmbeddings {
 #[derive(Module, Debug)]
 pub struct TextTransformer {
     pub embeddings: TextEmbeddings,
+    /// The appended class token (`[width]`, open_clip's `cls_emb`), where the config asks.
+    pub cls_emb: Option<Param<Tensor<1>>>,
     pub encoder: Encoder,
     pub final_layer_norm: LayerNorm,
     pub eos_token_id: u32,
+    pub pad_id: u32,
     /// The final norm's epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
     pub layer_norm_eps: f64,
 }
@@ -66,13 +85,17 @@ impl TextConfig {
                 token_embedding: EmbeddingConfig::new(self.vocab_size, self.width)
                     .with_initializer(normal(0.02))
                     .init(device),
-                position_embedding: EmbeddingConfig::new(self.context_length, self.width)
+                position_embedding: EmbeddingConfig::new(self.num_positions(), self.width)
                     .with_initializer(normal(0.01))
                     .init(device),
             },
+            cls_emb: self
+                .embed_cls
+                .then(|| normal(0.01).init([self.width], device)),
             encoder: self.transformer().init(device),
             final_layer_norm: layer_norm(self.width, self.layer_norm_eps, device),
             eos_token_id: self.eos_token_id,
+            pad_id: self.pad_id,
             layer_norm_eps: self.layer_norm_eps,
         }
     }
@@ -81,20 +104,37 @@ impl TextConfig {
 impl TextEmbeddings {
     /// `[batch, seq]` token ids -> `[batch, seq, width]`; `seq` may be shorter than the context.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        let seq = input_ids.dims()[1];
+        self.forward_at(input_ids, 0)
+    }
+
+    /// [`TextEmbeddings::forward`] of ids at positions `start..` (decoding a continuation).
+    pub fn forward_at(&self, input_ids: Tensor<2, Int>, start: usize) -> Tensor<3> {
+        let tokens = self.token_embedding.forward(input_ids);
+        self.add_positions(tokens, start)
+    }
+
+    /// `embedded` (`[batch, seq, width]`) plus the position embeddings of `start..start + seq`.
+    fn add_positions(&self, embedded: Tensor<3>, start: usize) -> Tensor<3> {
+        let seq = embedded.dims()[1];
         let width = self.position_embedding.weight.dims()[1];
         let positions = self
             .position_embedding
             .weight
             .val()
-            .slice([0..seq, 0..width])
+            .slice([start..start + seq, 0..width])
             .unsqueeze_dim::<3>(0);
-        self.token_embedding.forward(input_ids) + positions
+        embedded + positions
     }
 }
 
 impl TextTransformer {
+    /// Pooled features and every position's: the final LayerNorm'd states, pooled at the end
+    /// token; with a class token, the states before the final norm (open_clip's `tokens`, what
+    /// CoCa's decoder reads) and the class token's, normed.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> TowerOutput {
+        if let Some(cls) = &self.cls_emb {
+            return self.forward_class_token(input_ids, cls.val());
+        }
         let eot = eot_index(input_ids.clone(), self.eos_token_id);
         let hidden = self.encoder.forward(self.embeddings.forward(input_ids));
         let last_hidden_state =
@@ -105,6 +145,102 @@ impl TextTransformer {
             pooled,
         }
     }
+}
+
+impl TextTransformer {
+    /// open_clip's `TextTransformer.forward` with `embed_cls`: the class token appended after
+    /// the ids, causal attention with the keys after padding masked.
+    fn forward_class_token(&self, input_ids: Tensor<2, Int>, cls: Tensor<1>) -> TowerOutput {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let rows = id_rows(&input_ids);
+        let tokens = self.embeddings.token_embedding.forward(input_ids);
+        let width = tokens.dims()[2];
+        let cls = cls.reshape([1, 1, width]).expand([batch, 1, width]);
+        let hidden = self
+            .embeddings
+            .add_positions(Tensor::cat(vec![tokens, cls], 1), 0);
+        let mask = class_token_mask(&rows, self.pad_id, 0..seq + 1, &device);
+        let hidden = self.encoder.forward_masked(hidden, &mask);
+        let class = hidden.clone().slice([0..batch, seq..seq + 1, 0..width]);
+        let pooled = ops::layer_norm(&self.final_layer_norm, self.layer_norm_eps, class);
+        TowerOutput {
+            last_hidden_state: hidden.slice([0..batch, 0..seq, 0..width]),
+            pooled: pooled.reshape([batch, width]),
+        }
+    }
+
+    /// The un-normed states of new ids (`[batch, new]`, at positions `start..`) through the
+    /// transformer, attending to the cached positions before them: CoCa's decoding, one
+    /// position per token. `rows` are each row's ids so far, these included.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<2, Int>,
+        rows: &[Vec<u32>],
+        caches: &mut [KvCache],
+    ) -> Tensor<3> {
+        let device = input_ids.device();
+        let new = input_ids.dims()[1];
+        let start = caches.first().map_or(0, KvCache::len);
+        let hidden = self.embeddings.forward_at(input_ids, start);
+        let mask = match self.cls_emb {
+            Some(_) => class_token_mask(rows, self.pad_id, start..start + new, &device),
+            None => causal_mask(rows.len(), start..start + new, &device),
+        };
+        self.encoder.forward_cached(hidden, caches, &mask)
+    }
+}
+
+/// Each row of `[batch, seq]` ids on the host.
+pub(crate) fn id_rows(input_ids: &Tensor<2, Int>) -> Vec<Vec<u32>> {
+    let seq = input_ids.dims()[1];
+    let ids = input_ids
+        .to_data()
+        .try_into_vec_as::<i64>()
+        .unwrap_or_default();
+    ids.chunks(seq.max(1))
+        .map(|row| row.iter().map(|&id| id as u32).collect())
+        .collect()
+}
+
+/// open_clip's CoCa text mask for queries at `queries` over keys `0..queries.end` (`true` =
+/// not attended, `[batch, queries.len(), queries.end]`): causal, and key `k > 0` only if the
+/// token before it is not padding. That is open_clip's legacy (default) placement of the class
+/// token's column, which the released CoCa weights were trained with: keys shifted by one, so
+/// the first padding position is still attended and position 0 always is. The class token is
+/// the position after the ids (`rows[b].len()`), its key valid if the last id is not padding.
+pub fn class_token_mask(
+    rows: &[Vec<u32>],
+    pad_id: u32,
+    queries: Range<usize>,
+    device: &Device,
+) -> Tensor<3, Bool> {
+    let keys = queries.end;
+    let mut blocked = Vec::with_capacity(rows.len() * queries.len() * keys);
+    for row in rows {
+        for query in queries.clone() {
+            blocked.extend((0..keys).map(|key| {
+                key > query || (key > 0 && row.get(key - 1).is_none_or(|&id| id == pad_id))
+            }));
+        }
+    }
+    mask_tensor(blocked, [rows.len(), queries.len(), keys], device)
+}
+
+/// Causal mask for queries at `queries` over keys `0..queries.end` (`[batch, n, keys]`).
+pub fn causal_mask(batch: usize, queries: Range<usize>, device: &Device) -> Tensor<3, Bool> {
+    let keys = queries.end;
+    let mut blocked = Vec::with_capacity(batch * queries.len() * keys);
+    for _ in 0..batch {
+        for query in queries.clone() {
+            blocked.extend((0..keys).map(|key| key > query));
+        }
+    }
+    mask_tensor(blocked, [batch, queries.len(), keys], device)
+}
+
+fn mask_tensor(blocked: Vec<bool>, shape: [usize; 3], device: &Device) -> Tensor<3, Bool> {
+    Tensor::from_data(TensorData::new(blocked, shape), device)
 }
 
 /// Position `index[b]` of each sequence `b`: `[batch, seq, width]`, `[batch]` -> `[batch,

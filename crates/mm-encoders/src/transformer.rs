@@ -7,7 +7,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::gelu;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ops;
@@ -69,7 +69,15 @@ impl TransformerConfig {
         }
     }
 
-    fn init_layer(&self, device: &Device) -> EncoderLayer {
+    /// A cross-attention block (see [`EncoderLayer`]) of this shape, never causal.
+    pub fn init_cross_layer(&self, device: &Device) -> EncoderLayer {
+        let mut layer = self.clone().with_causal(false).init_layer(device);
+        layer.layer_norm_kv = Some(layer_norm(self.width, self.layer_norm_eps, device));
+        layer
+    }
+
+    /// One block.
+    pub fn init_layer(&self, device: &Device) -> EncoderLayer {
         let w = self.width;
         let attn_std = (w as f64).powf(-0.5);
         let in_proj_std = attn_std * ((2 * self.layers) as f64).powf(-0.5);
@@ -84,6 +92,7 @@ impl TransformerConfig {
                 causal: self.causal,
             },
             layer_norm1: layer_norm(w, self.layer_norm_eps, device),
+            layer_norm_kv: None,
             mlp: Mlp {
                 fc1: linear(w, self.intermediate_size, fc_std, true, device),
                 fc2: linear(self.intermediate_size, w, in_proj_std, true, device),
@@ -107,12 +116,29 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// [`Encoder::forward`] over a padded sequence: keys where `key_padding` (`[batch, seq]`)
-    /// is `true` are never attended (full attention otherwise, whatever `causal` says).
-    pub fn forward_masked(&self, hidden: Tensor<3>, key_padding: &Tensor<2, Bool>) -> Tensor<3> {
+    /// [`Encoder::forward`] under an attention mask (`[batch, seq, seq]`, or `[batch, 1, seq]`
+    /// for key padding; `true` where a key is never attended), which replaces `causal`.
+    pub fn forward_masked(&self, hidden: Tensor<3>, mask: &Tensor<3, Bool>) -> Tensor<3> {
         self.layers.iter().fold(hidden, |hidden, layer| {
-            layer.forward_padded(hidden, Some(key_padding))
+            layer.forward_padded(hidden, Some(mask))
         })
+    }
+
+    /// The new positions `hidden` (`[batch, new, width]`) through every layer, each attending
+    /// to its cached keys and values and the new ones (appended to `caches`, one per layer)
+    /// under `mask` (`[batch, new, past + new]`): decoding costs one position per token.
+    pub fn forward_cached(
+        &self,
+        hidden: Tensor<3>,
+        caches: &mut [KvCache],
+        mask: &Tensor<3, Bool>,
+    ) -> Tensor<3> {
+        self.layers
+            .iter()
+            .zip(caches)
+            .fold(hidden, |hidden, (layer, cache)| {
+                layer.forward_cached(hidden, cache, mask)
+            })
     }
 
     /// `[batch, seq, width]` -> `[batch, seq, width]`.
@@ -126,11 +152,15 @@ impl Encoder {
     }
 }
 
-/// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+/// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`. A cross-attention block (CoCa's decoder) is
+/// the same block attending to another sequence normed by its own `layer_norm_kv`, as
+/// open_clip builds both from one `ResidualAttentionBlock` (`ln_1_kv`).
 #[derive(Module, Debug)]
 pub struct EncoderLayer {
     pub self_attn: Attention,
     pub layer_norm1: LayerNorm,
+    /// The attended sequence's norm, in cross-attention blocks only.
+    pub layer_norm_kv: Option<LayerNorm>,
     pub mlp: Mlp,
     pub layer_norm2: LayerNorm,
     /// Both norms' epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
@@ -143,21 +173,66 @@ impl EncoderLayer {
         self.forward_padded(hidden, None)
     }
 
-    /// [`EncoderLayer::forward`], never attending keys where `key_padding` is `true`.
-    fn forward_padded(
+    /// [`EncoderLayer::forward`], never attending keys where `mask` is `true`.
+    fn forward_padded(&self, hidden: Tensor<3>, mask: Option<&Tensor<3, Bool>>) -> Tensor<3> {
+        let normed = self.norm(&self.layer_norm1, hidden.clone());
+        let attended = match mask {
+            None => self.self_attn.forward(normed),
+            Some(mask) => self
+                .self_attn
+                .attend(normed.clone(), normed, Some(mask.clone())),
+        };
+        self.feed_forward(hidden + attended)
+    }
+
+    /// `x + mlp(ln2(x))`, the second half of every block.
+    fn feed_forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        hidden.clone() + self.mlp.forward(self.norm(&self.layer_norm2, hidden))
+    }
+
+    /// [`Encoder::forward_cached`] for one layer.
+    pub fn forward_cached(
         &self,
         hidden: Tensor<3>,
-        key_padding: Option<&Tensor<2, Bool>>,
+        cache: &mut KvCache,
+        mask: &Tensor<3, Bool>,
     ) -> Tensor<3> {
         let normed = self.norm(&self.layer_norm1, hidden.clone());
-        let attended = match key_padding {
-            None => self.self_attn.forward(normed),
-            Some(padding) => self
-                .self_attn
-                .attend(normed.clone(), normed, Some(padding.clone())),
-        };
-        let hidden = hidden + attended;
-        hidden.clone() + self.mlp.forward(self.norm(&self.layer_norm2, hidden))
+        let attended = self.self_attn.attend_cached(normed, cache, mask.clone());
+        self.feed_forward(hidden + attended)
+    }
+
+    /// A cross-attention block: `hidden` (`[batch, seq, width]`) attends to every position of
+    /// `context` (`[batch, n, width]`, normed here by `layer_norm_kv`).
+    pub fn forward_cross(&self, hidden: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
+        let context = self.context_norm(context);
+        let normed = self.norm(&self.layer_norm1, hidden.clone());
+        self.feed_forward(hidden + self.self_attn.attend(normed, context, None))
+    }
+
+    /// [`EncoderLayer::forward_cross`] with the context's keys and values already projected
+    /// ([`EncoderLayer::cross_keys`]), as cached decoding reuses them at every step.
+    pub fn forward_cross_cached(&self, hidden: Tensor<3>, context: &ContextKeys) -> Tensor<3> {
+        let normed = self.norm(&self.layer_norm1, hidden.clone());
+        let (key, value) = (context.key.clone(), context.value.clone());
+        let attended = self.self_attn.attend_projected(normed, key, value, None);
+        self.feed_forward(hidden + attended)
+    }
+
+    /// `context`'s keys and values for [`EncoderLayer::forward_cross_cached`].
+    pub fn cross_keys(&self, context: Tensor<3>) -> ContextKeys {
+        let context = self.context_norm(context);
+        ContextKeys {
+            key: ops::linear(&self.self_attn.k_proj, context.clone()),
+            value: ops::linear(&self.self_attn.v_proj, context),
+        }
+    }
+
+    fn context_norm(&self, context: Tensor<3>) -> Tensor<3> {
+        match &self.layer_norm_kv {
+            Some(norm) => self.norm(norm, context),
+            None => context,
+        }
     }
 
     fn norm(&self, norm: &LayerNorm, hidden: Tensor<3>) -> Tensor<3> {
@@ -190,12 +265,44 @@ impl Attention {
         &self,
         hidden: Tensor<3>,
         context: Tensor<3>,
-        key_padding: Option<Tensor<2, Bool>>,
+        mask: Option<Tensor<3, Bool>>,
     ) -> Tensor<3> {
-        let query = ops::linear(&self.q_proj, hidden);
         let key = ops::linear(&self.k_proj, context.clone());
         let value = ops::linear(&self.v_proj, context);
-        let context = ops::masked_attention(query, key, value, self.num_heads, key_padding);
+        self.attend_projected(hidden, key, value, mask)
+    }
+
+    /// [`Attention::attend`] over keys and values already projected (`[batch, n, width]`).
+    pub fn attend_projected(
+        &self,
+        hidden: Tensor<3>,
+        key: Tensor<3>,
+        value: Tensor<3>,
+        mask: Option<Tensor<3, Bool>>,
+    ) -> Tensor<3> {
+        let query = ops::linear(&self.q_proj, hidden);
+        let context = ops::masked_attention(query, key, value, self.num_heads, mask);
+        ops::linear(&self.out_proj, context)
+    }
+
+    /// Self-attention of new positions (`[batch, new, width]`) over `cache` and themselves,
+    /// under `mask` (`[batch, new, past + new]`); their keys and values join the cache.
+    pub fn attend_cached(
+        &self,
+        hidden: Tensor<3>,
+        cache: &mut KvCache,
+        mask: Tensor<3, Bool>,
+    ) -> Tensor<3> {
+        let width = self.q_proj.weight.dims()[1];
+        let qkv = self.packed_qkv(hidden);
+        let [batch, new, _] = qkv.dims();
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([0..batch, 0..new, i * width..(i + 1) * width])
+        };
+        let (query, key, value) = (part(0), part(1), part(2));
+        let (key, value) = cache.append(key, value);
+        let context = ops::masked_attention(query, key, value, self.num_heads, Some(mask));
         ops::linear(&self.out_proj, context)
     }
 
@@ -231,5 +338,60 @@ impl Mlp {
             Activation::Gelu => gelu(hidden),
         };
         ops::linear(&self.fc2, hidden)
+    }
+}
+
+/// One attention layer's keys and values so far (`[batch, len, width]` each), for decoding
+/// one position at a time; empty before the first step.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    entries: Option<(Tensor<3>, Tensor<3>)>,
+}
+
+impl KvCache {
+    /// Appends the new positions' keys and values; returns all of them.
+    fn append(&mut self, key: Tensor<3>, value: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let joined = match self.entries.take() {
+            Some((keys, values)) => (
+                Tensor::cat(vec![keys, key], 1),
+                Tensor::cat(vec![values, value], 1),
+            ),
+            None => (key, value),
+        };
+        self.entries = Some(joined.clone());
+        joined
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, |(keys, _)| keys.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps rows `rows` (`[new_batch]` indices, repeats allowed) in that order: beams
+    /// reordered, finished rows dropped.
+    pub fn select(&mut self, rows: &Tensor<1, Int>) {
+        if let Some((keys, values)) = self.entries.take() {
+            self.entries = Some((keys.select(0, rows.clone()), values.select(0, rows.clone())));
+        }
+    }
+}
+
+/// A cross-attention layer's keys and values of the attended sequence (`[batch, n, width]`),
+/// projected once per decoding run.
+#[derive(Clone, Debug)]
+pub struct ContextKeys {
+    key: Tensor<3>,
+    value: Tensor<3>,
+}
+
+impl ContextKeys {
+    /// Keeps rows `rows` in that order (see [`KvCache::select`]).
+    pub fn select(&mut self, rows: &Tensor<1, Int>) {
+        self.key = self.key.clone().select(0, rows.clone());
+        self.value = self.value.clone().select(0, rows.clone());
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops;
 use crate::patch_dropout::keep_patches;
+use crate::pooler::AttentionalPooler;
 use crate::transformer::{Activation, Encoder, TransformerConfig, layer_norm, normal};
 
 /// The image tower: a ViT (HF `CLIPVisionConfig`).
@@ -25,6 +26,22 @@ pub struct VisionConfig {
     pub activation: Activation,
     #[serde(default = "crate::transformer::default_layer_norm_eps")]
     pub layer_norm_eps: f64,
+    /// Pool with learned queries (open_clip's `attentional_pool`, CoCa's image tower) instead
+    /// of the class token: query 0 pools, the others are the tokens a decoder reads.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attentional_pool: bool,
+    #[serde(default = "default_attn_pooler_queries")]
+    pub attn_pooler_queries: usize,
+    #[serde(default = "default_attn_pooler_heads")]
+    pub attn_pooler_heads: usize,
+}
+
+fn default_attn_pooler_queries() -> usize {
+    256
+}
+
+fn default_attn_pooler_heads() -> usize {
+    8
 }
 
 impl VisionConfig {
@@ -37,6 +54,15 @@ impl VisionConfig {
         TransformerConfig::new(self.width, self.layers, self.heads, self.intermediate_size)
             .with_activation(self.activation)
             .with_layer_norm_eps(self.layer_norm_eps)
+    }
+
+    /// Width of the pooled features: the tower's, or the joint space's (`embed_dim`) where
+    /// an attentional pooler's queries live in it, as in open_clip.
+    pub fn pool_dim(&self, embed_dim: usize) -> usize {
+        match self.attentional_pool {
+            true => embed_dim,
+            false => self.width,
+        }
     }
 }
 
@@ -53,13 +79,18 @@ pub struct VisionTransformer {
     /// Spelled as in HF transformers (`pre_layrnorm`) so weight names match.
     pub pre_layrnorm: LayerNorm,
     pub encoder: Encoder,
+    /// Pools instead of the class token where the config asks (see [`VisionConfig`]).
+    pub attn_pool: Option<AttentionalPooler>,
+    /// On the pooled features (every query's, with an attentional pooler).
     pub post_layernorm: LayerNorm,
     /// Both norms' epsilon, for the fused kernel (burn's `LayerNorm` keeps its own private).
     pub layer_norm_eps: f64,
 }
 
 impl VisionConfig {
-    pub fn init(&self, device: &Device) -> VisionTransformer {
+    /// The tower of a model whose joint space is `embed_dim` wide (where an attentional
+    /// pooler's queries live).
+    pub fn init(&self, embed_dim: usize, device: &Device) -> VisionTransformer {
         let w = self.width;
         let num_positions = self.grid_size() * self.grid_size() + 1;
         VisionTransformer {
@@ -76,7 +107,17 @@ impl VisionConfig {
             },
             pre_layrnorm: layer_norm(w, self.layer_norm_eps, device),
             encoder: self.transformer().init(device),
-            post_layernorm: layer_norm(w, self.layer_norm_eps, device),
+            attn_pool: self.attentional_pool.then(|| {
+                AttentionalPooler::init(
+                    embed_dim,
+                    w,
+                    self.attn_pooler_heads,
+                    self.attn_pooler_queries,
+                    self.layer_norm_eps,
+                    device,
+                )
+            }),
+            post_layernorm: layer_norm(self.pool_dim(embed_dim), self.layer_norm_eps, device),
             layer_norm_eps: self.layer_norm_eps,
         }
     }
@@ -129,6 +170,17 @@ impl VisionTransformer {
         };
         let hidden = ops::layer_norm(&self.pre_layrnorm, self.layer_norm_eps, embeddings);
         let last_hidden_state = self.encoder.forward(hidden);
+        if let Some(pool) = &self.attn_pool {
+            // open_clip's CoCa: pool, norm every query, the first is the pooled features.
+            let queries = pool.forward(last_hidden_state);
+            let queries = ops::layer_norm(&self.post_layernorm, self.layer_norm_eps, queries);
+            let [batch, _, width] = queries.dims();
+            let pooled = queries.clone().slice([0..batch, 0..1, 0..width]);
+            return TowerOutput {
+                last_hidden_state: queries,
+                pooled: pooled.reshape([batch, width]),
+            };
+        }
         let [batch, _, width] = last_hidden_state.dims();
         let class_token = last_hidden_state
             .clone()

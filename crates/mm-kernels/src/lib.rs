@@ -190,26 +190,27 @@ pub fn attention(qkv: Tensor<2>, seq: usize, heads: usize, causal: bool) -> Tens
 }
 
 /// Multi-head attention of `query` positions over `key`/`value` positions (already projected;
-/// `[batch, n_q, width]`, `[batch, n_k, width]`, `[batch, n_k, width]`) with a key padding mask
-/// (`[batch, n_k]`, `true` where a key is padding and must not be attended): cross-attention
-/// between modalities, and self-attention over a padded joint sequence. Returns the heads'
-/// context `[batch, n_q, width]`. burn's attention op on every backend (the fusion models
-/// that use it are small next to the towers; a Flex kernel would come with a bench showing it
-/// is the bottleneck). Every query needs one unmasked key (a text always has its start token).
+/// `[batch, n_q, width]`, `[batch, n_k, width]`, `[batch, n_k, width]`) under a mask
+/// (`[batch, n_q, n_k]`, or `[batch, 1, n_k]` for one key padding row shared by every query;
+/// `true` where a key must not be attended): cross-attention between modalities, self-attention
+/// over a padded joint sequence, and cached decoding (new queries over every key so far).
+/// Returns the heads' context `[batch, n_q, width]`. burn's attention op on every backend (the
+/// models that use it are small next to the towers; a Flex kernel would come with a bench
+/// showing it is the bottleneck). Every query needs one unmasked key.
 pub fn masked_attention(
     query: Tensor<3>,
     key: Tensor<3>,
     value: Tensor<3>,
     heads: usize,
-    key_padding: Option<Tensor<2, Bool>>,
+    mask: Option<Tensor<3, Bool>>,
 ) -> Tensor<3> {
     let [batch, n_q, width] = query.dims();
     let n_k = key.dims()[1];
     let head_dim = width / heads;
     let split = |x: Tensor<3>, n: usize| x.reshape([batch, n, heads, head_dim]).swap_dims(1, 2);
-    let mask = key_padding.map(|padding| {
-        padding
-            .reshape([batch, 1, 1, n_k])
+    let mask = mask.map(|mask| {
+        let rows = mask.dims()[1];
+        mask.reshape([batch, 1, rows, n_k])
             .expand([batch, heads, n_q, n_k])
     });
     let options = AttentionModuleOptions {

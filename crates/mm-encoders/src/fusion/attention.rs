@@ -63,7 +63,8 @@ impl CrossAttentionBlock {
     ) -> Tensor<3> {
         let query = ops::layer_norm(&self.layer_norm1, EPS, tokens.clone());
         let context = ops::layer_norm(&self.layer_norm_context, EPS, context);
-        let tokens = tokens + self.cross_attn.attend(query, context, context_padding);
+        let mask = context_padding.map(|padding| padding.unsqueeze_dim(1));
+        let tokens = tokens + self.cross_attn.attend(query, context, mask);
         tokens.clone()
             + self
                 .mlp

@@ -74,7 +74,9 @@ impl JointStream {
             ],
             1,
         );
-        let hidden = vision.encoder.forward_masked(joint, &padding);
+        let hidden = vision
+            .encoder
+            .forward_masked(joint, &padding.unsqueeze_dim(1));
         let hidden = ops::layer_norm(&vision.post_layernorm, vision.layer_norm_eps, hidden);
         let tokens = unit(ops::linear(&clip.visual_projection, hidden));
         let embed = tokens.dims()[2];
