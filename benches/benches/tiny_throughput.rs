@@ -59,6 +59,7 @@ fn main() {
         },
         eval: EvalConfig::default(),
         fusion: None,
+        coca: None,
     };
     let size = model_config.vision.image_size;
     let batcher = Batcher::new(

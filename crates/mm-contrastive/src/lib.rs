@@ -7,6 +7,9 @@
 //! SigLIP's loss: the same scaled cosines plus a learnable bias, and every image-text pair a
 //! binary classification (positive on the diagonal) with a log-sigmoid loss, so no softmax
 //! couples the batch.
+//!
+//! CoCa's captioning loss: next-token cross-entropy of a caption decoder, padding skipped
+//! ([`caption_loss_sum`]); open_clip's `CoCaLoss` adds it (weight 2) to CLIP's (weight 1).
 
 pub mod dist;
 
@@ -185,4 +188,44 @@ pub fn siglip_loss_rows(
         .mul_scalar(2.0)
         .sub_scalar(1.0);
     log_sigmoid(logits * signs).sum().neg().div_scalar(n as f64)
+}
+
+/// CoCa's captioning loss, summed: over every position of `labels` (`[batch, seq]`, the
+/// next token at each position) that is not `pad_id`, `-log softmax(logits)[label]`
+/// (`logits` `[batch, seq, vocab]`). Returns the sum and how many positions it covers, so
+/// that shares of a batch split over ranks or micro-batches add up to its mean (open_clip's
+/// `CrossEntropyLoss(ignore_index=pad_id)` is `sum / count`).
+pub fn caption_loss_sum(
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    pad_id: u32,
+) -> (Tensor<1>, usize) {
+    let [batch, seq, vocab] = logits.dims();
+    assert_eq!(labels.dims(), [batch, seq], "one label per logit row");
+    let labels = labels.reshape([batch * seq, 1]);
+    let counted = labels.clone().not_equal_elem(pad_id as i64);
+    let count = counted.clone().int().sum().into_scalar::<i64>() as usize;
+    let picked = log_softmax(logits.reshape([batch * seq, vocab]), 1).gather(1, labels);
+    let mask = counted.float().cast(picked.dtype());
+    ((picked * mask).sum().neg(), count)
+}
+
+/// open_clip's `CoCaLoss` on one batch: `clip_weight` x [`clip_loss`] + `caption_weight` x
+/// the mean captioning cross-entropy (see [`caption_loss_sum`]), `weights` being
+/// `(clip_weight, caption_weight)`. Returns both weighted parts.
+pub fn coca_loss(
+    image_embeds: Tensor<2>,
+    text_embeds: Tensor<2>,
+    logit_scale: Tensor<1>,
+    logits: Tensor<3>,
+    labels: Tensor<2, Int>,
+    pad_id: u32,
+    (clip_weight, caption_weight): (f64, f64),
+) -> (Tensor<1>, Tensor<1>) {
+    let contrastive = clip_loss(image_embeds, text_embeds, logit_scale).mul_scalar(clip_weight);
+    let (sum, count) = caption_loss_sum(logits, labels, pad_id);
+    (
+        contrastive,
+        sum.mul_scalar(caption_weight / count.max(1) as f64),
+    )
 }

@@ -115,6 +115,53 @@ impl ClipTokenizer {
         Ok(self)
     }
 
+    /// The same tokenizer padding with id `pad_id` (open_clip's tokenizer pads with 0, which
+    /// CoCa's mask and caption loss skip).
+    pub fn with_pad_id(mut self, pad_id: u32) -> Result<Self, DataError> {
+        if self.inner.id_to_token(pad_id).is_none() {
+            return Err(DataError::Tokenizer(format!(
+                "pad id {pad_id} is not in the vocabulary of {} tokens",
+                self.vocab_size()
+            )));
+        }
+        self.pad_id = pad_id;
+        Ok(self)
+    }
+
+    /// The text of generated ids: special tokens and padding dropped, BPE merged back into
+    /// words (lower case, as the tokenizer normalised it).
+    pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
+        let ids: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| id != self.sot_id && id != self.eot_id)
+            .collect();
+        let text = self
+            .inner
+            .decode(&ids, true)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        // The byte-level decoder leaves the BPE end-of-word marks: each is a space.
+        let text = text.replace("</w>", " ");
+        Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+
+    /// The ids of a text to continue (a caption prompt): the start token and the text's
+    /// tokens, no end token, no padding; an error if that leaves no room in `context_length`
+    /// for one more token.
+    pub fn encode_prompt(&self, text: &str, context_length: usize) -> Result<Vec<u32>, DataError> {
+        let ids = self.encode(text, context_length + 1)?;
+        let end = ids
+            .iter()
+            .position(|&id| id == self.eot_id)
+            .unwrap_or(ids.len());
+        if end >= context_length {
+            return Err(DataError::Tokenizer(format!(
+                "the prompt fills the model's {context_length} positions (with the start token): nothing is left to generate"
+            )));
+        }
+        Ok(ids[..end].to_vec())
+    }
+
     /// The JSON form, written into checkpoints so that they are self-contained. The pad token
     /// is recorded as the file's padding parameters.
     pub fn to_json(&self) -> Result<String, DataError> {

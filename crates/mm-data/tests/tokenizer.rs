@@ -214,3 +214,76 @@ fn an_endless_caption_is_cut_before_tokenising_with_the_same_ids() {
         tokenizer.encode("a red circle", 77).unwrap()
     );
 }
+
+#[test]
+fn decoding_gives_back_the_normalised_text() {
+    let tokenizer = ClipTokenizer::openai();
+    let (_, cases) = corpus();
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    let mut checked = 0;
+    for (text, _) in &cases {
+        let ids = tokenizer.encode(text, 1000).unwrap();
+        let decoded = tokenizer.decode(&ids).unwrap();
+        // Tokens are words and runs of punctuation: spacing between them is not kept, and
+        // the tokenizer lowercases (NFC first).
+        let want: String = text.to_lowercase();
+        // Special tokens written in a text are dropped like the real ones.
+        if want.is_ascii() && !want.contains("<|") {
+            assert_eq!(squeeze(&decoded), squeeze(&want), "{text:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "{checked} ASCII captions");
+    assert_eq!(
+        tokenizer
+            .decode(&tokenizer.encode("A red  Circle, left!", 16).unwrap())
+            .unwrap(),
+        "a red circle , left !"
+    );
+    // Non-ASCII text comes back whole (the byte-level mapping undone).
+    assert_eq!(
+        squeeze(
+            &tokenizer
+                .decode(&tokenizer.encode("café 東京", 16).unwrap())
+                .unwrap()
+        ),
+        "café東京"
+    );
+}
+
+#[test]
+fn prompts_and_pad_ids() {
+    let tokenizer = ClipTokenizer::openai().with_pad_id(0).unwrap();
+    assert_eq!(tokenizer.pad_id(), 0);
+    let ids = tokenizer.encode("a red circle", 8).unwrap();
+    assert_eq!(&ids[5..], &[0, 0, 0], "padded with id 0");
+    let prompt = tokenizer
+        .encode_prompt("question: what colour?", 24)
+        .unwrap();
+    assert_eq!(prompt[0], tokenizer.sot_id());
+    assert!(!prompt.contains(&tokenizer.eot_id()));
+    assert_eq!(
+        &prompt[1..],
+        &ids_between(&tokenizer, "question: what colour?")
+    );
+    let err = tokenizer
+        .encode_prompt("one two three four", 4)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nothing is left to generate"),
+        "{err}"
+    );
+    assert!(tokenizer.encode_prompt("one two", 4).is_ok());
+    let err = ClipTokenizer::openai()
+        .with_pad_id(10_000_000)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("not in the vocabulary"), "{err}");
+}
+
+/// The ids of `text` between its start and end tokens.
+fn ids_between(tokenizer: &ClipTokenizer, text: &str) -> Vec<u32> {
+    let ids = tokenizer.encode(text, 77).unwrap();
+    let end = ids.iter().position(|&id| id == tokenizer.eot_id()).unwrap();
+    ids[1..end].to_vec()
+}

@@ -40,7 +40,18 @@ impl ClipConfig {
                 "a CoCa needs a [multimodal] decoder (see the coca-tiny preset)",
             )
         })?;
-        Ok(self.init_with(device, |model| CocaModel {
+        Ok(self.init_with(device, None, |model| CocaModel {
+            clip: model,
+            text_decoder: decoder.init(device),
+        }))
+    }
+
+    /// [`ClipConfig::init_coca`], the same for every `seed` (see [`ClipConfig::init_seeded`]).
+    pub fn init_coca_seeded(&self, device: &Device, seed: u64) -> Result<CocaModel, ConfigError> {
+        let decoder = self.multimodal.as_ref().ok_or_else(|| {
+            ConfigError::new("model", "multimodal", "a CoCa needs a [multimodal] decoder")
+        })?;
+        Ok(self.init_with(device, Some(seed), |model| CocaModel {
             clip: model,
             text_decoder: decoder.init(device),
         }))

@@ -395,9 +395,13 @@ impl ClipConfig {
     pub(crate) fn init_with<M: Module>(
         &self,
         device: &Device,
+        seed: Option<u64>,
         wrap: impl FnOnce(ClipModel) -> M,
     ) -> M {
         let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(seed) = seed {
+            device.seed(seed);
+        }
         materialized(wrap(self.build(device)))
     }
 

@@ -19,7 +19,10 @@ use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use mm_data::ClipTokenizer;
-use mm_encoders::{ClipConfig, ClipModel, FusionClassifier, FusionConfig, from_toml_str};
+use mm_encoders::{
+    ClipConfig, ClipModel, CocaModel, FusionClassifier, FusionConfig, MultimodalDecoder,
+    from_toml_str,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
@@ -40,6 +43,8 @@ pub const PARAM_IDS_FILE: &str = "param_ids.json";
 /// The classifier's own weights in a checkpoint (the towers stay in `model.safetensors`, so
 /// every CLIP command still reads it).
 pub const FUSION_FILE: &str = "fusion.safetensors";
+/// A CoCa's caption decoder (its shape is `model.toml`'s `[multimodal]`).
+pub const DECODER_FILE: &str = "text_decoder.safetensors";
 /// The classifier's shape and class names.
 pub const FUSION_CONFIG_FILE: &str = "fusion.toml";
 
@@ -106,11 +111,31 @@ pub struct Checkpoint {
     pub train_config: Option<TrainConfig>,
     pub model_config: ClipConfig,
     pub model: ClipModel,
+    /// A CoCa's caption decoder (where `model_config` has a `[multimodal]` one).
+    pub decoder: Option<MultimodalDecoder>,
     pub tokenizer: ClipTokenizer,
     pub state: CheckpointState,
 }
 
 impl Checkpoint {
+    /// The whole CoCa, or an error saying this checkpoint has no caption decoder.
+    pub fn coca(self) -> Result<CocaModel> {
+        let Some(text_decoder) = self.decoder else {
+            bail!(
+                "{}: an image-text model without a caption decoder (trained with objective = \"{}\"): captioning needs a CoCa (objective = \"coca\", e.g. model = \"coca-tiny\")",
+                self.dir.display(),
+                self.train_config
+                    .as_ref()
+                    .map_or("clip".to_string(), |c| format!("{:?}", c.objective)
+                        .to_lowercase())
+            );
+        };
+        Ok(CocaModel {
+            clip: self.model,
+            text_decoder,
+        })
+    }
+
     /// Prompt templates for zero-shot use: the run's, else mm's default.
     pub fn templates(&self) -> Vec<String> {
         self.train_config
@@ -147,9 +172,23 @@ impl<M: Trainee> CheckpointParts<'_, M> {
         if let Some(classifier) = self.model.classifier() {
             save_fusion(classifier, dir)?;
         }
+        if let Some(coca) = self.model.captioner() {
+            let path = dir.join(DECODER_FILE);
+            let mut store =
+                SafetensorsStore::from_file(&path).metadata("format", "mm-coca-decoder");
+            coca.text_decoder
+                .save_into(&mut store)
+                .map_err(|e| anyhow::anyhow!("{}: writing weights: {e}", path.display()))?;
+        }
+        // Only a model that keeps its caption decoder describes one (a classifier trained
+        // on CoCa's towers does not).
+        let mut model_config = self.model_config.clone();
+        if self.model.captioner().is_none() {
+            model_config.multimodal = None;
+        }
         write_synced(
             &dir.join(MODEL_CONFIG_FILE),
-            toml::to_string(self.model_config)?.as_bytes(),
+            toml::to_string(&model_config)?.as_bytes(),
         )?;
         if let Some(config) = self.train_config {
             write_synced(&dir.join(CONFIG_FILE), toml::to_string(config)?.as_bytes())?;
@@ -324,6 +363,49 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
 }
 
 /// Whether `dir` is a Hugging Face CLIP directory rather than an mm checkpoint.
+pub fn is_open_clip_dir(dir: &Path) -> bool {
+    dir.join(mm_encoders::open_clip::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
+}
+
+/// Loads an open_clip directory (`open_clip_config.json`, `open_clip_model.safetensors`; a
+/// CoCa or a CLIP) with OpenAI's tokenizer padding as open_clip's does.
+pub fn load_open_clip(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    use mm_encoders::open_clip;
+    let model_config = open_clip::read_config(dir)?;
+    crate::memory::check_fits(
+        crate::memory::weights_bytes(&model_config),
+        &format!(
+            "{}: a model of {} parameters",
+            dir.display(),
+            model_config.num_params_with_decoder()
+        ),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (model, decoder) = match model_config.multimodal {
+        Some(_) => {
+            let (_, coca) = open_clip::load_coca(dir, device)?;
+            (coca.clip, Some(coca.text_decoder))
+        }
+        None => (open_clip::load_clip(dir, device)?.1, None),
+    };
+    crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
+    let tokenizer = ClipTokenizer::openai().with_pad_id(model_config.text.pad_id)?;
+    check_tokenizer_fits(&tokenizer, &model_config, "text_cfg.vocab_size")
+        .with_context(|| format!("{}", dir.display()))?;
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        train_config: None,
+        model_config,
+        model,
+        decoder,
+        tokenizer,
+        state: CheckpointState {
+            imported_from: Some(dir.display().to_string()),
+            ..Default::default()
+        },
+    })
+}
+
 pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join(mm_encoders::hf::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
 }
@@ -538,6 +620,7 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
         train_config: None,
         model_config,
         model,
+        decoder: None,
         tokenizer,
         state: CheckpointState {
             imported_from: Some(dir.display().to_string()),
@@ -550,6 +633,9 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
 /// of the right shape; anything else is an error naming the tensor.
 pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let dir = resolve(path)?;
+    if is_open_clip_dir(&dir) {
+        return load_open_clip(&dir, device);
+    }
     if is_hf_dir(&dir) {
         return load_hf(&dir, device);
     }
@@ -581,11 +667,23 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let state = read_state(&dir)?;
 
     let model = load_weights(&model_config, &dir.join(MODEL_FILE), device)?;
+    let decoder = match &model_config.multimodal {
+        Some(shape) => {
+            let path = dir.join(DECODER_FILE);
+            mm_data::regular_file::open_regular(&path)
+                .with_context(|| format!("{} (the caption decoder)", path.display()))?;
+            let mut decoder = shape.init(device);
+            load_checked(&mut decoder, &path)?;
+            Some(decoder)
+        }
+        None => None,
+    };
     Ok(Checkpoint {
         dir,
         train_config,
         model_config,
         model,
+        decoder,
         tokenizer,
         state,
     })

@@ -50,6 +50,8 @@ pub enum Command {
     Predict(crate::predict::PredictArgs),
     /// k-fold cross-validation of a classify config: a run per fold, mean ± std of its metrics.
     Cv(crate::cv::CvArgs),
+    /// Describe images with a CoCa checkpoint, or continue a prompt about each (VQA).
+    Caption(crate::caption::CaptionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +206,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Train(args)) => run_train(args),
         Some(Command::ZeroShot(args)) => run_zero_shot(args),
         Some(Command::Predict(args)) => crate::predict::run(args),
+        Some(Command::Caption(args)) => crate::caption::run(args),
         Some(Command::Cv(args)) => crate::cv::run(args).map(|_| ()),
         Some(Command::ImportHf(args)) => {
             let ckpt = crate::hf::import(&args.dir, &args.out, &args.device.device()?)?;

@@ -42,6 +42,33 @@ pub struct TrainConfig {
     /// `objective = "classify"`: the fusion classifier to put on the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion: Option<FusionTable>,
+    /// `objective = "coca"`: how the two losses are weighed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coca: Option<CocaTable>,
+}
+
+/// `[coca]`: the weights of CoCa's two losses (open_clip's `--coca-contrastive-loss-weight`
+/// and `--coca-caption-loss-weight`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CocaTable {
+    #[serde(default = "default_contrastive_weight")]
+    pub contrastive_loss_weight: f64,
+    #[serde(default = "default_caption_weight")]
+    pub caption_loss_weight: f64,
+}
+
+impl Default for CocaTable {
+    fn default() -> Self {
+        toml::from_str("").expect("every [coca] key has a default")
+    }
+}
+
+fn default_contrastive_weight() -> f64 {
+    1.0
+}
+fn default_caption_weight() -> f64 {
+    2.0
 }
 
 /// `[fusion]`: the classifier an `objective = "classify"` run trains on the towers (see
@@ -485,6 +512,7 @@ impl TrainConfig {
             }
             _ => {}
         }
+        self.check_coca(origin)?;
         if !classify && self.data.shapes_task != mm_data::ShapesTask::Pairs {
             return err(
                 "data.shapes_task",
@@ -639,6 +667,53 @@ fn apply_settings(text: &str, settings: &[String], origin: &str) -> Result<Strin
 }
 
 /// `clip_base.toml` -> `configs/clip_base.toml` when the former does not exist.
+impl TrainConfig {
+    /// `objective = "coca"` needs a model with a caption decoder, and a model with one needs
+    /// that objective (any other would neither train nor keep the decoder).
+    fn check_coca(&self, origin: &str) -> Result<(), ConfigError> {
+        let coca = self.objective == crate::task::Objective::Coca;
+        let err = |key: &str, msg: String| Err(ConfigError::new(origin, key, msg));
+        if let (Some(_), false) = (&self.coca, coca) {
+            return err(
+                "coca",
+                "holds CoCa's loss weights: set objective = \"coca\" or remove [coca]".into(),
+            );
+        }
+        if let Some(table) = &self.coca {
+            for (key, value) in [
+                (
+                    "coca.contrastive_loss_weight",
+                    table.contrastive_loss_weight,
+                ),
+                ("coca.caption_loss_weight", table.caption_loss_weight),
+            ] {
+                if !(value.is_finite() && value >= 0.0) {
+                    return err(key, format!("must be a finite number >= 0, got {value}"));
+                }
+            }
+        }
+        let decoder = match &self.model {
+            Some(spec) => Some(spec.resolve()?.multimodal.is_some()),
+            None => None, // init_from: checked when the checkpoint is loaded.
+        };
+        match (coca, decoder) {
+            (true, Some(false)) => err(
+                "model",
+                "objective = \"coca\" needs a model with a [multimodal] caption decoder (e.g. model = \"coca-tiny\")".into(),
+            ),
+            (false, Some(true)) => err(
+                "objective",
+                "the model has a caption decoder ([multimodal]): set objective = \"coca\" to train it".into(),
+            ),
+            _ if coca && self.train.patch_dropout > 0.0 => err(
+                "train.patch_dropout",
+                "is not supported with objective = \"coca\" (its decoder reads every image token)".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 pub fn resolve_config_path(path: &Path) -> PathBuf {
     let bare = path.components().count() == 1;
     if !path.exists() && bare {

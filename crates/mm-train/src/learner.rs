@@ -18,7 +18,7 @@ use crate::device::parse_device;
 use crate::optim::{clip_adamw, clip_grad_norm, learning_rate, param_ids};
 use crate::precision::{Compute, grads_to_f32, half_copy};
 use crate::replicas::{all_reduce_grads, broadcast_weights};
-use crate::task::{StepOptions, Trainee};
+use crate::task::{LossWeights, StepOptions, Trainee};
 use mm_encoders::{MatmulPrecision, with_matmul_precision};
 
 /// One optimisation step's model, optimiser and bookkeeping, and the ranks it trains with.
@@ -123,6 +123,13 @@ impl<M: Trainee> Learner<M> {
             patch_dropout: PatchDropout::new(self.config.train.patch_dropout)
                 .map_err(|e| anyhow::anyhow!("train.patch_dropout: {e}"))?,
             seed: self.config.seed,
+            loss_weights: {
+                let coca = self.config.coca.clone().unwrap_or_default();
+                LossWeights {
+                    contrastive: coca.contrastive_loss_weight,
+                    caption: coca.caption_loss_weight,
+                }
+            },
         };
         let objective =
             |model: &M| model.gradients(self.config.objective, micro_batches, comm, &options);

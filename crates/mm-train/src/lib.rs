@@ -2,9 +2,11 @@
 //! binary is a thin command line over this library.
 
 pub mod allocator;
+pub mod caption;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;
+pub mod coca;
 pub mod config;
 pub mod cv;
 pub mod data_check;

@@ -21,16 +21,24 @@ pub struct RunSizes {
 /// decoded held-out images. A lower bound, good to a small factor.
 pub fn training_bytes(model: &ClipConfig, run: &RunSizes) -> u64 {
     // In f64: the caps on each key still allow products beyond u64.
-    let params = model.num_params() as f64;
+    let params = model.num_params_with_decoder() as f64;
     let batch = run.batch_size as f64;
     let (v, t) = (&model.vision, &model.text);
     let patches = (v.grid_size() * v.grid_size()) as f64 + 1.0;
     // Per token and layer, the fused blocks keep about eight width-sized rows (inputs of
     // the norms and projections, q|k|v, attention output) and two MLP-sized ones.
     let per_token = |width: usize, intermediate: usize| (8 * width + 2 * intermediate) as f64;
+    // A CoCa's decoder: its blocks (two per layer) and, per token, the logits over the
+    // vocabulary with their log-softmax and gradient.
+    let decoder = model.multimodal.as_ref().map_or(0.0, |m| {
+        t.context_length as f64
+            * (2.0 * m.layers as f64 * per_token(m.width, m.intermediate_size)
+                + 3.0 * m.vocab_size as f64)
+    });
     let activations = batch
         * (patches * v.layers as f64 * per_token(v.width, v.intermediate_size)
-            + t.context_length as f64 * t.layers as f64 * per_token(t.width, t.intermediate_size));
+            + t.context_length as f64 * t.layers as f64 * per_token(t.width, t.intermediate_size)
+            + decoder);
     let image = 3.0 * (v.image_size * v.image_size) as f64;
     let pixels = batch * image;
     // Prefetched batches, and the micro-batches of one accumulated step.
@@ -42,7 +50,7 @@ pub fn training_bytes(model: &ClipConfig, run: &RunSizes) -> u64 {
 
 /// Bytes the weights of `model` take in fp32 (what loading a checkpoint allocates).
 pub fn weights_bytes(model: &ClipConfig) -> u64 {
-    model.num_params() * F32
+    model.num_params_with_decoder() * F32
 }
 
 /// Memory the system can still give without swapping (Linux `MemAvailable`), if known.

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use mm_contrastive::dist::{Communicator, SingleProcess};
 use mm_data::{Batcher, ClipBatch, PairSource, Prefetcher, SkipCounts};
-use mm_encoders::{ClipModel, FusionClassifier};
+use mm_encoders::{ClipModel, CocaModel, FusionClassifier};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointParts, CheckpointState};
@@ -225,6 +225,7 @@ pub fn train_ranks(
 ) -> Result<TrainReport> {
     match config.objective {
         Objective::Classify => run::<FusionClassifier>(config, show_progress, resume, comm),
+        Objective::Coca => run::<CocaModel>(config, show_progress, resume, comm),
         Objective::Clip | Objective::Siglip => {
             run::<ClipModel>(config, show_progress, resume, comm)
         }

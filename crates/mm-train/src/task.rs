@@ -15,7 +15,7 @@ use mm_contrastive::{
     siglip_loss_rows,
 };
 use mm_data::ClipBatch;
-use mm_encoders::{ClipConfig, ClipModel, FusionClassifier, PatchDropout};
+use mm_encoders::{ClipConfig, ClipModel, CocaModel, FusionClassifier, PatchDropout};
 use serde::{Deserialize, Serialize};
 
 use crate::replicas::{host_values, tensor_of};
@@ -32,6 +32,9 @@ pub enum Objective {
     /// Cross-entropy of a [`mm_encoders::FusionClassifier`] on labelled (image, text) pairs
     /// (`[fusion]` says which; see [`crate::classify`]).
     Classify,
+    /// CoCa (Yu et al. 2022): CLIP's loss plus the caption decoder's next-token
+    /// cross-entropy, weighted as `[coca]` says (see [`crate::coca`]).
+    Coca,
 }
 
 /// A model a run can train: what the loop needs of it beyond being a burn module.
@@ -42,6 +45,10 @@ pub trait Trainee: Module + Clone + Send + std::fmt::Debug + 'static {
     fn clip_mut(&mut self) -> &mut ClipModel;
     /// The classifier, for the suites that measure one.
     fn classifier(&self) -> Option<&FusionClassifier> {
+        None
+    }
+    /// The captioner (CoCa), whose decoder checkpoints and caption suites need.
+    fn captioner(&self) -> Option<&CocaModel> {
         None
     }
     /// The batch with the rows this model cannot train on removed and recorded in its
@@ -96,6 +103,34 @@ pub struct StepOptions {
     pub patch_dropout: Option<PatchDropout>,
     /// The run's seed, from which each batch's dropped patches derive.
     pub seed: u64,
+    /// How CoCa weighs its two losses (`[coca]`).
+    pub loss_weights: LossWeights,
+}
+
+/// CoCa's loss weights (open_clip's `--coca-contrastive-loss-weight` and
+/// `--coca-caption-loss-weight`, 1 and 2 by default).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossWeights {
+    pub contrastive: f64,
+    pub caption: f64,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        Self {
+            contrastive: 1.0,
+            caption: 2.0,
+        }
+    }
+}
+
+/// One micro-batch's forward pass as the contrastive gradients need it (see
+/// [`Objective::contrastive_gradients`]): both features and, when asked for, the loss the model
+/// adds on the same pass (CoCa's share of the captioning loss).
+pub struct Encoded {
+    pub image: Tensor<2>,
+    pub text: Tensor<2>,
+    pub extra: Option<Tensor<1>>,
 }
 
 impl StepOptions {
@@ -126,8 +161,8 @@ impl Objective {
         };
         let scale = param(model.logit_scale.val());
         match self {
-            // A classifier's towers (eval suites measure them too) by CLIP's loss.
-            Self::Clip | Self::Classify => match rows {
+            // A classifier's or a CoCa's towers (eval suites measure them too) by CLIP's loss.
+            Self::Clip | Self::Classify | Self::Coca => match rows {
                 None => clip_loss(image, text, scale),
                 Some(rows) => clip_loss_rows(image, text, scale, rows),
             },
@@ -178,22 +213,48 @@ impl Objective {
         options: &StepOptions,
     ) -> Result<(f32, GradientsParams), CommError> {
         let device = model.logit_scale.val().device();
-        let (rank, world) = (comm.rank(), comm.world_size());
-        let local_loss = options.local_loss;
+        let rank = comm.rank();
         let patches = model.vision_model.num_patches();
-        let encode = |batch: &ClipBatch| {
+        let encode = |batch: &ClipBatch, _with_extra: bool| {
             let kept = options.patch_dropout.map(|dropout| {
                 let seed = options.patch_seed(rank, batch);
                 dropout.sample(batch.batch_size, patches, seed, &device)
             });
-            (
-                model.image_features_kept(batch.pixels_tensor(&device), kept),
-                model.text_features(batch.input_ids_tensor(&device)),
-            )
+            Encoded {
+                image: model.image_features_kept(batch.pixels_tensor(&device), kept),
+                text: model.text_features(batch.input_ids_tensor(&device)),
+                extra: None,
+            }
         };
+        self.contrastive_gradients(model, model, micro_batches, comm, options, 1.0, &encode)
+    }
+
+    /// [`Objective::gradients`] for any model with CLIP towers (`clip`, inside `model`) whose
+    /// forward pass `encode` gives both features and, when asked for, a loss of its own on
+    /// the same pass (already this micro-batch's share of the global batch's; it needs no
+    /// other rank's rows). The contrastive loss is weighted by `contrastive_weight`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn contrastive_gradients<M: Module>(
+        self,
+        model: &M,
+        clip: &ClipModel,
+        micro_batches: &[ClipBatch],
+        comm: &dyn Communicator,
+        options: &StepOptions,
+        contrastive_weight: f64,
+        encode: &dyn Fn(&ClipBatch, bool) -> Encoded,
+    ) -> Result<(f32, GradientsParams), CommError> {
+        let device = clip.logit_scale.val().device();
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let local_loss = options.local_loss;
         if let ([batch], 1) = (micro_batches, world) {
-            let (image, text) = encode(batch);
-            let loss = self.loss(model, image, text, None, true);
+            let Encoded { image, text, extra } = encode(batch, true);
+            let mut loss = self
+                .loss(clip, image, text, None, true)
+                .mul_scalar(contrastive_weight);
+            if let Some(extra) = extra {
+                loss = loss + extra;
+            }
             let value = loss.clone().into_scalar::<f32>();
             return Ok((value, GradientsParams::from_grads(loss.backward(), model)));
         }
@@ -204,9 +265,14 @@ impl Objective {
         let features: Vec<(Tensor<2>, Tensor<2>)> = micro_batches
             .iter()
             .map(|batch| {
-                let (image, text) = encode(batch);
-                if micro_batches.len() == 1 {
-                    kept = Some((image.clone(), text.clone()));
+                let single = micro_batches.len() == 1;
+                let Encoded { image, text, extra } = encode(batch, single);
+                if single {
+                    kept = Some(Encoded {
+                        image: image.clone(),
+                        text: text.clone(),
+                        extra,
+                    });
                 }
                 (image.detach(), text.detach())
             })
@@ -247,15 +313,17 @@ impl Objective {
             true => (Some(rows.clone()), true),
             false => (None, rank == 0),
         };
-        let loss = self.loss(
-            model,
-            image_all.clone(),
-            text_all.clone(),
-            loss_rows,
-            with_params,
-        );
+        let loss = self
+            .loss(
+                clip,
+                image_all.clone(),
+                text_all.clone(),
+                loss_rows,
+                with_params,
+            )
+            .mul_scalar(contrastive_weight);
         let value = loss.clone().into_scalar::<f32>();
-        let share = match (local_loss, rank) {
+        let mut share = match (local_loss, rank) {
             (true, _) | (false, 0) => value,
             (false, _) => 0.0,
         };
@@ -285,19 +353,23 @@ impl Objective {
             }
         };
 
-        let mut accumulator = GradientsAccumulator::<ClipModel>::new();
+        let mut accumulator = GradientsAccumulator::<M>::new();
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
         let mut first = 0;
         for (j, batch) in micro_batches.iter().enumerate() {
-            let (image, text) = match kept.take() {
-                Some(features) => features,
-                None => encode(batch),
+            let Encoded { image, text, extra } = match kept.take() {
+                Some(encoded) => encoded,
+                None => encode(batch, true),
             };
             let span = first * width..(first + sizes[j]) * width;
             first += sizes[j];
             let constant = |g: &[f32]| tensor_of(g, [sizes[j], width], &device);
-            let surrogate = (image * constant(&image_grad[span.clone()])).sum()
+            let mut surrogate = (image * constant(&image_grad[span.clone()])).sum()
                 + (text * constant(&text_grad[span])).sum();
+            if let Some(extra) = extra {
+                share += extra.clone().into_scalar::<f32>();
+                surrogate = surrogate + extra;
+            }
             accumulator.accumulate(
                 model,
                 GradientsParams::from_grads(surrogate.backward(), model),

@@ -173,6 +173,7 @@ fn patch_dropout_keeps_each_batchs_patches_through_accumulation() {
         local_loss: false,
         patch_dropout: PatchDropout::new(0.5).unwrap(),
         seed: config.seed,
+        ..Default::default()
     };
     let model = &learner.model;
     let device = model.logit_scale.val().device();

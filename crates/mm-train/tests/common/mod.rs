@@ -66,15 +66,17 @@ pub fn mm_train(args: &[&str]) -> (bool, String, String) {
 }
 
 /// `n` successive batches of 16 training pictures of the built-in data (seed 5), preprocessed
-/// for `model`.
+/// for `model` (texts padded with its pad id if it is a CoCa, as a run pads them).
 #[allow(dead_code)]
 pub fn shapes_batches(model: &mm_encoders::ClipConfig, n: usize) -> Vec<mm_data::ClipBatch> {
     let size = model.vision.image_size;
-    let batcher = mm_data::Batcher::new(
-        mm_data::ClipTokenizer::openai(),
-        size,
-        model.text.context_length,
-    );
+    let tokenizer = match model.multimodal {
+        Some(_) => mm_data::ClipTokenizer::openai()
+            .with_pad_id(model.text.pad_id)
+            .unwrap(),
+        None => mm_data::ClipTokenizer::openai(),
+    };
+    let batcher = mm_data::Batcher::new(tokenizer, size, model.text.context_length);
     let mut source = mm_data::ShapesDataset::new(5, size as u32).source(mm_data::Split::Train, 0);
     let mut position = 0;
     (0..n)

@@ -1,0 +1,141 @@
+//! `objective = "coca"`: a [`CocaModel`] trained with CLIP's loss and its caption decoder's
+//! next-token cross-entropy (open_clip's `CoCaLoss`), with the data parallelism, accumulation
+//! and resumption every objective gets from the trainer. (Its checkpoint file is
+//! [`crate::checkpoint`]'s.)
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::optim::GradientsParams;
+use burn::tensor::{Int, Tensor, TensorData};
+use mm_contrastive::caption_loss_sum;
+use mm_contrastive::dist::{CommError, Communicator};
+use mm_data::{ClipBatch, ClipTokenizer};
+use mm_encoders::{ClipModel, CocaModel};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::TrainConfig;
+use crate::device::parse_device;
+use crate::learner::Learner;
+use crate::start::{Startable, StartingPoint};
+use crate::task::{Encoded, Objective, StepOptions, Trainee};
+
+/// `ids[:, 1:]` of a batch, the tokens the decoder predicts, and how many are not padding.
+fn next_tokens(batch: &ClipBatch, pad_id: u32) -> (Vec<i64>, usize) {
+    let seq = batch.context_length;
+    let labels: Vec<i64> = batch
+        .input_ids
+        .chunks(seq.max(1))
+        .flat_map(|row| row[1..].iter().map(|&id| id as i64))
+        .collect();
+    let counted = labels.iter().filter(|&&id| id != pad_id as i64).count();
+    (labels, counted)
+}
+
+impl Trainee for CocaModel {
+    fn clip(&self) -> &ClipModel {
+        &self.clip
+    }
+
+    fn clip_mut(&mut self) -> &mut ClipModel {
+        &mut self.clip
+    }
+
+    fn captioner(&self) -> Option<&CocaModel> {
+        Some(self)
+    }
+
+    /// The contrastive loss over the global batch (every rank's rows, GradCache with
+    /// micro-batches, as for CLIP) weighted by `loss_weights.contrastive`, plus
+    /// `loss_weights.caption` x the captioning cross-entropy averaged over every rank's
+    /// caption tokens (padding skipped): what one process computes on the whole batch.
+    fn gradients(
+        &self,
+        objective: Objective,
+        micro_batches: &[ClipBatch],
+        comm: &dyn Communicator,
+        options: &StepOptions,
+    ) -> Result<(f32, GradientsParams), CommError> {
+        debug_assert_eq!(objective, Objective::Coca);
+        let device = self.clip.logit_scale.val().device();
+        let pad_id = self.clip.text_model.pad_id;
+        let local: usize = micro_batches.iter().map(|b| next_tokens(b, pad_id).1).sum();
+        let total = comm.all_gather(&[local as f32])?.iter().sum::<f32>() as usize;
+        let weight = options.loss_weights.caption / total.max(1) as f64;
+        let encode = |batch: &ClipBatch, with_caption: bool| {
+            let pixels = batch.pixels_tensor(&device);
+            let ids = batch.input_ids_tensor(&device);
+            if !with_caption {
+                return Encoded {
+                    image: self.clip.image_features(pixels),
+                    text: self.clip.text_features(ids),
+                    extra: None,
+                };
+            }
+            let out = self.forward(pixels, ids);
+            let (labels, _) = next_tokens(batch, pad_id);
+            let shape = [batch.batch_size, batch.context_length - 1];
+            let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, shape), &device);
+            let (sum, _) = caption_loss_sum(out.logits, labels, pad_id);
+            Encoded {
+                image: out.image_features,
+                text: out.text_features,
+                extra: Some(sum.mul_scalar(weight)),
+            }
+        };
+        objective.contrastive_gradients(
+            self,
+            &self.clip,
+            micro_batches,
+            comm,
+            options,
+            options.loss_weights.contrastive,
+            &encode,
+        )
+    }
+
+    fn log_values(&self) -> Vec<(&'static str, f64)> {
+        self.clip.log_values()
+    }
+}
+
+/// A CoCa starts fresh (`model`, with OpenAI's tokenizer padding with the model's `pad_id`)
+/// or from `init_from`: an mm CoCa checkpoint or an open_clip CoCa directory.
+impl Startable for CocaModel {
+    fn start(config: &TrainConfig) -> Result<StartingPoint<Self>> {
+        let device = parse_device(&config.device)?.autodiff();
+        let (model_config, model, tokenizer, description) = match &config.init_from {
+            Some(path) => {
+                let context = || format!("init_from = {}", path.display());
+                let ckpt = checkpoint::load(path, &device).with_context(context)?;
+                let (model_config, tokenizer) = (ckpt.model_config.clone(), ckpt.tokenizer.clone());
+                let description = format!("weights from {}", ckpt.dir.display());
+                let model = ckpt.coca().with_context(context)?;
+                (model_config, model, tokenizer, description)
+            }
+            None => {
+                let spec = config
+                    .model
+                    .as_ref()
+                    .context("the config has neither `model` nor `init_from`")?;
+                let model_config = spec.resolve()?;
+                let model = model_config.init_coca_seeded(&device, config.seed)?;
+                let tokenizer = ClipTokenizer::openai();
+                (model_config, model, tokenizer, "freshly initialised".into())
+            }
+        };
+        // The caption loss and the text mask skip the model's pad id: texts must be padded
+        // with it.
+        let tokenizer = tokenizer.with_pad_id(model_config.text.pad_id)?;
+        Ok(StartingPoint {
+            model_config,
+            learner: Learner::from_model(config, model),
+            tokenizer,
+            description,
+        })
+    }
+
+    fn restored(_: &TrainConfig, ckpt: Checkpoint, _: &Path) -> Result<Self> {
+        ckpt.coca()
+    }
+}

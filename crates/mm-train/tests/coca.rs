@@ -1,0 +1,189 @@
+//! `objective = "coca"`: a small CoCa trains (both losses fall), checkpoints its decoder,
+//! accumulates exactly, captions from the command line; the config and caption errors.
+
+mod common;
+
+use mm_data::ClipBatch;
+use mm_encoders::CocaModel;
+use mm_train::TrainConfig;
+use mm_train::start::Startable;
+use mm_train::task::Trainee;
+
+/// The tiny test config as a CoCa: attentional pooler, text class token, a 1-layer decoder.
+fn coca_toml(dir: &std::path::Path, steps: usize) -> String {
+    common::tiny_toml(dir, steps)
+        .replace("[model.vision]", "[model.vision]\nattentional_pool = true\nattn_pooler_queries = 5\nattn_pooler_heads = 2")
+        .replace("[model.text]", "[model.text]\nembed_cls = true\npad_id = 0")
+        .replace(
+            "[data]",
+            "[model.multimodal]\ncontext_length = 12\nvocab_size = 49408\nwidth = 32\nlayers = 1\nheads = 2\nintermediate_size = 64\n[data]",
+        )
+        .replace("seed = 3", "seed = 3\nobjective = \"coca\"")
+}
+
+fn coca_config(dir: &std::path::Path, steps: usize) -> TrainConfig {
+    let config = TrainConfig::from_toml(&coca_toml(dir, steps), "coca test").unwrap();
+    config.validate("coca test").unwrap();
+    config
+}
+
+#[test]
+fn accumulated_micro_batches_give_the_big_batch_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = coca_config(dir.path(), 1);
+    let start = CocaModel::start(&config).unwrap();
+    let learner = start.learner;
+    let big = common::shapes_batches(&start.model_config, 1).remove(0);
+    assert!(
+        big.input_ids.contains(&0),
+        "padded with the model's pad id 0"
+    );
+    let micro: Vec<ClipBatch> = (0..4)
+        .map(|i| common::rows_of(&big, 4 * i..4 * (i + 1)))
+        .collect();
+    let (loss_big, grads_big) = learner.gradients(std::slice::from_ref(&big)).unwrap();
+    let (loss_acc, grads_acc) = learner.gradients(&micro).unwrap();
+    assert!(
+        (loss_big - loss_acc).abs() < 1e-4,
+        "{loss_big} vs {loss_acc}"
+    );
+    let (worst, scale) = common::compare_grads(&learner.model, &grads_big, &grads_acc);
+    println!("coca: max |grad(16) - grad(4 x 4)| = {worst:.2e} (largest {scale:.2e})");
+    assert!(worst <= 2e-5, "accumulated gradients differ by {worst}");
+    // Every decoder parameter learns.
+    let decoder_grads = grads_big
+        .get::<2>(learner.model.text_decoder.text_projection.weight.id)
+        .expect("the output projection has a gradient");
+    assert!(decoder_grads.abs().max().into_scalar::<f32>() > 0.0);
+}
+
+#[test]
+fn a_coca_run_learns_checkpoints_its_decoder_and_captions() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let config = coca_config(&run, 30);
+    let report = mm_train::train(&config, false).unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    println!("coca loss {first:.3} -> {last:.3}; {report:?}");
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    let ckpt_dir = run.join("checkpoints/step-000030");
+    assert!(ckpt_dir.join("text_decoder.safetensors").exists());
+    let ckpt = mm_train::checkpoint::load(&run, &burn::tensor::Device::flex()).unwrap();
+    assert_eq!(
+        ckpt.tokenizer.pad_id(),
+        0,
+        "the run pads with the model's pad id"
+    );
+    assert!(ckpt.model_config.multimodal.is_some());
+    let model = ckpt.coca().unwrap();
+    assert!(model.captioner().is_some());
+
+    // The command line: a caption per image; zero-shot reads the same checkpoint's towers.
+    let image = dir.path().join("shape.png");
+    common::save_shape(&image, 40);
+    let run_arg = run.to_str().unwrap();
+    let image_arg = image.to_str().unwrap();
+    let (ok, stdout, stderr) = common::mm_train(&[
+        "caption",
+        "--checkpoint",
+        run_arg,
+        "--strategy",
+        "greedy",
+        "--max-tokens",
+        "6",
+        image_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with(&format!("{image_arg}: ")), "{stdout}");
+    let (ok, stdout, stderr) = common::mm_train(&[
+        "caption",
+        "--checkpoint",
+        run_arg,
+        "--prompt",
+        "a photo of",
+        "--beams",
+        "3",
+        image_arg,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(image_arg), "{stdout}");
+    let (ok, _, stderr) = common::mm_train(&[
+        "zero-shot",
+        "--checkpoint",
+        run_arg,
+        "--classes",
+        "red circle,blue square",
+        image_arg,
+    ]);
+    assert!(ok, "{stderr}");
+
+    // Bad input: an empty prompt, a prompt longer than the context, a CLIP checkpoint.
+    for (args, message) in [
+        (vec!["--prompt", "  "], "--prompt is empty"),
+        (
+            vec!["--prompt", &"word ".repeat(30)],
+            "nothing is left to generate",
+        ),
+        (vec!["--max-tokens", "50"], "--max-tokens 50"),
+        (vec!["--strategy", "sample", "--top-p", "0"], "top_p"),
+    ] {
+        let mut all = vec!["caption", "--checkpoint", run_arg];
+        all.extend(args);
+        all.push(image_arg);
+        let (ok, _, stderr) = common::mm_train(&all);
+        assert!(!ok && stderr.contains(message), "{all:?}: {stderr}");
+    }
+    let clip_run = dir.path().join("clip");
+    mm_train::train(&common::tiny_config(&clip_run, 10), false).unwrap();
+    let (ok, _, stderr) = common::mm_train(&[
+        "caption",
+        "--checkpoint",
+        clip_run.to_str().unwrap(),
+        image_arg,
+    ]);
+    assert!(
+        !ok && stderr.contains("without a caption decoder"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn coca_configs_that_cannot_work_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let coca = coca_toml(dir.path(), 10);
+    let clip = common::tiny_toml(dir.path(), 10);
+    for (text, key) in [
+        (
+            clip.replace("seed = 3", "seed = 3\nobjective = \"coca\""),
+            "model",
+        ),
+        (coca.replace("objective = \"coca\"", ""), "objective"),
+        (
+            format!("{clip}\n[coca]\ncaption_loss_weight = 1.0\n"),
+            "coca",
+        ),
+        (
+            format!("{coca}\n[coca]\ncaption_loss_weight = -1.0\n"),
+            "coca.caption_loss_weight",
+        ),
+        (
+            coca.replace("[train]", "[train]\npatch_dropout = 0.5"),
+            "train.patch_dropout",
+        ),
+    ] {
+        let err = TrainConfig::from_toml(&text, "x.toml")
+            .and_then(|c| c.validate("x.toml").map(|_| c))
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {key}"));
+        assert!(
+            err.to_string().contains(&format!("`{key}`")),
+            "{key}: {err}"
+        );
+    }
+}
