@@ -8,6 +8,7 @@
 use std::fmt;
 
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// Caps on a model's sizes: far beyond any real CLIP (ViT-bigG/14: width 1664, 48 layers,
 /// 8,192 MLP; 336 px), so that a typo is a clear error and not an allocation of terabytes.
@@ -70,4 +71,97 @@ pub fn from_toml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T,
             .to_string();
         ConfigError::new(origin, &key, message)
     })
+}
+
+/// One JSON object of a foreign config (HF's `config.json`, open_clip's model config), with
+/// typed getters whose errors name `section.key` in that config's own terms.
+pub(crate) struct JsonSection<'a> {
+    value: &'a Value,
+    name: String,
+    origin: &'a str,
+}
+
+static NULL: Value = Value::Null;
+
+impl<'a> JsonSection<'a> {
+    /// `value` (an object, or null for a section left out) named `name` in `origin`.
+    pub(crate) fn new(value: &'a Value, name: &str, origin: &'a str) -> Result<Self, ConfigError> {
+        if !(value.is_object() || value.is_null()) {
+            return Err(ConfigError::new(origin, name, "expected a JSON object"));
+        }
+        Ok(Self {
+            value,
+            name: name.to_string(),
+            origin,
+        })
+    }
+
+    /// The object under `key` (null if absent).
+    pub(crate) fn sub(&self, key: &str) -> Result<JsonSection<'a>, ConfigError> {
+        let value = self.value.get(key).unwrap_or(&NULL);
+        JsonSection::new(value, &self.key(key), self.origin)
+    }
+
+    fn key(&self, key: &str) -> String {
+        match self.name.is_empty() {
+            true => key.to_string(),
+            false => format!("{}.{key}", self.name),
+        }
+    }
+
+    pub(crate) fn error(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::new(self.origin, &self.key(key), message)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.value.get(key).filter(|v| !v.is_null())
+    }
+
+    pub(crate) fn usize_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                self.error(key, format!("expected a non-negative integer, got {v}"))
+            }),
+        }
+    }
+
+    pub(crate) fn f64_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.error(key, format!("expected a number, got {v}"))),
+        }
+    }
+
+    pub(crate) fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.error(key, format!("expected true or false, got {v}"))),
+        }
+    }
+
+    pub(crate) fn opt_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.error(key, format!("expected a string, got {v}"))),
+        }
+    }
+
+    /// An image/patch size: an integer, or a `[h, w]` pair with h == w.
+    pub(crate) fn square_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        if let Some(Value::Array(pair)) = self.get(key) {
+            return match pair.as_slice() {
+                [h, w] if h == w && h.is_u64() => Ok(h.as_u64().unwrap_or(0) as usize),
+                _ => Err(self.error(key, format!("{pair:?}: only square sizes are supported"))),
+            };
+        }
+        self.usize_or(key, default)
+    }
 }

@@ -17,7 +17,7 @@ use burn::store::{
 use burn::tensor::{DType, Device, Shape, TensorData};
 use serde_json::{Value, json};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, JsonSection};
 use crate::model::ClipConfig;
 use crate::model::ClipModel;
 use crate::text::TextConfig;
@@ -68,7 +68,7 @@ static NULL: Value = Value::Null;
 /// cannot honour (another activation, a non-square image, 4 channels, ...) are errors naming
 /// the key, never silently changed.
 pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigError> {
-    let top = Section::new(json, "", origin)?;
+    let top = JsonSection::new(json, "", origin)?;
     if let Some(model_type) = top.opt_str("model_type")?
         && model_type != "clip"
     {
@@ -86,14 +86,14 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
         ));
     }
     // Old configs nest the towers under `*_config_dict` as well; `*_config` wins as in HF.
-    let sub = |name: &'static str| -> Result<Section, ConfigError> {
+    let sub = |name: &'static str| -> Result<JsonSection, ConfigError> {
         let value = json
             .get(name)
             .filter(|v| !v.is_null())
             .or_else(|| json.get(format!("{name}_dict")).filter(|v| !v.is_null()));
         match value {
-            Some(v) => Section::new(v, name, origin),
-            None => Section::new(&NULL, name, origin),
+            Some(v) => JsonSection::new(v, name, origin),
+            None => JsonSection::new(&NULL, name, origin),
         }
     };
     let text = sub("text_config")?;
@@ -117,7 +117,7 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
             layers: vision.usize_or("num_hidden_layers", 12)?,
             heads: vision.usize_or("num_attention_heads", 12)?,
             intermediate_size: vision.usize_or("intermediate_size", 3072)?,
-            activation: vision.activation()?,
+            activation: activation(&vision)?,
             layer_norm_eps: vision.f64_or("layer_norm_eps", 1e-5)?,
             attentional_pool: false,
             attn_pooler_queries: 0,
@@ -130,7 +130,7 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
             layers: text.usize_or("num_hidden_layers", 12)?,
             heads: text.usize_or("num_attention_heads", 8)?,
             intermediate_size: text.usize_or("intermediate_size", 2048)?,
-            activation: text.activation()?,
+            activation: activation(&text)?,
             layer_norm_eps: text.f64_or("layer_norm_eps", 1e-5)?,
             eos_token_id: text.usize_or("eos_token_id", 49407)? as u32,
             embed_cls: false,
@@ -209,90 +209,15 @@ pub fn config_to_hf(config: &ClipConfig, bos_token_id: u32, pad_token_id: u32) -
     })
 }
 
-/// One JSON object of an HF config, with typed getters whose errors name `section.key`.
-struct Section<'a> {
-    value: &'a Value,
-    name: &'a str,
-    origin: &'a str,
-}
-
-impl<'a> Section<'a> {
-    fn new(value: &'a Value, name: &'a str, origin: &'a str) -> Result<Self, ConfigError> {
-        if !(value.is_object() || value.is_null()) {
-            let key = if name.is_empty() { "" } else { name };
-            return Err(ConfigError::new(origin, key, "expected a JSON object"));
-        }
-        Ok(Self {
-            value,
-            name,
-            origin,
-        })
-    }
-
-    fn key(&self, key: &str) -> String {
-        if self.name.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.name)
-        }
-    }
-
-    fn error(&self, key: &str, message: String) -> ConfigError {
-        ConfigError::new(self.origin, &self.key(key), message)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.value.get(key).filter(|v| !v.is_null())
-    }
-
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                self.error(key, format!("expected a non-negative integer, got {v}"))
-            }),
-        }
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.error(key, format!("expected a number, got {v}"))),
-        }
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.error(key, format!("expected a string, got {v}"))),
-        }
-    }
-
-    /// An image/patch size: an integer, or a `[h, w]` pair with h == w.
-    fn square_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        if let Some(Value::Array(pair)) = self.get(key) {
-            return match pair.as_slice() {
-                [h, w] if h == w && h.as_u64().is_some() => Ok(h.as_u64().unwrap() as usize),
-                _ => Err(self.error(key, format!("{pair:?}: only square sizes are supported"))),
-            };
-        }
-        self.usize_or(key, default)
-    }
-
-    fn activation(&self) -> Result<Activation, ConfigError> {
-        match self.opt_str("hidden_act")?.unwrap_or("quick_gelu") {
-            "quick_gelu" => Ok(Activation::QuickGelu),
-            "gelu" => Ok(Activation::Gelu),
-            other => Err(self.error(
-                "hidden_act",
-                format!("unsupported activation `{other}` (mm supports quick_gelu and gelu)"),
-            )),
-        }
+/// A tower's `hidden_act`, of those mm implements.
+fn activation(section: &JsonSection) -> Result<Activation, ConfigError> {
+    match section.opt_str("hidden_act")?.unwrap_or("quick_gelu") {
+        "quick_gelu" => Ok(Activation::QuickGelu),
+        "gelu" => Ok(Activation::Gelu),
+        other => Err(section.error(
+            "hidden_act",
+            format!("unsupported activation `{other}` (mm supports quick_gelu and gelu)"),
+        )),
     }
 }
 

@@ -18,7 +18,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 use crate::coca::CocaModel;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, JsonSection};
 use crate::decoder::MultimodalConfig;
 use crate::hf::HfError;
 use crate::model::{ClipConfig, ClipModel};
@@ -52,7 +52,7 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig, HfError> {
 /// implement (timm or HF towers, layer scale, other poolings, ...) are errors naming the key.
 pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, ConfigError> {
     let json = json.get("model_cfg").unwrap_or(json);
-    let top = Section::new(json, "", origin)?;
+    let top = JsonSection::new(json, "", origin)?;
     let activation = match top.bool_or("quick_gelu", false)? {
         true => Activation::QuickGelu,
         false => Activation::Gelu,
@@ -95,7 +95,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
             ][..],
         ),
     ] {
-        section.refuse_set(keys)?;
+        refuse_set(section, keys)?;
     }
     let attentional_pool = match vision.get("attentional_pool") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
@@ -107,7 +107,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
             ));
         }
     };
-    let pool_type = vision.str_or("pool_type", "tok")?;
+    let pool_type = str_or(&vision, "pool_type", "tok")?;
     if pool_type != "tok" {
         return Err(vision.error(
             "pool_type",
@@ -121,7 +121,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
         width: vision_width,
         layers: vision.usize_or("layers", 12)?,
         heads: vision_width / vision.usize_or("head_width", 64)?.max(1),
-        intermediate_size: vision.mlp_width(vision_width)?,
+        intermediate_size: mlp_width(&vision, vision_width)?,
         activation,
         layer_norm_eps: 1e-5,
         attentional_pool,
@@ -129,7 +129,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
         attn_pooler_heads: vision.usize_or("attn_pooler_heads", 8)?,
     };
     let embed_cls = text.bool_or("embed_cls", false)?;
-    let pool_type = text.str_or("pool_type", "argmax")?;
+    let pool_type = str_or(&text, "pool_type", "argmax")?;
     let eos_token_id = match (embed_cls, pool_type) {
         // With a class token open_clip always pools there.
         (true, _) | (false, "argmax") => LEGACY_EOS_TOKEN_ID,
@@ -148,7 +148,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
         width: text_width,
         layers: text.usize_or("layers", 12)?,
         heads: text.usize_or("heads", 8)?,
-        intermediate_size: text.mlp_width(text_width)?,
+        intermediate_size: mlp_width(&text, text_width)?,
         activation,
         layer_norm_eps: 1e-5,
         eos_token_id,
@@ -159,7 +159,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
         None | Some(Value::Null) => None,
         Some(_) => {
             let m = top.sub("multimodal_cfg")?;
-            m.refuse_set(&["ls_init_value"])?;
+            refuse_set(&m, &["ls_init_value"])?;
             let width = m.usize_or("width", 512)?;
             // open_clip builds the decoder without passing `mlp_ratio` on: always 4.
             Some(MultimodalConfig {
@@ -460,122 +460,36 @@ fn source(path: &str, text_prefix: &str, file: &SafeTensors<'_>) -> Option<Sourc
     })
 }
 
-/// One JSON object of an open_clip config, with typed getters whose errors name the key.
-struct Section<'a> {
-    value: &'a Value,
-    name: String,
-    origin: &'a str,
+/// The MLP's hidden width, `width * mlp_ratio` (open_clip's default ratio is 4).
+fn mlp_width(section: &JsonSection, width: usize) -> Result<usize, ConfigError> {
+    let ratio = section.f64_or("mlp_ratio", 4.0)?;
+    let hidden = width as f64 * ratio;
+    if !(ratio > 0.0 && hidden.fract() == 0.0 && hidden <= u32::MAX as f64) {
+        return Err(section.error(
+            "mlp_ratio",
+            format!("{ratio}: width x mlp_ratio must be a positive whole number"),
+        ));
+    }
+    Ok(hidden as usize)
 }
 
-static NULL: Value = Value::Null;
-
-impl<'a> Section<'a> {
-    fn new(value: &'a Value, name: &str, origin: &'a str) -> Result<Self, ConfigError> {
-        if !(value.is_object() || value.is_null()) {
-            return Err(ConfigError::new(origin, name, "must be a JSON object"));
-        }
-        Ok(Self {
-            value,
-            name: name.to_string(),
-            origin,
-        })
-    }
-
-    fn sub(&self, key: &str) -> Result<Section<'a>, ConfigError> {
-        Section::new(
-            self.value.get(key).unwrap_or(&NULL),
-            &self.key(key),
-            self.origin,
-        )
-    }
-
-    fn key(&self, key: &str) -> String {
-        match self.name.is_empty() {
-            true => key.to_string(),
-            false => format!("{}.{key}", self.name),
+/// Options mm does not implement: set to anything but their off value, they are errors.
+fn refuse_set(section: &JsonSection, keys: &[&str]) -> Result<(), ConfigError> {
+    for key in keys {
+        match section.get(key) {
+            None | Some(Value::Bool(false)) => {}
+            Some(Value::String(s)) if matches!(s.as_str(), "learnable" | "default") => {}
+            Some(v) => return Err(section.error(key, format!("{v}: not supported by mm"))),
         }
     }
+    Ok(())
+}
 
-    fn error(&self, key: &str, message: String) -> ConfigError {
-        ConfigError::new(self.origin, &self.key(key), message)
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.value.get(key).filter(|v| !v.is_null())
-    }
-
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.error(key, format!("{v}: must be a non-negative integer"))),
-        }
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.error(key, format!("{v}: must be a number"))),
-        }
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.error(key, format!("{v}: must be true or false"))),
-        }
-    }
-
-    fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str, ConfigError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| self.error(key, format!("{v}: must be a string"))),
-        }
-    }
-
-    /// An image size or patch size: one number, or `[h, w]` with `h == w`.
-    fn square_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match self.get(key) {
-            Some(Value::Array(sides)) => match sides.as_slice() {
-                [h, w] if h == w && h.is_u64() => Ok(h.as_u64().unwrap_or(0) as usize),
-                _ => Err(self.error(key, format!("{sides:?}: only square sizes are supported"))),
-            },
-            _ => self.usize_or(key, default),
-        }
-    }
-
-    /// The MLP's hidden width, `width * mlp_ratio` (open_clip's default ratio is 4).
-    fn mlp_width(&self, width: usize) -> Result<usize, ConfigError> {
-        let ratio = self.f64_or("mlp_ratio", 4.0)?;
-        let hidden = width as f64 * ratio;
-        if !(ratio > 0.0 && hidden.fract() == 0.0 && hidden <= u32::MAX as f64) {
-            return Err(self.error(
-                "mlp_ratio",
-                format!("{ratio}: width x mlp_ratio must be a positive whole number"),
-            ));
-        }
-        Ok(hidden as usize)
-    }
-
-    /// Options mm does not implement: set to anything but their off value, they are errors.
-    fn refuse_set(&self, keys: &[&str]) -> Result<(), ConfigError> {
-        for key in keys {
-            match self.get(key) {
-                None | Some(Value::Bool(false)) => {}
-                Some(Value::String(s)) if matches!(s.as_str(), "learnable" | "default") => {}
-                Some(v) => {
-                    return Err(self.error(key, format!("{v}: not supported by mm")));
-                }
-            }
-        }
-        Ok(())
-    }
+/// A string option, `default` when absent.
+fn str_or<'a>(
+    section: &JsonSection<'a>,
+    key: &str,
+    default: &'a str,
+) -> Result<&'a str, ConfigError> {
+    Ok(section.opt_str(key)?.unwrap_or(default))
 }
