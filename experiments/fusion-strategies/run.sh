@@ -69,6 +69,6 @@ worker() {
 
 for _ in $(seq "$jobs"); do worker & done
 wait
-rm -rf runs/fusion/.claims
+# Claims stay: another invocation may still be running; a dead worker's claim is taken over.
 python3 -c "import matplotlib" 2>/dev/null || pip install --quiet matplotlib
 python3 "$here/plot.py" "$here"
