@@ -141,16 +141,7 @@ pub fn run(args: CaptionArgs) -> Result<()> {
             println!("{}: {text}", path.display());
         }
     }
-    match unreadable.len() {
-        0 => Ok(()),
-        1 => Err(unreadable.remove(0)),
-        n => {
-            for e in &unreadable {
-                eprintln!("warning: {e:#}");
-            }
-            bail!("{n} of {} images could not be read", args.images.len())
-        }
-    }
+    crate::predict::unreadable_images(unreadable, args.images.len())
 }
 
 /// The ids generation starts from: the start token, then the prompt's tokens (no end token).

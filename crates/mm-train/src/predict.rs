@@ -108,6 +108,12 @@ pub(crate) fn print_top_classes(
             println!("  {:6.2}%  {name}", 100.0 * p);
         }
     }
+    unreadable_images(unreadable, images.len())
+}
+
+/// The end of a command that skipped the images it could not read: fine if none, that image's
+/// error if one, else each as a warning and a count of `total`.
+pub(crate) fn unreadable_images(mut unreadable: Vec<anyhow::Error>, total: usize) -> Result<()> {
     match unreadable.len() {
         0 => Ok(()),
         1 => Err(unreadable.remove(0)),
@@ -115,7 +121,7 @@ pub(crate) fn print_top_classes(
             for e in &unreadable {
                 eprintln!("warning: {e:#}");
             }
-            bail!("{n} of {} images could not be read", images.len())
+            bail!("{n} of {total} images could not be read")
         }
     }
 }
