@@ -24,10 +24,10 @@ pub use preprocess::{
     TrainTransform, decode_input, load_image, normalize_into, preprocess_into, resize_center_crop,
 };
 pub use shape_tasks::{ShapesTask, TaskSample, TaskSource};
-pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split};
+pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split, described_figure};
 pub use source::{
     Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, MAX_LABEL_BYTES, PairSource,
-    SampleError, SampleErrorKind, SkipCounts, caption_from_bytes,
+    QuestionAnswerTexts, SampleError, SampleErrorKind, SkipCounts, TextFormat, caption_from_bytes,
 };
 pub use stream::{DataConfig, DataStream, Fold, Paths, ShuffleBuffer, SourceKind};
 pub use tokenizer::ClipTokenizer;

@@ -78,6 +78,63 @@ pub struct ShapeSample {
     pub caption: String,
     /// Index into [`ShapesDataset::class_names`].
     pub class: usize,
+    /// The background's name (as captions say it).
+    pub background: &'static str,
+}
+
+impl ShapeSample {
+    /// Every caption the data could have given this picture (each template, filled): the
+    /// references its generated captions are scored against (BLEU, CIDEr-D).
+    pub fn references(&self) -> Vec<String> {
+        TEMPLATES
+            .iter()
+            .map(|t| fill(t, self.class, self.background))
+            .collect()
+    }
+}
+
+/// `template` with the class's colour and shape and the background filled in.
+fn fill(template: &str, class: usize, background: &str) -> String {
+    let caption = template
+        .replace("{color}", COLORS[class / SHAPES.len()].0)
+        .replace("{shape}", SHAPES[class % SHAPES.len()])
+        .replace("{bg}", background);
+    fix_articles(&caption)
+}
+
+/// The figure a caption in the data's words describes, as `(colour, shape)` indices into
+/// [`COLORS`] and [`SHAPES`]; `None` for an attribute it does not name unambiguously. The shape
+/// is the one shape word (none, or two different ones: `None`); its colour the colour word
+/// right before it (`a red star`) or after it following `is` / `coloured` (`a star that is
+/// red`), so a background's colour (`on a white background`) is never read as the figure's.
+pub fn described_figure(caption: &str) -> (Option<usize>, Option<usize>) {
+    let words: Vec<String> = caption
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    let shape_of = |w: &str| SHAPES.iter().position(|s| *s == w);
+    let color_of = |w: &str| COLORS.iter().position(|(c, _)| *c == w);
+    let shapes: Vec<(usize, usize)> = words
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| Some((i, shape_of(w)?)))
+        .collect();
+    let Some(&(at, shape)) = shapes.first() else {
+        return (None, None);
+    };
+    if shapes.iter().any(|&(_, s)| s != shape) {
+        return (None, None);
+    }
+    let before = at.checked_sub(1).and_then(|i| color_of(&words[i]));
+    let after = || {
+        words[at + 1..].windows(2).find_map(|pair| {
+            matches!(pair[0].as_str(), "is" | "coloured" | "colored")
+                .then(|| color_of(&pair[1]))
+                .flatten()
+        })
+    };
+    (before.or_else(after), Some(shape))
 }
 
 /// The procedural dataset: infinite, deterministic given its seed.
@@ -121,14 +178,12 @@ impl ShapesDataset {
         );
 
         let template = TEMPLATES[rng.random_range(0..TEMPLATES.len())];
-        let caption = template
-            .replace("{color}", COLORS[color].0)
-            .replace("{shape}", SHAPES[shape])
-            .replace("{bg}", bg_name);
+        let class = color * SHAPES.len() + shape;
         ShapeSample {
             image,
-            caption: fix_articles(&caption),
-            class: color * SHAPES.len() + shape,
+            caption: fill(template, class, bg_name),
+            class,
+            background: bg_name,
         }
     }
 
@@ -375,6 +430,39 @@ mod tests {
             assert!(!sample.caption.contains("  ") && !sample.caption.contains("a orange"));
         }
         assert!(seen.iter().all(|&n| n > 10), "{seen:?}");
+    }
+
+    #[test]
+    fn every_reference_describes_the_figure_and_backgrounds_are_not_its_colour() {
+        let data = ShapesDataset::new(4, 32);
+        for i in 0..300 {
+            let sample = data.sample(Split::HeldOut, i);
+            let truth = (
+                Some(sample.class / SHAPES.len()),
+                Some(sample.class % SHAPES.len()),
+            );
+            let references = sample.references();
+            assert_eq!(references.len(), TEMPLATES.len());
+            assert!(references.contains(&sample.caption), "{}", sample.caption);
+            for reference in &references {
+                assert_eq!(described_figure(reference), truth, "{reference}");
+            }
+        }
+        let (red, white) = (Some(0), Some(7));
+        let (circle, star) = (Some(0), Some(3));
+        for (caption, figure) in [
+            ("a star on a white background", (None, star)),
+            ("a white picture with a star", (None, star)),
+            ("a picture of a star that is red", (red, star)),
+            ("An image of a STAR, coloured white.", (white, star)),
+            ("a red star and a red circle", (None, None)),
+            ("a red star next to a red star", (red, star)),
+            ("a red circle on a white background", (red, circle)),
+            ("a red thing", (None, None)),
+            ("", (None, None)),
+        ] {
+            assert_eq!(described_figure(caption), figure, "{caption}");
+        }
     }
 
     #[test]

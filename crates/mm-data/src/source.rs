@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use image::DynamicImage;
+use serde::{Deserialize, Serialize};
 
 /// An image as a source hands it over. Sources do no decoding: bytes and paths go to the
 /// batcher's worker pool, which reads, decodes and transforms in parallel, and skipping ahead
@@ -243,6 +244,61 @@ impl Labels {
             Ok("") => missing("an empty label".into()),
             Ok(label) => Ok(Some(label.to_string())),
         }
+    }
+}
+
+/// The text a sample trains on (`data.text_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextFormat {
+    /// Its caption.
+    #[default]
+    Caption,
+    /// Visual question answering rows: the caption holds a question and the label its answer;
+    /// the text is [`TextFormat::question_answer`], which a captioner learns to continue from
+    /// [`TextFormat::question_prompt`] (VQA by prompting).
+    QuestionAnswer,
+}
+
+impl TextFormat {
+    /// The prompt a question is asked with.
+    pub fn question_prompt(question: &str) -> String {
+        format!("question: {question} answer:")
+    }
+
+    /// A question and its answer as one text: the prompt, then the answer.
+    pub fn question_answer(question: &str, answer: &str) -> String {
+        format!("{} {answer}", Self::question_prompt(question))
+    }
+
+    pub fn is_caption(&self) -> bool {
+        *self == Self::Caption
+    }
+}
+
+/// A labelled source whose pairs' texts become `question: {caption} answer: {label}`.
+pub struct QuestionAnswerTexts(pub Box<dyn PairSource>);
+
+impl Iterator for QuestionAnswerTexts {
+    type Item = Result<ImageTextPair, SampleError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.nth(0)
+    }
+
+    /// Skipping is the inner source's (index arithmetic where it has it).
+    fn nth(&mut self, n: usize) -> Option<Self::Item> {
+        Some(self.0.nth(n)?.map(|mut pair| {
+            let answer = pair.label.as_deref().unwrap_or_default();
+            pair.caption = TextFormat::question_answer(&pair.caption, answer);
+            pair
+        }))
+    }
+}
+
+impl PairSource for QuestionAnswerTexts {
+    fn describe(&self) -> String {
+        format!("{} as question-answer texts", self.0.describe())
     }
 }
 

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::shape_tasks::ShapesTask;
-use crate::source::{Captions, Labels};
+use crate::source::{Captions, Labels, QuestionAnswerTexts, TextFormat};
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -85,6 +85,11 @@ pub struct DataConfig {
     /// two-modality classification tasks `matching` and `question`.
     #[serde(default)]
     pub shapes_task: ShapesTask,
+    /// The text a sample trains on: its caption, or (`question_answer`) VQA rows' question
+    /// (the caption) and answer (the label: `csv_label_key`, a shard's `.cls`, the folder)
+    /// as `question: ... answer: ...`.
+    #[serde(default, skip_serializing_if = "TextFormat::is_caption")]
+    pub text_format: TextFormat,
     /// CSV field separator, one character (`--csv-separator`); by default `,` for a `.csv`
     /// file and tab otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +236,7 @@ impl Default for DataConfig {
             csv_caption_key: default_caption_key(),
             csv_label_key: default_label_key(),
             shapes_task: ShapesTask::Pairs,
+            text_format: TextFormat::Caption,
             csv_separator: None,
             shuffle_buffer: default_shuffle_buffer(),
             train_transform: TrainTransform::default(),
@@ -262,6 +268,15 @@ impl DataConfig {
             for pattern in self.path.iter().flat_map(Paths::to_vec) {
                 expand_braces(&pattern).map_err(|e| ("data.path", e))?;
             }
+        }
+        if self.text_format == TextFormat::QuestionAnswer
+            && self.source == SourceKind::Shapes
+            && self.shapes_task == ShapesTask::Pairs
+        {
+            return Err((
+                "data.text_format",
+                "the built-in pairs are captions, not questions: set data.shapes_task = \"question\"".into(),
+            ));
         }
         if let Some(fold) = self.fold {
             if fold.of < 2 || fold.index >= fold.of {
@@ -353,15 +368,38 @@ impl DataConfig {
         CsvColumns {
             image: self.csv_img_key.clone(),
             caption: self.csv_caption_key.clone(),
-            label: (self.labels == Labels::Required).then(|| self.csv_label_key.clone()),
+            label: (self.wanted_labels() == Labels::Required).then(|| self.csv_label_key.clone()),
             // Checked in `check`.
             separator: csv_separator(self.csv_separator.as_deref(), path).unwrap_or(b'\t'),
         }
     }
 
-    /// One pass over the data (epoch `epoch`: shard order shuffled by it), unshuffled within.
-    /// Missing shards, files, folders or CSV columns are errors here.
+    /// Whether samples need labels: for the classify objective, or as question-answer
+    /// rows' answers.
+    pub fn wanted_labels(&self) -> Labels {
+        match self.text_format {
+            TextFormat::QuestionAnswer => Labels::Required,
+            TextFormat::Caption => self.labels,
+        }
+    }
+
+    /// One pass over the data (epoch `epoch`: shard order shuffled by it), unshuffled within,
+    /// its texts as `text_format` says. Missing shards, files, folders or CSV columns are
+    /// errors here.
     pub fn open_epoch(
+        &self,
+        seed: u64,
+        epoch: u64,
+        image_size: usize,
+    ) -> Result<Box<dyn PairSource>, DataError> {
+        let source = self.open_pairs(seed, epoch, image_size)?;
+        Ok(match self.text_format {
+            TextFormat::Caption => source,
+            TextFormat::QuestionAnswer => Box::new(QuestionAnswerTexts(source)),
+        })
+    }
+
+    fn open_pairs(
         &self,
         seed: u64,
         epoch: u64,
@@ -406,7 +444,7 @@ impl DataConfig {
                 folded(Box::new(TarSource::reading(
                     shards,
                     self.image_limits(),
-                    (self.captions, self.labels),
+                    (self.captions, self.wanted_labels()),
                 )))
             }
             SourceKind::Csv => {
@@ -420,7 +458,7 @@ impl DataConfig {
             }
             SourceKind::Folder => share(Box::new(
                 FolderSource::open_with(&PathBuf::from(&paths[0]), self.captions)?
-                    .with_labels(self.labels),
+                    .with_labels(self.wanted_labels()),
             )),
         })
     }

@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod caption;
+pub mod caption_metrics;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;

@@ -187,3 +187,63 @@ fn coca_configs_that_cannot_work_are_errors_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn caption_metrics_match_pycocoevalcap() {
+    use mm_train::caption_metrics::{bleu, cider_d};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/caption_metrics/pycocoevalcap.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for corpus in fixture["corpora"].as_array().unwrap() {
+        let name = corpus["name"].as_str().unwrap();
+        let cases = corpus["cases"].as_array().unwrap();
+        let candidates: Vec<String> = cases
+            .iter()
+            .map(|c| c["candidate"].as_str().unwrap().to_string())
+            .collect();
+        let references: Vec<Vec<String>> = cases
+            .iter()
+            .map(|c| {
+                c["references"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect();
+        let ours = bleu(&candidates, &references);
+        for (k, (a, b)) in ours.iter().zip(floats(&corpus["bleu"])).enumerate() {
+            assert!((a - b).abs() < 1e-9, "{name}: BLEU-{} {a} vs {b}", k + 1);
+        }
+        let per_image = cider_d(&candidates, &references);
+        for (i, (a, b)) in per_image
+            .iter()
+            .zip(floats(&corpus["cider_d_per_image"]))
+            .enumerate()
+        {
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{name}: CIDEr-D of image {i}: {a} vs {b}"
+            );
+        }
+        let mean = per_image.iter().sum::<f64>() / per_image.len() as f64;
+        let expected = corpus["cider_d"].as_f64().unwrap();
+        assert!(
+            (mean - expected).abs() < 1e-9,
+            "{name}: {mean} vs {expected}"
+        );
+        println!(
+            "{name}: BLEU-4 {:.4}, CIDEr-D {mean:.4} (pycocoevalcap {expected:.4})",
+            ours[3]
+        );
+    }
+}
