@@ -900,3 +900,70 @@ fn k_fold_parts_are_disjoint_and_cover_the_data() {
     }));
     assert_eq!(bad.check().unwrap_err().0, "data.fold");
 }
+
+#[test]
+fn question_answer_rows_become_prompted_texts_and_rows_without_answers_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("vqa.csv");
+    std::fs::write(
+        &csv,
+        "filepath,question,answer\na.png,what colour is the star?,red\nb.png,what shape is it?,\nc.png,how many?,two\n",
+    )
+    .unwrap();
+    let config = DataConfig {
+        source: mm_data::SourceKind::Csv,
+        path: Some(mm_data::Paths::One(csv.display().to_string())),
+        csv_caption_key: "question".into(),
+        csv_label_key: "answer".into(),
+        text_format: mm_data::TextFormat::QuestionAnswer,
+        shuffle_buffer: 0,
+        ..DataConfig::default()
+    };
+    config.check().unwrap();
+    let items: Vec<_> = config.open_epoch(0, 0, 16).unwrap().collect();
+    assert_eq!(items.len(), 3);
+    assert_eq!(
+        items[0].as_ref().unwrap().caption,
+        "question: what colour is the star? answer: red"
+    );
+    let missing = items[1].as_ref().unwrap_err();
+    assert_eq!(
+        missing.kind,
+        mm_data::SampleErrorKind::MissingLabel,
+        "{missing}"
+    );
+    assert_eq!(
+        items[2].as_ref().unwrap().caption,
+        mm_data::TextFormat::question_answer("how many?", "two")
+    );
+    // Skipping past rows is the inner source's: the third row, still formatted.
+    let third = config
+        .open_epoch(0, 0, 16)
+        .unwrap()
+        .nth(2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.caption, "question: how many? answer: two");
+    // The built-in pairs have no questions.
+    let builtin = DataConfig {
+        text_format: mm_data::TextFormat::QuestionAnswer,
+        ..DataConfig::default()
+    };
+    assert_eq!(builtin.check().unwrap_err().0, "data.text_format");
+    let questions = DataConfig {
+        shapes_task: mm_data::ShapesTask::Question,
+        ..builtin
+    };
+    let pair = questions
+        .open_epoch(1, 0, 16)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let (question, answer) = pair.caption.split_once(" answer: ").unwrap();
+    assert!(
+        question.starts_with("question: ") && question.ends_with('?'),
+        "{question}"
+    );
+    assert_eq!(Some(answer), pair.label.as_deref());
+}

@@ -76,6 +76,31 @@ impl CocaModel {
     /// Teacher-forced training pass on `[batch, seq]` ids (start token first, padded with
     /// the text config's `pad_id`): both features, and the logits predicting `ids[:, 1:]`.
     pub fn forward(&self, pixels: Tensor<4>, input_ids: Tensor<2, Int>) -> CocaOutput {
+        self.forward_with(pixels, input_ids, |decoder, image, text| {
+            decoder.forward(image, text)
+        })
+    }
+
+    /// [`CocaModel::forward`] with the logits at some positions only (`[1, rows, vocab]`;
+    /// `rows` index the `batch * (seq - 1)` predicted positions, row-major), e.g. those whose
+    /// label is not padding: the same loss for a fraction of the vocabulary projection.
+    pub fn forward_at(
+        &self,
+        pixels: Tensor<4>,
+        input_ids: Tensor<2, Int>,
+        rows: Tensor<1, Int>,
+    ) -> CocaOutput {
+        self.forward_with(pixels, input_ids, |decoder, image, text| {
+            decoder.forward_at(image, text, rows)
+        })
+    }
+
+    fn forward_with(
+        &self,
+        pixels: Tensor<4>,
+        input_ids: Tensor<2, Int>,
+        decode: impl FnOnce(&MultimodalDecoder, Tensor<3>, Tensor<3>) -> Tensor<3>,
+    ) -> CocaOutput {
         let (image_features, image_tokens) = self.encode_image(pixels);
         let text = self.clip.text_model.forward(input_ids);
         let text_features = self.clip.text_projection.forward(text.pooled);
@@ -86,7 +111,7 @@ impl CocaModel {
         CocaOutput {
             image_features,
             text_features: in_dtype(text_features, burn::tensor::DType::F32),
-            logits: self.text_decoder.forward(image_tokens, inputs),
+            logits: decode(&self.text_decoder, image_tokens, inputs),
         }
     }
 

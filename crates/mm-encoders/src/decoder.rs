@@ -105,13 +105,32 @@ impl MultimodalDecoder {
     /// Next-token logits at every position: `image_tokens` `[batch, n, width]`, the text
     /// tower's token states `[batch, seq, width]` -> `[batch, seq, vocab]`.
     pub fn forward(&self, image_tokens: Tensor<3>, text_tokens: Tensor<3>) -> Tensor<3> {
-        let hidden = self.resblocks.iter().zip(&self.cross_attn).fold(
-            text_tokens,
-            |hidden, (block, cross)| {
+        self.logits(self.hidden(image_tokens, text_tokens))
+    }
+
+    /// [`MultimodalDecoder::forward`]'s logits at some positions only, `[1, rows, vocab]`:
+    /// `rows` index the `batch * seq` positions, row-major. Training needs the logits of the
+    /// positions that are not padding alone, and the vocabulary projection (with its
+    /// softmax) is most of a small decoder's cost.
+    pub fn forward_at(
+        &self,
+        image_tokens: Tensor<3>,
+        text_tokens: Tensor<3>,
+        rows: Tensor<1, Int>,
+    ) -> Tensor<3> {
+        let hidden = self.hidden(image_tokens, text_tokens);
+        let [batch, seq, width] = hidden.dims();
+        let picked = hidden.reshape([batch * seq, width]).select(0, rows);
+        self.logits(picked.unsqueeze_dim(0))
+    }
+
+    fn hidden(&self, image_tokens: Tensor<3>, text_tokens: Tensor<3>) -> Tensor<3> {
+        self.resblocks
+            .iter()
+            .zip(&self.cross_attn)
+            .fold(text_tokens, |hidden, (block, cross)| {
                 cross.forward_cross(block.forward(hidden), image_tokens.clone())
-            },
-        );
-        self.logits(hidden)
+            })
     }
 
     fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {

@@ -239,6 +239,42 @@ fn images(batch: usize, seed: u64) -> Tensor<4> {
 }
 
 #[test]
+fn logits_at_chosen_positions_are_the_full_passes_rows() {
+    let (_, model) = tiny_coca(40, 3);
+    let ids: Vec<i64> = (0..3 * 12).map(|i| (i * 7 % 39) as i64).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [3, 12]), &Device::flex());
+    let full = model.forward(images(3, 4), ids.clone());
+    // Positions among the 3 x 11 predicted ones, out of order and across rows.
+    let rows = [0i64, 5, 10, 11, 20, 32, 13];
+    let at = model.forward_at(
+        images(3, 4),
+        ids,
+        Tensor::from_data(
+            TensorData::new(rows.to_vec(), [rows.len()]),
+            &Device::flex(),
+        ),
+    );
+    assert_eq!(at.logits.dims(), [1, rows.len(), 40]);
+    let full = full
+        .logits
+        .reshape([33, 40])
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let at = at.logits.into_data().try_to_vec::<f32>().unwrap();
+    for (i, &row) in rows.iter().enumerate() {
+        let want = &full[row as usize * 40..(row as usize + 1) * 40];
+        let got = &at[i * 40..(i + 1) * 40];
+        let worst = want
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-5, "position {row}: {worst}");
+    }
+}
+
+#[test]
 fn cached_decoding_matches_the_full_rerun_for_every_strategy() {
     let (_, model) = tiny_coca(40, 1);
     let (_, tokens) = model.encode_image(images(3, 2));

@@ -4,14 +4,16 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, ValueEnum};
-use mm_data::ClipTokenizer;
+use mm_data::{ClipTokenizer, ImageInput};
 use mm_encoders::CocaModel;
 use mm_encoders::generate::{CachedCaptioner, Decoding, Generation, generate};
 
+use crate::caption_metrics::CaptionScores;
 use crate::checkpoint;
 use crate::device::DeviceArg;
+use crate::eval::{ImageChunks, map_image_chunks};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,6 +58,26 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// Beam search of `width` (1: greedy decoding), other options at their defaults: how
+    /// eval suites decode.
+    pub fn beams(width: usize, length_penalty: f32) -> Self {
+        Self {
+            strategy: match width {
+                1 => Strategy::Greedy,
+                _ => Strategy::Beam,
+            },
+            beams: width as u64,
+            length_penalty,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            max_tokens: None,
+            min_tokens: 0,
+            repetition_penalty: 1.0,
+        }
+    }
+
     /// The generation these options ask for, after a prompt of `prompt_len` ids in a model
     /// that reads `context` positions; the error names the option.
     pub fn generation(&self, end_id: u32, prompt_len: usize, context: usize) -> Result<Generation> {
@@ -110,8 +132,8 @@ pub struct CaptionArgs {
     pub images: Vec<PathBuf>,
 }
 
-/// Images captioned per generation call.
-const CHUNK: usize = 16;
+/// Images captioned per generation call (beams multiply the rows decoded together).
+pub const CHUNK: usize = 64;
 
 pub fn run(args: CaptionArgs) -> Result<()> {
     let device = args.device.device()?;
@@ -136,7 +158,8 @@ pub fn run(args: CaptionArgs) -> Result<()> {
     }
     for chunk in readable.chunks(CHUNK) {
         let pixels = Tensor::cat(chunk.iter().map(|(_, p)| p.clone()).collect(), 0);
-        let texts = describe(&model, &tokenizer, pixels, &prompt, &generation)?;
+        let prompts = vec![prompt.clone(); chunk.len()];
+        let texts = describe(&model, &tokenizer, pixels, &prompts, (&generation, context))?;
         for ((path, _), text) in chunk.iter().zip(texts) {
             println!("{}: {text}", path.display());
         }
@@ -161,20 +184,102 @@ pub fn prompt_ids(
     }
 }
 
-/// The text `model` generates after `prompt` for each image of `pixels` (`[n, 3, H, W]`),
-/// decoded.
+/// The text `model` generates for each image of `pixels` (`[n, 3, H, W]`) after its prompt
+/// (`prompts[i]`, ids from [`prompt_ids`]), decoded. Prompts of one length are decoded
+/// together, each group at most to the `context` positions the model reads.
 pub fn describe(
     model: &CocaModel,
     tokenizer: &ClipTokenizer,
     pixels: Tensor<4>,
-    prompt: &[u32],
-    generation: &Generation,
+    prompts: &[Vec<u32>],
+    (generation, context): (&Generation, usize),
 ) -> Result<Vec<String>> {
     let (_, tokens) = model.encode_image(pixels);
-    let prompts = vec![prompt.to_vec(); tokens.dims()[0]];
-    let mut next = CachedCaptioner::new(model, tokens);
-    generate(&mut next, &prompts, generation)
-        .into_iter()
-        .map(|g| tokenizer.decode(&g.ids).map_err(anyhow::Error::from))
-        .collect()
+    let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut texts = vec![String::new(); prompts.len()];
+    for length in lengths {
+        let rows: Vec<usize> = (0..prompts.len())
+            .filter(|&i| prompts[i].len() == length)
+            .collect();
+        let group_tokens = match rows.len() == prompts.len() {
+            true => tokens.clone(),
+            false => {
+                let index: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                let index = Tensor::<1, Int>::from_data(
+                    TensorData::new(index, [rows.len()]),
+                    &tokens.device(),
+                );
+                tokens.clone().select(0, index)
+            }
+        };
+        let group: Vec<Vec<u32>> = rows.iter().map(|&r| prompts[r].clone()).collect();
+        let generation = Generation {
+            max_new_tokens: generation
+                .max_new_tokens
+                .min(context.saturating_sub(length)),
+            ..generation.clone()
+        };
+        let mut next = CachedCaptioner::new(model, group_tokens);
+        for (row, generated) in rows
+            .into_iter()
+            .zip(generate(&mut next, &group, &generation))
+        {
+            texts[row] = tokenizer.decode(&generated.ids)?;
+        }
+    }
+    Ok(texts)
+}
+
+/// [`describe`] over a set of images (read through the eval transform, [`CHUNK`] at a
+/// time; unreadable ones skipped and reported): the texts of the images in `kept`.
+pub fn describe_images(
+    model: &CocaModel,
+    tokenizer: &ClipTokenizer,
+    (images, image_size): (&[ImageInput], usize),
+    prompts: &[Vec<u32>],
+    generation: (&Generation, usize),
+) -> Result<ImageChunks<Vec<String>>> {
+    let device = model.clip.logit_scale.val().device();
+    map_image_chunks(images, image_size, &device, CHUNK, |pixels, kept| {
+        let prompts: Vec<Vec<u32>> = kept.iter().map(|&i| prompts[i].clone()).collect();
+        describe(model, tokenizer, pixels, &prompts, generation)
+    })
+}
+
+/// Captions generated for a set and scored against its references.
+pub struct ScoredCaptions {
+    pub scores: CaptionScores,
+    /// The captions of the readable images, in order.
+    pub texts: Vec<String>,
+    /// Unreadable images, left out.
+    pub skipped: usize,
+}
+
+/// Captions of `images` from the start token (`beams` 1: greedy; else beam search with
+/// `length_penalty`), scored against `references[i]` and, where given, built-in `classes[i]`.
+pub fn score_captions(
+    model: &CocaModel,
+    tokenizer: &ClipTokenizer,
+    images: (&[ImageInput], usize),
+    (references, classes): (&[Vec<String>], Option<&[usize]>),
+    (beams, length_penalty): (usize, f32),
+    context: usize,
+) -> Result<ScoredCaptions> {
+    let generation =
+        GenerationArgs::beams(beams, length_penalty).generation(tokenizer.eot_id(), 1, context)?;
+    let prompts = vec![vec![tokenizer.sot_id()]; images.0.len()];
+    let described = describe_images(model, tokenizer, images, &prompts, (&generation, context))?;
+    let pick = |rows: &[usize]| -> Vec<Vec<String>> {
+        rows.iter().map(|&i| references[i].clone()).collect()
+    };
+    let classes: Option<Vec<usize>> =
+        classes.map(|c| described.kept.iter().map(|&i| c[i]).collect());
+    let texts = described.outputs.concat();
+    Ok(ScoredCaptions {
+        scores: CaptionScores::new(&texts, &pick(&described.kept), classes.as_deref()),
+        texts,
+        skipped: described.skipped.len(),
+    })
 }

@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 
+use mm_data::shapes::SHAPES;
+use serde::Serialize;
+
 /// n-grams up to this length (BLEU-4, CIDEr-D's n = 1..4).
 const N: usize = 4;
 /// CIDEr-D's length penalty width.
@@ -167,6 +170,72 @@ pub fn cider_d(candidates: &[String], references: &[Vec<String>]) -> Vec<f64> {
         .collect()
 }
 
+/// Generated captions of a set, scored against its references.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptionScores {
+    pub images: usize,
+    /// BLEU-1..4.
+    pub bleu: [f64; N],
+    pub cider_d: f64,
+    /// On the built-in data: how often a caption names the figure's colour, its shape, both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<AttributeAccuracy>,
+}
+
+/// Shares of captions whose figure ([`mm_data::described_figure`]) has the right attribute.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AttributeAccuracy {
+    pub colour: f64,
+    pub shape: f64,
+    pub colour_and_shape: f64,
+}
+
+impl CaptionScores {
+    /// `generated[i]` against `references[i]`; `classes[i]`, where given, is image i's
+    /// built-in class (colour x shape) whose words its caption should name.
+    pub fn new(
+        generated: &[String],
+        references: &[Vec<String>],
+        classes: Option<&[usize]>,
+    ) -> Self {
+        let cider = cider_d(generated, references);
+        let n = generated.len().max(1) as f64;
+        let attributes = classes.map(|classes| {
+            let (mut colour, mut shape, mut both) = (0, 0, 0);
+            for (text, &class) in generated.iter().zip(classes) {
+                let (c, s) = mm_data::described_figure(text);
+                let c = c == Some(class / SHAPES.len());
+                let s = s == Some(class % SHAPES.len());
+                colour += c as usize;
+                shape += s as usize;
+                both += (c && s) as usize;
+            }
+            AttributeAccuracy {
+                colour: colour as f64 / n,
+                shape: shape as f64 / n,
+                colour_and_shape: both as f64 / n,
+            }
+        });
+        Self {
+            images: generated.len(),
+            bleu: bleu(generated, references),
+            cider_d: cider.iter().sum::<f64>() / n,
+            attributes,
+        }
+    }
+}
+
+/// Share of `generated` answers equal to `answers` word for word (case and punctuation
+/// aside): VQA's exact match.
+pub fn answer_accuracy(generated: &[String], answers: &[String]) -> f64 {
+    let right = generated
+        .iter()
+        .zip(answers)
+        .filter(|(g, a)| words(g) == words(a))
+        .count();
+    right as f64 / generated.len().max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +256,29 @@ mod tests {
         assert!(same.iter().all(|b| (b - 1.0).abs() < 1e-9), "{same:?}");
         let other = bleu(&["the blue circle".into()], &refs);
         assert!(other[3] < 1e-6, "{other:?}");
+    }
+
+    #[test]
+    fn attributes_are_read_from_the_captions_words() {
+        // Class 3 is a red star, 47 a white cross.
+        let generated = [
+            "a red star on a white background".to_string(),
+            "a picture of a cross that is white".into(),
+            "a white star".into(),
+        ];
+        let refs = vec![vec!["a red star".to_string()]; 3];
+        let scores = CaptionScores::new(&generated, &refs, Some(&[3, 47, 3]));
+        let a = scores.attributes.unwrap();
+        assert_eq!(
+            (a.colour, a.shape, a.colour_and_shape),
+            (2.0 / 3.0, 1.0, 2.0 / 3.0)
+        );
+        assert_eq!(
+            answer_accuracy(
+                &["Red.".into(), "red star".into()],
+                &["red".into(), "red".into()]
+            ),
+            0.5
+        );
     }
 }

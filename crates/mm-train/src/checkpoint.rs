@@ -118,6 +118,14 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The whole CoCa (sharing this checkpoint's towers), if it has a caption decoder.
+    pub fn captioner(&self) -> Option<CocaModel> {
+        Some(CocaModel {
+            clip: self.model.clone(),
+            text_decoder: self.decoder.clone()?,
+        })
+    }
+
     /// The whole CoCa, or an error saying this checkpoint has no caption decoder.
     pub fn coca(self) -> Result<CocaModel> {
         let Some(text_decoder) = self.decoder else {

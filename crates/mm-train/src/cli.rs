@@ -106,6 +106,12 @@ pub struct EvalArgs {
     /// Where to write the JSON report (default: eval.json in the checkpoint directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A CoCa's captions: beam width (1: greedy decoding).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=crate::suite::MAX_BEAMS as u64))]
+    pub beams: u64,
+    /// A CoCa's captions: beam search scores a text by log p / length^this.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub length_penalty: f32,
     /// Compute in fp32, or bf16 (bf16 GEMMs with f32 sums on Flex; a bf16 copy of the model
     /// on GPUs).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
@@ -310,14 +316,16 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     {
         let suites = crate::suite::RunSuites::load(
             &config.eval,
-            &config.data,
+            (&config.data, config.objective),
             config.seed,
             ckpt.model_config.vision.image_size,
         )?;
         let classifier = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model.clone(), &device)?;
+        let captioner = ckpt.captioner();
         let measuring = crate::suite::Measuring {
             model: &ckpt.model,
             classifier: classifier.as_ref(),
+            captioner: captioner.as_ref(),
             tokenizer: &ckpt.tokenizer,
             context_length: ckpt.model_config.text.context_length,
             objective: config.objective,
@@ -406,7 +414,8 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             ckpt.model_config.vision.image_size,
         )?)
     };
-    let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, &device)?;
+    let decoding = (args.beams as usize, args.length_penalty);
+    let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, decoding, &device)?;
     print!("{}", report.table());
     let json = serde_json::to_string_pretty(&report)? + "\n";
     checkpoint::write_file_atomically(&out, json.as_bytes())?;

@@ -20,16 +20,18 @@ use crate::learner::Learner;
 use crate::start::{Startable, StartingPoint};
 use crate::task::{Encoded, Objective, StepOptions, Trainee};
 
-/// `ids[:, 1:]` of a batch, the tokens the decoder predicts, and how many are not padding.
-fn next_tokens(batch: &ClipBatch, pad_id: u32) -> (Vec<i64>, usize) {
+/// The tokens the decoder predicts (`ids[:, 1:]` of a batch) that are not padding, and their
+/// positions among the `batch * (seq - 1)` predicted ones.
+fn next_tokens(batch: &ClipBatch, pad_id: u32) -> (Vec<i64>, Vec<i64>) {
     let seq = batch.context_length;
-    let labels: Vec<i64> = batch
+    batch
         .input_ids
         .chunks(seq.max(1))
         .flat_map(|row| row[1..].iter().map(|&id| id as i64))
-        .collect();
-    let counted = labels.iter().filter(|&&id| id != pad_id as i64).count();
-    (labels, counted)
+        .enumerate()
+        .filter(|&(_, id)| id != pad_id as i64)
+        .map(|(position, id)| (id, position as i64))
+        .unzip()
 }
 
 impl Trainee for CocaModel {
@@ -59,7 +61,10 @@ impl Trainee for CocaModel {
         debug_assert_eq!(objective, Objective::Coca);
         let device = self.clip.logit_scale.val().device();
         let pad_id = self.clip.text_model.pad_id;
-        let local: usize = micro_batches.iter().map(|b| next_tokens(b, pad_id).1).sum();
+        let local: usize = micro_batches
+            .iter()
+            .map(|b| next_tokens(b, pad_id).0.len())
+            .sum();
         let total = comm.all_gather(&[local as f32])?.iter().sum::<f32>() as usize;
         let weight = options.loss_weights.caption / total.max(1) as f64;
         let encode = |batch: &ClipBatch, with_caption: bool| {
@@ -72,10 +77,12 @@ impl Trainee for CocaModel {
                     extra: None,
                 };
             }
-            let out = self.forward(pixels, ids);
-            let (labels, _) = next_tokens(batch, pad_id);
-            let shape = [batch.batch_size, batch.context_length - 1];
-            let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, shape), &device);
+            // Logits at the labelled positions only: padding adds nothing to the loss.
+            let (labels, positions) = next_tokens(batch, pad_id);
+            let n = labels.len();
+            let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [n]), &device);
+            let out = self.forward_at(pixels, ids, positions);
+            let labels = Tensor::<2, Int>::from_data(TensorData::new(labels, [1, n]), &device);
             let (sum, _) = caption_loss_sum(out.logits, labels, pad_id);
             Encoded {
                 image: out.image_features,

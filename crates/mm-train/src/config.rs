@@ -468,7 +468,8 @@ impl TrainConfig {
                 "needs evaluations (eval_every > 0) that are also checkpoints (eval_every a multiple of checkpoint_every), so that the run can end at any of them",
             );
         }
-        if t.early_stop_patience > 0 && self.eval.suites_for(&self.data).is_empty() {
+        if t.early_stop_patience > 0 && self.eval.suites_for(&self.data, self.objective).is_empty()
+        {
             return err(
                 "train.early_stop_patience",
                 "needs an eval suite to watch ([[eval.suites]])",
@@ -513,10 +514,17 @@ impl TrainConfig {
             _ => {}
         }
         self.check_coca(origin)?;
-        if !classify && self.data.shapes_task != mm_data::ShapesTask::Pairs {
+        let as_text = self.data.text_format == mm_data::TextFormat::QuestionAnswer;
+        if !classify && !as_text && self.data.shapes_task != mm_data::ShapesTask::Pairs {
             return err(
                 "data.shapes_task",
-                "is a classification task: set objective = \"classify\"",
+                "is a classification task: set objective = \"classify\", or data.text_format = \"question_answer\" to train on its questions and answers as text (a CoCa learns to answer)",
+            );
+        }
+        if classify && as_text {
+            return err(
+                "data.text_format",
+                "a classifier reads questions as text and answers as labels already: leave text_format out",
             );
         }
         for (key, value, max) in [
@@ -528,7 +536,7 @@ impl TrainConfig {
                 return err(key, &format!("at most {max}, got {value}"));
             }
         }
-        if let Err((key, message)) = self.eval.check(&self.data) {
+        if let Err((key, message)) = self.eval.check(&self.data, self.objective) {
             return err(&key, &message);
         }
         for (key, value) in [
@@ -604,7 +612,7 @@ impl TrainConfig {
                 batch_size: self.train.batch_size,
                 accum_freq: self.train.accum_freq,
                 prefetch: self.data.prefetch,
-                heldout_samples: self.eval.decoded_images(&self.data),
+                heldout_samples: self.eval.decoded_images(&self.data, self.objective),
             };
             crate::memory::check_fits(
                 crate::memory::training_bytes(&model, &sizes),

@@ -16,6 +16,7 @@ use mm_data::{
 use mm_encoders::ClipModel;
 use serde::Serialize;
 
+use crate::caption_metrics::CaptionScores;
 use crate::zero_shot::ZeroShotClassifier;
 
 /// Images encoded per forward pass.
@@ -40,9 +41,22 @@ impl LabelledImages {
         split: Split,
         n: usize,
     ) -> (Self, Vec<String>) {
-        let (mut images, mut labels, mut captions) = (Vec::new(), Vec::new(), Vec::new());
+        let (set, captions, _) = Self::shapes_with_references(dataset, split, n);
+        (set, captions)
+    }
+
+    /// [`Self::shapes_with_captions`] and every caption each picture could have had (the
+    /// references generated captions are scored against).
+    pub fn shapes_with_references(
+        dataset: &ShapesDataset,
+        split: Split,
+        n: usize,
+    ) -> (Self, Vec<String>, Vec<Vec<String>>) {
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        let (mut captions, mut references) = (Vec::new(), Vec::new());
         for i in 0..n as u64 {
             let s = dataset.sample(split, i);
+            references.push(s.references());
             images.push(ImageInput::Decoded(image::DynamicImage::ImageRgb8(s.image)));
             labels.push(s.class);
             captions.push(s.caption);
@@ -52,7 +66,7 @@ impl LabelledImages {
             labels,
             class_names: ShapesDataset::class_names(),
         };
-        (set, captions)
+        (set, captions, references)
     }
 
     /// A folder per class (`root/golden_retriever/*.jpg`; `_` reads as a space in the class
@@ -284,12 +298,41 @@ pub fn encode_images(
     image_size: usize,
 ) -> Result<EncodedImages> {
     let device = model.logit_scale.val().device();
+    let chunks = map_image_chunks(images, image_size, &device, BATCH, |pixels, _| {
+        Ok(l2_normalize(model.image_features(pixels)))
+    })?;
+    Ok(EncodedImages {
+        embeddings: Tensor::cat(chunks.outputs, 0),
+        kept: chunks.kept,
+        skipped: chunks.skipped,
+    })
+}
+
+/// What [`map_image_chunks`] gives: one output per chunk of readable images.
+pub struct ImageChunks<T> {
+    pub outputs: Vec<T>,
+    /// The inputs that were read (indices, in order).
+    pub kept: Vec<usize>,
+    pub skipped: Vec<SampleError>,
+}
+
+/// `f` on every `chunk` readable images of `images` through the eval transform (`[n, 3, H,
+/// W]`, with their indices). An unreadable image is skipped and reported (with its path), not
+/// fatal; a set with no readable image is an error.
+pub fn map_image_chunks<T>(
+    images: &[ImageInput],
+    image_size: usize,
+    device: &Device,
+    chunk: usize,
+    mut f: impl FnMut(Tensor<4>, &[usize]) -> Result<T>,
+) -> Result<ImageChunks<T>> {
     let plane = 3 * image_size * image_size;
-    let (mut parts, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-    for (first, chunk) in images.chunks(BATCH).enumerate() {
-        let mut pixels = Vec::with_capacity(chunk.len() * plane);
-        for (offset, input) in chunk.iter().enumerate() {
-            let index = first * BATCH + offset;
+    let (mut outputs, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+    for (first, inputs) in images.chunks(chunk.max(1)).enumerate() {
+        let mut pixels = Vec::with_capacity(inputs.len() * plane);
+        let from = kept.len();
+        for (offset, input) in inputs.iter().enumerate() {
+            let index = first * chunk.max(1) + offset;
             let location = match input {
                 ImageInput::File(path) => path.display().to_string(),
                 _ => format!("image {index}"),
@@ -305,12 +348,10 @@ pub fn encode_images(
             }
         }
         if !pixels.is_empty() {
-            parts.push(l2_normalize(
-                model.image_features(pixels_tensor(pixels, image_size, &device)),
-            ));
+            outputs.push(f(pixels_tensor(pixels, image_size, device), &kept[from..])?);
         }
     }
-    if parts.is_empty() {
+    if outputs.is_empty() {
         match skipped.first() {
             Some(first) => bail!(
                 "none of the {} images could be read; the first: {first}",
@@ -319,8 +360,8 @@ pub fn encode_images(
             None => bail!("no images to evaluate"),
         }
     }
-    Ok(EncodedImages {
-        embeddings: Tensor::cat(parts, 0),
+    Ok(ImageChunks {
+        outputs,
         kept,
         skipped,
     })
@@ -585,6 +626,20 @@ pub struct EvalReport {
     pub zero_shot: ZeroShotReport,
     pub retrieval: Option<RetrievalReport>,
     pub linear_probe: LinearProbeReport,
+    /// A CoCa's captions of the retrieval images, scored against their captions (on the
+    /// built-in data: every caption the picture could have, and its colour and shape words).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub captions: Option<CaptionEval>,
+}
+
+/// The captions part of an [`EvalReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptionEval {
+    /// `greedy` or `beam search of N`.
+    pub decoding: String,
+    pub scores: CaptionScores,
+    /// The first few captions, with the first reference of each.
+    pub examples: Vec<(String, String)>,
 }
 
 /// Which sets to evaluate on.
@@ -604,6 +659,7 @@ pub fn evaluate(
     data: EvalData,
     pairs: Option<PairedSet>,
     templates: &[String],
+    (beams, length_penalty): (usize, f32),
     device: &Device,
 ) -> Result<EvalReport> {
     let model = &ckpt.model;
@@ -614,11 +670,16 @@ pub fn evaluate(
         EvalData::Shapes { .. } => ShapesDataset::class_names(),
         EvalData::Labelled { set, .. } => set.class_names.clone(),
     };
+    let captioner = ckpt.captioner();
+    let mut caption_set = None;
     let (dataset, labels, images, probe, builtin_pairs) = match data {
         EvalData::Shapes { seed, samples } => {
             let shapes = ShapesDataset::new(seed, size as u32);
-            let (set, captions) =
-                LabelledImages::shapes_with_captions(&shapes, Split::HeldOut, samples);
+            let (set, captions, references) =
+                LabelledImages::shapes_with_references(&shapes, Split::HeldOut, samples);
+            if captioner.is_some() && pairs.is_none() {
+                caption_set = Some((set.images.clone(), references, Some(set.labels.clone())));
+            }
             let images = encode_images(model, &set.images, size)?.embeddings;
             let train = LabelledImages::shapes(&shapes, Split::Train, samples);
             let train_images = encode_images(model, &train.images, size)?.embeddings;
@@ -656,6 +717,37 @@ pub fn evaluate(
             (name, labels, images, probe, None)
         }
     };
+    if let (Some(_), Some(pairs)) = (&captioner, &pairs) {
+        let references = pairs.captions.iter().map(|c| vec![c.clone()]).collect();
+        caption_set = Some((pairs.images.clone(), references, None));
+    }
+    let captions = match (&captioner, caption_set) {
+        (Some(coca), Some((images, references, classes))) => {
+            let scored = crate::caption::score_captions(
+                coca,
+                &ckpt.tokenizer,
+                (&images, size),
+                (&references, classes.as_deref()),
+                (beams, length_penalty),
+                ctx,
+            )?;
+            Some(CaptionEval {
+                decoding: match beams {
+                    1 => "greedy".into(),
+                    n => format!("beam search of {n} (length penalty {length_penalty})"),
+                },
+                examples: scored
+                    .texts
+                    .iter()
+                    .zip(&references)
+                    .take(5)
+                    .map(|(t, r)| (t.clone(), r[0].clone()))
+                    .collect(),
+                scores: scored.scores,
+            })
+        }
+        _ => None,
+    };
     let retrieval_report = match (&pairs, builtin_pairs) {
         (Some(pairs), _) => {
             let encoded = encode_images(model, &pairs.images, size)?;
@@ -691,6 +783,7 @@ pub fn evaluate(
         zero_shot,
         retrieval: retrieval_report,
         linear_probe: probe,
+        captions,
     })
 }
 
@@ -748,6 +841,24 @@ impl EvalReport {
             pct(p.val_accuracy),
             pct(p.train_accuracy)
         );
+        if let Some(c) = &self.captions {
+            let s = &c.scores;
+            out += &format!(
+                "  captions ({} images, {})\n    CIDEr-D {:.3}   BLEU-1..4 {:.3} {:.3} {:.3} {:.3}\n",
+                s.images, c.decoding, s.cider_d, s.bleu[0], s.bleu[1], s.bleu[2], s.bleu[3]
+            );
+            if let Some(a) = &s.attributes {
+                out += &format!(
+                    "    colour and shape right {}   colour {}   shape {}\n",
+                    pct(a.colour_and_shape),
+                    pct(a.colour),
+                    pct(a.shape)
+                );
+            }
+            for (text, reference) in &c.examples {
+                out += &format!("    {text:?} (e.g. {reference:?})\n");
+            }
+        }
         out
     }
 }

@@ -272,6 +272,79 @@ fn gallery(ckpt: &crate::Checkpoint, suite: &Suite, n: usize) -> Result<String> 
 
 /// The eval suites' section: each suite's metrics at the last evaluation, and a chart of each
 /// suite's headline metric over steps.
+/// The first `n` images of a captions or answers suite with what the CoCa says of each
+/// (greedy), beside the expected text.
+fn caption_gallery(
+    ckpt: &crate::Checkpoint,
+    coca: &mm_encoders::CocaModel,
+    suite: &Suite,
+    n: usize,
+) -> Result<String> {
+    let ctx = ckpt.model_config.text.context_length;
+    let tokenizer = &ckpt.tokenizer;
+    // Questions too long for the context are left out of the gallery.
+    let (examples, prompts): (Vec<_>, Vec<_>) = suite
+        .generation_examples(n)
+        .into_iter()
+        .filter_map(|example| {
+            let prompt = example
+                .1
+                .as_deref()
+                .map(mm_data::TextFormat::question_prompt);
+            let ids = crate::caption::prompt_ids(tokenizer, prompt.as_deref(), ctx).ok()?;
+            Some((example, ids))
+        })
+        .unzip();
+    let images: Vec<ImageInput> = examples.iter().map(|e| e.0.clone()).collect();
+    let generation = crate::caption::GenerationArgs::beams(1, 1.0).generation(
+        tokenizer.eot_id(),
+        prompts.iter().map(Vec::len).max().unwrap_or(1),
+        ctx,
+    )?;
+    let described = crate::caption::describe_images(
+        coca,
+        tokenizer,
+        (&images, ckpt.model_config.vision.image_size),
+        &prompts,
+        (&generation, ctx),
+    )?;
+    let mut html = format!(
+        "<h2>Caption gallery</h2><p>Eval suite <code>{}</code>: {}; greedy decoding.</p><table><tr><th>image</th>{}<th>generated</th><th>expected</th></tr>",
+        escape(&suite.name),
+        escape(&suite.description),
+        if examples.iter().any(|e| e.1.is_some()) {
+            "<th>question</th>"
+        } else {
+            ""
+        }
+    );
+    for (&i, text) in described.kept.iter().zip(described.outputs.concat()) {
+        let (image, question, expected) = &examples[i];
+        let image = decode_input(
+            image,
+            &format!("{} #{i}", suite.name),
+            ImageLimits::default(),
+        )?;
+        let _ = write!(html, "<tr><td>{}</td>", thumbnail(&image)?);
+        if let Some(question) = question {
+            let _ = write!(html, "<td>{}</td>", escape(question));
+        }
+        let mark = if text.trim() == expected.trim() {
+            " ✔"
+        } else {
+            ""
+        };
+        let _ = write!(
+            html,
+            "<td>{}{mark}</td><td>{}</td></tr>",
+            escape(&text),
+            escape(expected)
+        );
+    }
+    html += "</table>";
+    Ok(html)
+}
+
 fn suites_section(
     records: &[Value],
     configs: &[crate::suite::SuiteConfig],
@@ -380,7 +453,7 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         selection,
     } = RunSuites::load(
         &config.eval,
-        &config.data,
+        (&config.data, config.objective),
         config.seed,
         ckpt.model_config.vision.image_size,
     )?;
@@ -479,6 +552,14 @@ pub fn write_report(run_dir: &Path, device: &Device) -> Result<(PathBuf, Vec<Str
         }
         Err(_) => {
             html += "<h2>Evaluation</h2><p>No eval.json yet: run <code>mm-train eval --checkpoint RUN_DIR</code>.</p>"
+        }
+    }
+    if let Some(coca) = ckpt.captioner() {
+        match suites.iter().find(|s| !s.generation_examples(1).is_empty()) {
+            Some(suite) => html += &caption_gallery(&ckpt, &coca, suite, 12)?,
+            None => {
+                html += "<h2>Caption gallery</h2><p>No eval suite of this run generates text (add a <code>captions</code> or <code>answers</code> suite).</p>"
+            }
         }
     }
     match suites.iter().find(|s| !s.gallery_pairs(1).is_empty()) {

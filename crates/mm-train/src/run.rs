@@ -366,7 +366,12 @@ fn run<M: Startable>(
     // The eval suites, their data read once; the shapes suite only when so configured or
     // when training on the built-in data.
     let run_suites = match lead {
-        true => RunSuites::load(&config.eval, &config.data, config.seed, image_size)?,
+        true => RunSuites::load(
+            &config.eval,
+            (&config.data, config.objective),
+            config.seed,
+            image_size,
+        )?,
         false => RunSuites::none(),
     };
     let selection = run_suites.selection.clone();
@@ -388,6 +393,7 @@ fn run<M: Startable>(
         run_suites.measure(&Measuring {
             model: model.clip(),
             classifier: model.classifier(),
+            captioner: model.captioner(),
             tokenizer: &tokenizer,
             context_length: ctx,
             objective: config.objective,

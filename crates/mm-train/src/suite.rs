@@ -8,10 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
-use mm_data::{ClipTokenizer, DataConfig, Paths, ShapesDataset, ShapesTask, SourceKind, Split};
-use mm_encoders::ClipModel;
+use mm_data::{
+    ClipTokenizer, DataConfig, ImageInput, Paths, ShapesDataset, ShapesTask, SourceKind, Split,
+    TextFormat,
+};
+use mm_encoders::{ClipModel, CocaModel};
 use serde::{Deserialize, Serialize};
 
+use crate::caption::{GenerationArgs, describe_images, prompt_ids, score_captions};
+use crate::caption_metrics::answer_accuracy;
 use crate::classify::{ClassMetrics, LabelledPairs};
 use crate::eval::{
     LabelledImages, PairedSet, RetrievalReport, ZeroShotReport, encode_images, encode_texts,
@@ -24,6 +29,10 @@ use crate::task::Objective;
 pub const MAX_SUITE_SAMPLES: usize = 100_000;
 pub const MAX_SUITES: usize = 64;
 pub const MAX_TEMPLATES: usize = 1000;
+/// Beams of a captions suite.
+pub const MAX_BEAMS: usize = 64;
+/// Pairs a captions suite on `data` reads when `samples` does not say.
+const DEFAULT_CAPTION_PAIRS: usize = 1000;
 
 /// `[eval]`: the suites a run measures and the metric that ranks its checkpoints.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -80,6 +89,62 @@ pub enum SuiteConfig {
     /// A classifier's accuracy and macro-F1 on labelled (image, text) pairs: the built-in
     /// task's held-out split (the default of `objective = "classify"` on it).
     Task(TaskSuite),
+    /// Captions a CoCa generates for held-out images, scored against reference captions:
+    /// CIDEr-D, BLEU-4 and, on the built-in data, whether they name the figure's colour and
+    /// shape. With the `shapes` suite, the default of `objective = "coca"` on the built-in data.
+    Captions(CaptionSuite),
+    /// Visual question answering by prompting a CoCa: the text it generates after `question:
+    /// Q answer:`, matched word for word against the answer. The default of `objective =
+    /// "coca"` on a built-in task.
+    Answers(AnswerSuite),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionSuite {
+    #[serde(default = "captions_name")]
+    pub name: String,
+    /// Images captioned (default: `eval.heldout_samples`; for `data`, the first 1000 pairs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Image-caption pairs read as `[data]` reads them, each caption the one reference
+    /// (default: the built-in held-out pictures, with every caption the data could give each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataConfig>,
+    /// Beam width (1: greedy decoding).
+    #[serde(default = "one")]
+    pub beams: usize,
+    /// Beam search's length penalty (log p / length^this).
+    #[serde(default = "one_f32")]
+    pub length_penalty: f32,
+}
+
+fn captions_name() -> String {
+    "captions".into()
+}
+fn one() -> usize {
+    1
+}
+fn one_f32() -> f32 {
+    1.0
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSuite {
+    #[serde(default = "answers_name")]
+    pub name: String,
+    /// Questions asked (default: `eval.heldout_samples`; for `data`, at most 100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Labelled pairs read as `[data]` reads them, the caption a question and the label its
+    /// answer (default: the held-out split of the built-in task the run trains on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataConfig>,
+}
+
+fn answers_name() -> String {
+    "answers".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -181,6 +246,8 @@ impl SuiteConfig {
             Self::ZeroShot(s) => &s.name,
             Self::Pairs(s) => &s.name,
             Self::Task(s) => &s.name,
+            Self::Captions(s) => &s.name,
+            Self::Answers(s) => &s.name,
         }
     }
 
@@ -201,6 +268,9 @@ impl SuiteConfig {
             Self::ZeroShot(_) => CLASSIFY.to_vec(),
             Self::Pairs(_) => PAIRS.to_vec(),
             Self::Task(_) => vec!["accuracy", "macro_f1"],
+            Self::Captions(s) if s.data.is_some() => vec!["cider_d", "bleu4"],
+            Self::Captions(_) => vec!["cider_d", "bleu4", "colour_and_shape", "colour", "shape"],
+            Self::Answers(_) => vec!["accuracy"],
         }
     }
 
@@ -249,17 +319,35 @@ impl Selection {
 }
 
 impl EvalConfig {
-    /// The suites a run on `data` measures: the configured ones, else the built-in shapes
-    /// suite when `data` is the built-in set.
-    pub fn suites_for(&self, data: &DataConfig) -> Vec<SuiteConfig> {
+    /// The suites a run of `objective` on `data` measures: the configured ones, else, when
+    /// `data` is the built-in set, its suites: the shapes suite (and a CoCa's captions) on
+    /// its pairs, a classifier's accuracy or a CoCa's answers on its tasks.
+    pub fn suites_for(&self, data: &DataConfig, objective: Objective) -> Vec<SuiteConfig> {
+        let coca = objective == Objective::Coca;
         match (self.suites.is_empty(), data.source, data.shapes_task) {
             (false, _, _) => self.suites.clone(),
             (true, SourceKind::Shapes, ShapesTask::Pairs) => {
-                vec![SuiteConfig::Shapes(ShapesSuite {
+                let shapes = SuiteConfig::Shapes(ShapesSuite {
                     name: shapes_name(),
                     samples: None,
-                })]
+                });
+                let captions = SuiteConfig::Captions(CaptionSuite {
+                    name: captions_name(),
+                    samples: None,
+                    data: None,
+                    beams: 1,
+                    length_penalty: 1.0,
+                });
+                match coca {
+                    true => vec![shapes, captions],
+                    false => vec![shapes],
+                }
             }
+            (true, SourceKind::Shapes, _) if coca => vec![SuiteConfig::Answers(AnswerSuite {
+                name: answers_name(),
+                samples: None,
+                data: None,
+            })],
             (true, SourceKind::Shapes, _) => vec![SuiteConfig::Task(TaskSuite {
                 name: task_name(),
                 samples: None,
@@ -282,14 +370,26 @@ impl EvalConfig {
     }
 
     /// Decoded images the suites keep in memory for a whole run (the built-in set's).
-    pub fn decoded_images(&self, data: &DataConfig) -> usize {
-        self.suites_for(data)
+    pub fn decoded_images(&self, data: &DataConfig, objective: Objective) -> usize {
+        self.suites_for(data, objective)
             .iter()
             .map(|s| match s {
-                SuiteConfig::Shapes(s) => s.samples.unwrap_or(self.heldout_samples),
-                SuiteConfig::Task(s) if s.data.is_none() => {
-                    s.samples.unwrap_or(self.heldout_samples)
-                }
+                SuiteConfig::Shapes(ShapesSuite { samples, .. })
+                | SuiteConfig::Task(TaskSuite {
+                    samples,
+                    data: None,
+                    ..
+                })
+                | SuiteConfig::Captions(CaptionSuite {
+                    samples,
+                    data: None,
+                    ..
+                })
+                | SuiteConfig::Answers(AnswerSuite {
+                    samples,
+                    data: None,
+                    ..
+                }) => samples.unwrap_or(self.heldout_samples),
                 _ => 0,
             })
             .sum()
@@ -297,7 +397,7 @@ impl EvalConfig {
 
     /// Checks what serde cannot; errors are `(key, message)` with keys as in the file
     /// (`eval.suites[1].path`).
-    pub fn check(&self, data: &DataConfig) -> Result<(), (String, String)> {
+    pub fn check(&self, data: &DataConfig, objective: Objective) -> Result<(), (String, String)> {
         let err = |key: String, message: String| Err((key, message));
         if !(1..=MAX_SUITE_SAMPLES).contains(&self.heldout_samples) {
             return err(
@@ -336,6 +436,8 @@ impl EvalConfig {
                 SuiteConfig::ZeroShot(s) => s.samples,
                 SuiteConfig::Pairs(s) => Some(s.samples),
                 SuiteConfig::Task(s) => s.samples,
+                SuiteConfig::Captions(s) => s.samples,
+                SuiteConfig::Answers(s) => s.samples,
             };
             if let Some(n) = samples
                 && !(1..=MAX_SUITE_SAMPLES).contains(&n)
@@ -345,8 +447,45 @@ impl EvalConfig {
                     format!("must be at least 1 and at most {MAX_SUITE_SAMPLES}, got {n}"),
                 );
             }
+            let generates = matches!(suite, SuiteConfig::Captions(_) | SuiteConfig::Answers(_));
+            if generates && objective != Objective::Coca {
+                return err(
+                    key("kind"),
+                    "generates text: it measures a CoCa (objective = \"coca\")".into(),
+                );
+            }
             match suite {
                 SuiteConfig::Shapes(_) => {}
+                SuiteConfig::Captions(s) => {
+                    if !(1..=MAX_BEAMS).contains(&s.beams) {
+                        return err(
+                            key("beams"),
+                            format!(
+                                "must be at least 1 and at most {MAX_BEAMS}, got {}",
+                                s.beams
+                            ),
+                        );
+                    }
+                    if !s.length_penalty.is_finite() {
+                        return err(key("length_penalty"), "must be a finite number".into());
+                    }
+                    if let Some(suite_data) = &s.data {
+                        suite_data.check().map_err(|(k, m)| (key(k), m))?;
+                    }
+                }
+                SuiteConfig::Answers(s) => match &s.data {
+                    Some(suite_data) => suite_data.check().map_err(|(k, m)| (key(k), m))?,
+                    None => {
+                        if data.source != SourceKind::Shapes
+                            || data.shapes_task == ShapesTask::Pairs
+                        {
+                            return err(
+                                key("data"),
+                                "an answers suite without `data` asks the built-in task's questions (data.shapes_task = \"question\")".into(),
+                            );
+                        }
+                    }
+                },
                 SuiteConfig::Task(s) => match &s.data {
                     Some(suite_data) => suite_data.check().map_err(|(k, m)| (key(k), m))?,
                     None => {
@@ -388,7 +527,7 @@ impl EvalConfig {
                 }
             }
         }
-        let suites = self.suites_for(data);
+        let suites = self.suites_for(data, objective);
         if let Some(metric) = &self.select {
             let known: Vec<String> = suites
                 .iter()
@@ -458,6 +597,21 @@ enum SuiteData {
     },
     Pairs(PairedSet),
     Task(LabelledPairs),
+    Captions {
+        images: Vec<ImageInput>,
+        /// Each image's reference captions.
+        references: Vec<Vec<String>>,
+        /// Each image's built-in class (colour x shape), on the built-in data.
+        classes: Option<Vec<usize>>,
+        beams: usize,
+        length_penalty: f32,
+    },
+    /// Questions (the texts) and their answers (the labels), and how many answers there are
+    /// to choose from (chance is one of them).
+    Answers {
+        set: LabelledPairs,
+        choices: usize,
+    },
 }
 
 /// One measurement of one suite.
@@ -535,6 +689,81 @@ impl Suite {
                 let data = SuiteConfig::pairs_data(s, inputs.data);
                 let pairs = PairedSet::from_source(&data, s.samples, inputs.image_size)?;
                 (pairs.name.clone(), SuiteData::Pairs(pairs))
+            }
+            SuiteConfig::Captions(s) => {
+                let (description, images, references, classes) = match &s.data {
+                    Some(data) => {
+                        let n = s.samples.unwrap_or(DEFAULT_CAPTION_PAIRS);
+                        let pairs = PairedSet::from_source(data, n, inputs.image_size)?;
+                        let references = pairs.captions.into_iter().map(|c| vec![c]).collect();
+                        (pairs.name, pairs.images, references, None)
+                    }
+                    None => {
+                        let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
+                        let shapes = ShapesDataset::new(inputs.seed, inputs.image_size as u32);
+                        let (set, _, references) =
+                            LabelledImages::shapes_with_references(&shapes, Split::HeldOut, n);
+                        let description = format!(
+                            "built-in shapes, held-out split (seed {}), {n} images, {} reference captions each",
+                            inputs.seed,
+                            references.first().map_or(0, Vec::len)
+                        );
+                        (description, set.images, references, Some(set.labels))
+                    }
+                };
+                let decoding = match s.beams {
+                    1 => "greedy".to_string(),
+                    w => format!("beam search of {w}"),
+                };
+                (
+                    format!("{description}; {decoding}"),
+                    SuiteData::Captions {
+                        images,
+                        references,
+                        classes,
+                        beams: s.beams,
+                        length_penalty: s.length_penalty,
+                    },
+                )
+            }
+            SuiteConfig::Answers(s) => {
+                let set = match &s.data {
+                    Some(data) => {
+                        // The suite asks the questions itself: read them as they are.
+                        let data = DataConfig {
+                            text_format: TextFormat::Caption,
+                            ..data.clone()
+                        };
+                        let set = LabelledPairs::from_source(
+                            &data,
+                            s.samples.unwrap_or(MAX_SUITE_SAMPLES),
+                        )?;
+                        let mut distinct = set.labels.clone();
+                        distinct.sort();
+                        distinct.dedup();
+                        (set, distinct.len())
+                    }
+                    None => {
+                        if inputs.data.source != SourceKind::Shapes
+                            || inputs.data.shapes_task == ShapesTask::Pairs
+                        {
+                            bail!(
+                                "an answers suite without `data` asks the built-in task's questions: train on data.shapes_task = \"question\", or give the suite labelled data"
+                            );
+                        }
+                        let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
+                        let task = inputs.data.shapes_task;
+                        let set = LabelledPairs::builtin(
+                            task,
+                            inputs.seed,
+                            inputs.image_size,
+                            n.min(MAX_SUITE_SAMPLES),
+                        );
+                        (set, task.class_names().len())
+                    }
+                };
+                let (set, choices) = set;
+                (set.name.clone(), SuiteData::Answers { set, choices })
             }
             SuiteConfig::Task(s) => {
                 let set = match &s.data {
@@ -674,6 +903,102 @@ impl Suite {
                     }
                 )
             }
+            SuiteData::Captions {
+                images,
+                references,
+                classes,
+                beams,
+                length_penalty,
+            } => {
+                let captioner = self.captioner(m)?;
+                let scored = score_captions(
+                    captioner,
+                    tokenizer,
+                    (images, size),
+                    (references, classes.as_deref()),
+                    (*beams, *length_penalty),
+                    ctx,
+                )?;
+                let (scores, texts) = (&scored.scores, &scored.texts);
+                put("cider_d", scores.cider_d);
+                put("bleu4", scores.bleu[3]);
+                let attributes = match scores.attributes {
+                    Some(a) => {
+                        put("colour_and_shape", a.colour_and_shape);
+                        put("colour", a.colour);
+                        put("shape", a.shape);
+                        format!(
+                            "; colour and shape right {:.1}% (colour {:.1}%, shape {:.1}%)",
+                            100.0 * a.colour_and_shape,
+                            100.0 * a.colour,
+                            100.0 * a.shape
+                        )
+                    }
+                    None => String::new(),
+                };
+                format!(
+                    "{}: CIDEr-D {:.3}, BLEU-4 {:.3}{attributes} on {} images{}; e.g. {:?}",
+                    self.name,
+                    scores.cider_d,
+                    scores.bleu[3],
+                    texts.len(),
+                    skipped_note(scored.skipped),
+                    texts.first().map_or("", String::as_str)
+                )
+            }
+            SuiteData::Answers { set, choices } => {
+                let captioner = self.captioner(m)?;
+                // A question too long to ask within the context is counted, not fatal.
+                let (mut prompts, mut too_long) = (Vec::new(), 0);
+                for question in &set.texts {
+                    let prompt = TextFormat::question_prompt(question);
+                    prompts.push(
+                        prompt_ids(tokenizer, Some(&prompt), ctx).unwrap_or_else(|_| {
+                            too_long += 1;
+                            Vec::new()
+                        }),
+                    );
+                }
+                let asked: Vec<usize> = (0..prompts.len())
+                    .filter(|&i| !prompts[i].is_empty())
+                    .collect();
+                if asked.is_empty() {
+                    bail!(
+                        "suite `{}`: no question fits the model's {ctx} positions",
+                        self.name
+                    );
+                }
+                let images = pick(&set.images, &asked);
+                let generation =
+                    GenerationArgs::beams(1, 1.0).generation(tokenizer.eot_id(), 0, ctx)?;
+                let described = describe_images(
+                    captioner,
+                    tokenizer,
+                    (&images, size),
+                    &pick(&prompts, &asked),
+                    (&generation, ctx),
+                )?;
+                let rows: Vec<usize> = described.kept.iter().map(|&i| asked[i]).collect();
+                let answers = described.outputs.concat();
+                let truth = pick(&set.labels, &rows);
+                let accuracy = answer_accuracy(&answers, &truth);
+                put("accuracy", accuracy);
+                let unasked = too_long + described.skipped.len();
+                format!(
+                    "{}: accuracy {:.1}% (chance {:.1}%: {} answers) on {} questions{}; e.g. {:?} -> {:?}",
+                    self.name,
+                    100.0 * accuracy,
+                    100.0 / *choices as f64,
+                    choices,
+                    answers.len(),
+                    match unasked {
+                        0 => String::new(),
+                        n => format!(" ({n} unreadable or too long skipped)"),
+                    },
+                    set.texts[rows[0]],
+                    answers[0]
+                )
+            }
         };
         if let Some((name, value)) = metrics.iter().find(|(_, v)| !v.is_finite()) {
             bail!("{name} is {value} (diverged weights?)");
@@ -681,11 +1006,43 @@ impl Suite {
         Ok(Measurement { metrics, summary })
     }
 
+    /// The CoCa a text-generating suite measures, or an error naming the suite.
+    fn captioner<'m>(&self, m: &Measuring<'m>) -> Result<&'m CocaModel> {
+        m.captioner.with_context(|| {
+            format!(
+                "suite `{}` generates text: it measures a CoCa (objective = \"coca\")",
+                self.name
+            )
+        })
+    }
+
     /// The labelled pairs a task suite measures a classifier on.
     pub fn labelled_pairs(&self) -> Option<&LabelledPairs> {
         match &self.data {
             SuiteData::Task(set) => Some(set),
             _ => None,
+        }
+    }
+
+    /// Up to `n` images of a text-generating suite with what to ask of each (a question, or
+    /// none: a caption) and the expected text, for the report's caption gallery.
+    pub fn generation_examples(&self, n: usize) -> Vec<(ImageInput, Option<String>, String)> {
+        match &self.data {
+            SuiteData::Captions {
+                images, references, ..
+            } => images
+                .iter()
+                .zip(references)
+                .take(n)
+                .map(|(image, refs)| (image.clone(), None, refs[0].clone()))
+                .collect(),
+            SuiteData::Answers { set, .. } => (0..set.images.len().min(n))
+                .map(|i| {
+                    let question = Some(set.texts[i].clone());
+                    (set.images[i].clone(), question, set.labels[i].clone())
+                })
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -706,16 +1063,29 @@ impl Suite {
                 .zip(pairs.captions.iter().cloned())
                 .take(n)
                 .collect(),
-            SuiteData::Task(set) => set
+            SuiteData::Task(set) | SuiteData::Answers { set, .. } => set
                 .images
                 .iter()
                 .cloned()
                 .zip(set.texts.iter().cloned())
                 .take(n)
                 .collect(),
+            SuiteData::Captions {
+                images, references, ..
+            } => images
+                .iter()
+                .cloned()
+                .zip(references.iter().map(|r| r[0].clone()))
+                .take(n)
+                .collect(),
             SuiteData::ZeroShot { .. } => Vec::new(),
         }
     }
+}
+
+/// `values[i]` for each of `rows`.
+fn pick<T: Clone>(values: &[T], rows: &[usize]) -> Vec<T> {
+    rows.iter().map(|&i| values[i].clone()).collect()
 }
 
 fn skipped_note(n: usize) -> String {
@@ -791,11 +1161,11 @@ impl RunSuites {
     /// The suites `eval` gives a run on `data` (see [`EvalConfig::suites_for`]), loaded.
     pub fn load(
         eval: &EvalConfig,
-        data: &DataConfig,
+        (data, objective): (&DataConfig, Objective),
         seed: u64,
         image_size: usize,
     ) -> Result<Self> {
-        let configs = eval.suites_for(data);
+        let configs = eval.suites_for(data, objective);
         let inputs = SuiteInputs {
             eval,
             data,
@@ -825,6 +1195,8 @@ pub struct Measuring<'a> {
     pub model: &'a ClipModel,
     /// The classifier on `model`, for the suites that measure one.
     pub classifier: Option<&'a mm_encoders::FusionClassifier>,
+    /// The CoCa whose towers `model` is, for the suites that generate text.
+    pub captioner: Option<&'a CocaModel>,
     pub tokenizer: &'a ClipTokenizer,
     pub context_length: usize,
     pub objective: Objective,

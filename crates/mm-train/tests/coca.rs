@@ -81,6 +81,19 @@ fn a_coca_run_learns_checkpoints_its_decoder_and_captions() {
         "the run pads with the model's pad id"
     );
     assert!(ckpt.model_config.multimodal.is_some());
+    // Its default suites: the shapes suite and the captions suite, measured at the end.
+    let eval = &ckpt.state.eval;
+    for metric in [
+        "shapes/top1",
+        "captions/cider_d",
+        "captions/bleu4",
+        "captions/colour_and_shape",
+    ] {
+        let value = eval
+            .get(metric)
+            .unwrap_or_else(|| panic!("{metric}: {eval:?}"));
+        assert!(value.is_finite() && *value >= 0.0, "{metric} = {value}");
+    }
     let model = ckpt.coca().unwrap();
     assert!(model.captioner().is_some());
 
@@ -123,6 +136,36 @@ fn a_coca_run_learns_checkpoints_its_decoder_and_captions() {
     ]);
     assert!(ok, "{stderr}");
 
+    // `eval` adds caption metrics (beam search here), and the report a caption gallery.
+    let (ok, stdout, stderr) = common::mm_train(&[
+        "eval",
+        "--checkpoint",
+        run_arg,
+        "--samples",
+        "24",
+        "--beams",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("captions (24 images, beam search of 2") && stdout.contains("CIDEr-D"),
+        "{stdout}"
+    );
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt_dir.join("eval.json")).unwrap())
+            .unwrap();
+    let scores = &eval["captions"]["scores"];
+    assert_eq!(scores["images"], 24, "{eval}");
+    assert!(scores["cider_d"].as_f64().unwrap() >= 0.0, "{eval}");
+    assert!(scores["attributes"]["colour_and_shape"].is_f64(), "{eval}");
+    let (ok, _, stderr) = common::mm_train(&["report", run_arg]);
+    assert!(ok, "{stderr}");
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        html.contains("<h2>Caption gallery</h2>"),
+        "no caption gallery"
+    );
+
     // Bad input: an empty prompt, a prompt longer than the context, a CLIP checkpoint.
     for (args, message) in [
         (vec!["--prompt", "  "], "--prompt is empty"),
@@ -154,6 +197,57 @@ fn a_coca_run_learns_checkpoints_its_decoder_and_captions() {
 }
 
 #[test]
+fn a_coca_fine_tuned_on_questions_answers_them_by_prompting() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("vqa");
+    // A context that holds every question with its answer.
+    let toml = coca_toml(&run, 10)
+        .replace("context_length = 12", "context_length = 24")
+        .replace(
+            "[data]",
+            "[data]\nshapes_task = \"question\"\ntext_format = \"question_answer\"",
+        );
+    let config = TrainConfig::from_toml(&toml, "vqa test").unwrap();
+    config.validate("vqa test").unwrap();
+    // The texts it trains on are questions and their answers.
+    let mut source = config.data.open_epoch(config.seed, 0, 16).unwrap();
+    let pair = source.next().unwrap().unwrap();
+    assert!(
+        pair.caption.starts_with("question: ")
+            && pair
+                .caption
+                .ends_with(&format!(" answer: {}", pair.label.unwrap())),
+        "{}",
+        pair.caption
+    );
+    mm_train::train(&config, false).unwrap();
+    let ckpt = mm_train::checkpoint::load(&run, &burn::tensor::Device::flex()).unwrap();
+    // Its default suite asks the held-out questions.
+    let accuracy = ckpt.state.eval["answers/accuracy"];
+    assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+    let image = dir.path().join("shape.png");
+    common::save_shape(&image, 40);
+    let (ok, stdout, stderr) = common::mm_train(&[
+        "caption",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--strategy",
+        "greedy",
+        "--prompt",
+        "question: what colour is the star? answer:",
+        image.to_str().unwrap(),
+    ]);
+    assert!(ok && stdout.contains("shape.png: "), "{stderr}");
+    let (ok, stdout, stderr) = common::mm_train(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("answers: accuracy"), "{stdout}");
+    assert!(
+        stdout.contains("(chance 7.1%: 14 answers) on 48 questions;"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn coca_configs_that_cannot_work_are_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let coca = coca_toml(dir.path(), 10);
@@ -175,6 +269,36 @@ fn coca_configs_that_cannot_work_are_errors_naming_the_key() {
         (
             coca.replace("[train]", "[train]\npatch_dropout = 0.5"),
             "train.patch_dropout",
+        ),
+        // A built-in task as text needs its questions and answers as text.
+        (
+            coca.replace("[data]", "[data]\nshapes_task = \"question\""),
+            "data.shapes_task",
+        ),
+        (
+            coca.replace("[data]", "[data]\ntext_format = \"question_answer\""),
+            "data.text_format",
+        ),
+        (
+            clip.replace(
+                "[data]",
+                "[data]\nshapes_task = \"question\"\ntext_format = \"question_answer\"",
+            )
+            .replace("seed = 3", "seed = 3\nobjective = \"classify\""),
+            "data.text_format",
+        ),
+        // Suites that generate text measure a CoCa.
+        (
+            format!("{clip}\n[[eval.suites]]\nkind = \"captions\"\n"),
+            "eval.suites[0].kind",
+        ),
+        (
+            format!("{coca}\n[[eval.suites]]\nkind = \"captions\"\nbeams = 0\n"),
+            "eval.suites[0].beams",
+        ),
+        (
+            format!("{coca}\n[[eval.suites]]\nkind = \"answers\"\n"),
+            "eval.suites[0].data",
         ),
     ] {
         let err = TrainConfig::from_toml(&text, "x.toml")
