@@ -3,6 +3,7 @@ python3 plot.py RUNS OUT_DIR  (RUNS holds coca/, clip_only/ and vqa/ with a seed
 seed, as run.sh leaves them; writes OUT_DIR/plot.png and OUT_DIR/results.md)."""
 
 import json
+import re
 import pathlib
 import statistics
 import sys
@@ -26,13 +27,12 @@ def evals(run):
 
 
 def train_seconds(run):
-    """Seconds in train steps: each logged interval's samples over its samples/s."""
-    rs = [r for r in records(run) if "samples_per_sec" in r]
-    total, last = 0.0, 0
-    for r in rs:
-        total += (r["step"] - last) * 64 / r["samples_per_sec"]
-        last = r["step"]
-    return total
+    """Seconds in train steps, from the run's last line (`done: N steps in Ws (R samples/s in
+    train steps)`); the periodic evaluations are not counted."""
+    done = [l for l in (run / "train.log").read_text().splitlines() if "done:" in l][-1]
+    match = re.search(r"done: (\d+) steps in [\d.]+s \(([\d.]+) samples/s in train steps", done)
+    steps, rate = int(match.group(1)), float(match.group(2))
+    return steps * 64 / rate
 
 
 def seeds(kind):

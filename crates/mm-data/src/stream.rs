@@ -374,6 +374,12 @@ impl DataConfig {
         }
     }
 
+    /// Whether this is one of the built-in two-modality tasks (`shapes_task` other than
+    /// `pairs`).
+    pub fn is_builtin_task(&self) -> bool {
+        self.source == SourceKind::Shapes && self.shapes_task != ShapesTask::Pairs
+    }
+
     /// Whether samples need labels: for the classify objective, or as question-answer
     /// rows' answers.
     pub fn wanted_labels(&self) -> Labels {

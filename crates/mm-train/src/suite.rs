@@ -473,31 +473,13 @@ impl EvalConfig {
                         suite_data.check().map_err(|(k, m)| (key(k), m))?;
                     }
                 }
-                SuiteConfig::Answers(s) => match &s.data {
+                SuiteConfig::Task(TaskSuite { data: labelled, .. })
+                | SuiteConfig::Answers(AnswerSuite { data: labelled, .. }) => match labelled {
                     Some(suite_data) => suite_data.check().map_err(|(k, m)| (key(k), m))?,
-                    None => {
-                        if data.source != SourceKind::Shapes
-                            || data.shapes_task == ShapesTask::Pairs
-                        {
-                            return err(
-                                key("data"),
-                                "an answers suite without `data` asks the built-in task's questions (data.shapes_task = \"question\")".into(),
-                            );
-                        }
+                    None if !data.is_builtin_task() => {
+                        return err(key("data"), BUILTIN_TASK_ONLY.into());
                     }
-                },
-                SuiteConfig::Task(s) => match &s.data {
-                    Some(suite_data) => suite_data.check().map_err(|(k, m)| (key(k), m))?,
-                    None => {
-                        if data.source != SourceKind::Shapes
-                            || data.shapes_task == ShapesTask::Pairs
-                        {
-                            return err(
-                                key("data"),
-                                "a task suite without `data` measures the built-in classification tasks (data.shapes_task = \"matching\" or \"question\")".into(),
-                            );
-                        }
-                    }
+                    None => {}
                 },
                 SuiteConfig::ZeroShot(s) => {
                     if let Some(templates) = &s.templates {
@@ -575,6 +557,26 @@ struct SuiteInputs<'a> {
     seed: u64,
     image_size: usize,
 }
+
+impl SuiteInputs<'_> {
+    /// The first `samples` (default: `eval.heldout_samples`) held-out pairs of the built-in
+    /// task the run trains on: what a task or answers suite without `data` measures.
+    fn builtin_task(&self, samples: Option<usize>) -> Result<LabelledPairs> {
+        if !self.data.is_builtin_task() {
+            bail!("{BUILTIN_TASK_ONLY}: train on one, or give the suite labelled data");
+        }
+        let n = samples.unwrap_or(self.eval.heldout_samples);
+        Ok(LabelledPairs::builtin(
+            self.data.shapes_task,
+            self.seed,
+            self.image_size,
+            n.min(MAX_SUITE_SAMPLES),
+        ))
+    }
+}
+
+/// Why a task or answers suite without `data` cannot run.
+const BUILTIN_TASK_ONLY: &str = "without `data`, the suite measures the built-in task the run trains on (data.shapes_task = \"matching\" or \"question\")";
 
 /// A suite with its data read, ready to measure a model any number of times.
 pub struct Suite {
@@ -743,24 +745,10 @@ impl Suite {
                         distinct.dedup();
                         (set, distinct.len())
                     }
-                    None => {
-                        if inputs.data.source != SourceKind::Shapes
-                            || inputs.data.shapes_task == ShapesTask::Pairs
-                        {
-                            bail!(
-                                "an answers suite without `data` asks the built-in task's questions: train on data.shapes_task = \"question\", or give the suite labelled data"
-                            );
-                        }
-                        let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
-                        let task = inputs.data.shapes_task;
-                        let set = LabelledPairs::builtin(
-                            task,
-                            inputs.seed,
-                            inputs.image_size,
-                            n.min(MAX_SUITE_SAMPLES),
-                        );
-                        (set, task.class_names().len())
-                    }
+                    None => (
+                        inputs.builtin_task(s.samples)?,
+                        inputs.data.shapes_task.class_names().len(),
+                    ),
                 };
                 let (set, choices) = set;
                 (set.name.clone(), SuiteData::Answers { set, choices })
@@ -770,22 +758,7 @@ impl Suite {
                     Some(data) => {
                         LabelledPairs::from_source(data, s.samples.unwrap_or(MAX_SUITE_SAMPLES))?
                     }
-                    None => {
-                        if inputs.data.source != SourceKind::Shapes
-                            || inputs.data.shapes_task == ShapesTask::Pairs
-                        {
-                            bail!(
-                                "a task suite without `data` measures the built-in classification tasks: train on data.shapes_task = \"matching\" or \"question\", or give the suite labelled data"
-                            );
-                        }
-                        let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
-                        LabelledPairs::builtin(
-                            inputs.data.shapes_task,
-                            inputs.seed,
-                            inputs.image_size,
-                            n.min(MAX_SUITE_SAMPLES),
-                        )
-                    }
+                    None => inputs.builtin_task(s.samples)?,
                 };
                 (set.name.clone(), SuiteData::Task(set))
             }
