@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod caption;
 pub mod caption_metrics;
+pub mod captioner;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod device;
 pub mod embed;
 pub mod eval;
 pub mod hf;
+pub mod image_chunks;
 pub mod launch;
 pub mod learner;
 pub mod memory;

@@ -291,17 +291,17 @@ fn caption_gallery(
                 .1
                 .as_deref()
                 .map(mm_data::TextFormat::question_prompt);
-            let ids = crate::caption::prompt_ids(tokenizer, prompt.as_deref(), ctx).ok()?;
+            let ids = crate::captioner::prompt_ids(tokenizer, prompt.as_deref(), ctx).ok()?;
             Some((example, ids))
         })
         .unzip();
     let images: Vec<ImageInput> = examples.iter().map(|e| e.0.clone()).collect();
-    let generation = crate::caption::GenerationArgs::beams(1, 1.0).generation(
+    let generation = crate::captioner::GenerationArgs::beams(1, 1.0).generation(
         tokenizer.eot_id(),
         prompts.iter().map(Vec::len).max().unwrap_or(1),
         ctx,
     )?;
-    let described = crate::caption::describe_images(
+    let described = crate::captioner::describe_images(
         coca,
         tokenizer,
         (&images, ckpt.model_config.vision.image_size),

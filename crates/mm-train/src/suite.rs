@@ -15,8 +15,8 @@ use mm_data::{
 use mm_encoders::{ClipModel, CocaModel};
 use serde::{Deserialize, Serialize};
 
-use crate::caption::{GenerationArgs, describe_images, prompt_ids, score_captions};
 use crate::caption_metrics::answer_accuracy;
+use crate::captioner::{GenerationArgs, describe_images, prompt_ids, score_captions};
 use crate::classify::{ClassMetrics, LabelledPairs};
 use crate::eval::{
     LabelledImages, PairedSet, RetrievalReport, ZeroShotReport, encode_images, encode_texts,
