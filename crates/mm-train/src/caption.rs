@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use clap::Args;
 
@@ -21,6 +21,10 @@ pub struct CaptionArgs {
     /// (default: a caption from the start token).
     #[arg(long)]
     pub prompt: Option<String>,
+    /// A question to answer about every image: the prompt `question: Q answer:`, as models
+    /// fine-tuned with `data.text_format = "question_answer"` learnt it.
+    #[arg(long, conflicts_with = "prompt")]
+    pub question: Option<String>,
     #[command(flatten)]
     pub generation: GenerationArgs,
     #[command(flatten)]
@@ -39,7 +43,12 @@ pub fn run(args: CaptionArgs) -> Result<()> {
     );
     let tokenizer = ckpt.tokenizer.clone();
     let model = ckpt.coca()?;
-    let prompt = prompt_ids(&tokenizer, args.prompt.as_deref(), context)?;
+    let text = match (&args.prompt, &args.question) {
+        (_, Some(q)) if q.trim().is_empty() => bail!("--question is empty"),
+        (_, Some(q)) => Some(mm_data::TextFormat::question_prompt(q.trim())),
+        (prompt, None) => prompt.clone(),
+    };
+    let prompt = prompt_ids(&tokenizer, text.as_deref(), context)?;
     let generation = args
         .generation
         .generation(tokenizer.eot_id(), prompt.len(), context)?;

@@ -233,11 +233,20 @@ fn a_coca_fine_tuned_on_questions_answers_them_by_prompting() {
         run.to_str().unwrap(),
         "--strategy",
         "greedy",
-        "--prompt",
-        "question: what colour is the star? answer:",
+        "--question",
+        "what colour is the star?",
         image.to_str().unwrap(),
     ]);
     assert!(ok && stdout.contains("shape.png: "), "{stderr}");
+    let (ok, _, stderr) = common::mm_train(&[
+        "caption",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--question",
+        " ",
+        image.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("--question is empty"), "{stderr}");
     let (ok, stdout, stderr) = common::mm_train(&["eval", "--checkpoint", run.to_str().unwrap()]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("answers: accuracy"), "{stdout}");
