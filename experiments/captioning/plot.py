@@ -29,8 +29,10 @@ def evals(run):
 def train_seconds(run):
     """Seconds in train steps, from the run's last line (`done: N steps in Ws (R samples/s in
     train steps)`); the periodic evaluations are not counted."""
-    done = [l for l in (run / "train.log").read_text().splitlines() if "done:" in l][-1]
-    match = re.search(r"done: (\d+) steps in [\d.]+s \(([\d.]+) samples/s in train steps", done)
+    done = [l for l in (run / "train.log").read_text().splitlines() if "done:" in l]
+    if not done:
+        return None  # still running
+    match = re.search(r"done: (\d+) steps in [\d.]+s \(([\d.]+) samples/s in train steps", done[-1])
     steps, rate = int(match.group(1)), float(match.group(2))
     return steps * 64 / rate
 
@@ -39,13 +41,13 @@ def seeds(kind):
     return sorted((RUNS / kind).glob("seed*"))
 
 
-def mean_std(values):
+def mean_std(values, digits=2):
     values = [v for v in values if v is not None]
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{statistics.mean(values):.3g} ± {statistics.stdev(values):.2g}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def pct(values):
@@ -73,15 +75,42 @@ for kind, label in [("coca", "CoCa (caption weight 2)"), ("clip_only", "contrast
     runs = seeds(kind)
     if not runs:
         continue
-    row = [label, mean_std([train_seconds(r) for r in runs])]
+    row = [label, mean_std([train_seconds(r) for r in runs], 0)]
     row.append(pct([final(r, "shapes/top1") for r in runs]))
     row.append(pct([final(r, "shapes/image_to_text_r1") for r in runs]))
     row.append(pct([final(r, "shapes/text_to_image_r1") for r in runs]))
     row.append(mean_std([final(r, "captions/cider_d") for r in runs]))
-    row.append(mean_std([final(r, "captions/bleu4") for r in runs]))
+    row.append(mean_std([final(r, "captions/bleu4") for r in runs], 3))
     row.append(pct([final(r, "captions/colour_and_shape") for r in runs]))
     lines.append("| " + " | ".join(row) + " |")
 
+STEPS = (100, 200, 300, 400, 500, 600, 800, 1000)
+lines += [
+    "",
+    "CoCa's greedy captions over the steps:",
+    "",
+    "| metric | " + " | ".join(f"step {k}" for k in STEPS) + " |",
+    "|---|" + "---|" * len(STEPS),
+]
+for metric, label, show in [
+    ("captions/colour_and_shape", "colour+shape right", pct),
+    ("captions/cider_d", "CIDEr-D", mean_std),
+    ("captions/bleu4", "BLEU-4", lambda v: mean_std(v, 3)),
+]:
+    cells = [show([m.get(metric) for r in seeds("coca") for s, m in evals(r) if s == k]) for k in STEPS]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+lines += [
+    "",
+    "Zero-shot top-1 over the steps (held-out, 48 classes):",
+    "",
+    "| run | " + " | ".join(f"step {k}" for k in STEPS) + " |",
+    "|---|" + "---|" * len(STEPS),
+]
+for kind, label in [("coca", "CoCa"), ("clip_only", "contrastive only")]:
+    cells = []
+    for k in STEPS:
+        cells.append(pct([m.get("shapes/top1") for r in seeds(kind) for s, m in evals(r) if s == k]))
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
 lines += [
     "",
     "## Greedy vs beam search (CoCa's final checkpoint, `mm-train eval --beams N`)",
@@ -104,8 +133,8 @@ for beams in (1, 4):
             [
                 "greedy" if beams == 1 else f"beam {beams}",
                 mean_std([s["cider_d"] for s in scores]),
-                mean_std([s["bleu"][0] for s in scores]),
-                mean_std([s["bleu"][3] for s in scores]),
+                mean_std([s["bleu"][0] for s in scores], 3),
+                mean_std([s["bleu"][3] for s in scores], 3),
                 pct([a["colour"] for a in attrs]),
                 pct([a["shape"] for a in attrs]),
                 pct([a["colour_and_shape"] for a in attrs]),
@@ -119,24 +148,25 @@ if example:
     for text, ref in json.loads(example.read_text())["captions"]["examples"]:
         lines.append(f"- \"{text}\" (reference: \"{ref}\")")
 
-vqa = seeds("vqa")
+vqa, vqa_long = seeds("vqa"), seeds("vqa_long")
 if vqa:
     lines += [
         "",
         "## VQA by prompting after fine-tuning on the built-in questions",
         "",
-        "| step | answer accuracy |",
-        "|---|---|",
+        f"| step | answer accuracy, 800-step runs ({len(vqa)} seeds) | one 2000-step run (seed 1) |",
+        "|---|---|---|",
     ]
-    steps = sorted({s for r in vqa for s, _ in evals(r)})
+    steps = sorted({s for r in vqa + vqa_long for s, _ in evals(r)})
     for step in steps:
         values = [m.get("answers/accuracy") for r in vqa for s, m in evals(r) if s == step]
-        lines.append(f"| {step} | {pct(values)} |")
+        long = [m.get("answers/accuracy") for r in vqa_long for s, m in evals(r) if s == step]
+        lines.append(f"| {step} | {pct(values) if values else '–'} | {pct(long) if long else '–'} |")
     lines += [
         "",
         "Chance: 7.1% (1 of 14 answers); the question alone allows at most 14.6% (it says whether",
         "a colour or a shape is asked), the picture alone 16.7%.",
-        f"Fine-tuning train time: {mean_std([train_seconds(r) for r in vqa])} s.",
+        f"Fine-tuning train time (800 steps): {mean_std([train_seconds(r) for r in vqa], 0)} s.",
     ]
 (OUT / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -166,8 +196,13 @@ for i, run in enumerate(vqa):
     e = evals(run)
     axes[2].plot([s for s, _ in e], [100 * m["answers/accuracy"] for _, m in e], color="tab:purple", alpha=0.8,
                  label="CoCa, prompted" if i == 0 else None)
+for run in vqa_long:
+    e = evals(run)
+    axes[2].plot([s for s, _ in e], [100 * m["answers/accuracy"] for _, m in e], color="tab:purple",
+                 linestyle="--", alpha=0.8, label="2000 steps (seed 1)")
 axes[2].axhline(100 / 14, color="grey", linestyle=":", label="chance 7.1%")
 axes[2].axhline(16.7, color="grey", linestyle="--", label="picture alone 16.7%")
+axes[2].set_ylim(0, 50)
 axes[2].set_title("VQA answer accuracy (%), fine-tuning")
 axes[2].set_xlabel("fine-tuning step")
 axes[2].legend()

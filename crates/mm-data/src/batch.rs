@@ -125,6 +125,8 @@ pub struct Batcher {
     pub image_limits: ImageLimits,
     /// Unusable samples in a row that end the stream with an error.
     pub max_consecutive_skips: usize,
+    /// Texts longer than the context are skipped (counted as bad captions) instead of cut.
+    pub whole_texts: bool,
     /// Worker threads; `None` uses rayon's global pool.
     pool: Option<Arc<rayon::ThreadPool>>,
 }
@@ -140,6 +142,7 @@ impl Batcher {
             seed: 0,
             image_limits: ImageLimits::default(),
             max_consecutive_skips: 1000,
+            whole_texts: false,
             pool: None,
         }
     }
@@ -152,6 +155,13 @@ impl Batcher {
 
     pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
         self.image_limits = limits;
+        self
+    }
+
+    /// Skips texts longer than the context instead of cutting them: question-answer texts,
+    /// whose end is the answer.
+    pub fn with_whole_texts(mut self, whole: bool) -> Self {
+        self.whole_texts = whole;
         self
     }
 
@@ -187,11 +197,15 @@ impl Batcher {
         let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
         self.transform
             .apply_into(&image, self.image_size, &mut rng, out);
-        self.tokenizer
-            .encode(&pair.caption, self.context_length)
-            .map_err(|e| {
-                SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string())
-            })
+        let ids = match self.whole_texts {
+            true => self
+                .tokenizer
+                .encode_whole(&pair.caption, self.context_length),
+            false => self.tokenizer.encode(&pair.caption, self.context_length),
+        };
+        ids.map_err(|e| {
+            SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string())
+        })
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

@@ -204,6 +204,32 @@ impl ClipTokenizer {
     /// no tokens and is collapsed, and every token covers at most `max_token_chars` characters,
     /// so what is cut (with a 4x margin for normalisation) lies beyond the context.
     pub fn encode(&self, text: &str, context_length: usize) -> Result<Vec<u32>, DataError> {
+        let mut ids = self.ids(text, context_length)?;
+        if ids.len() > context_length {
+            ids.truncate(context_length - 1);
+            ids.push(self.eot_id);
+        }
+        ids.resize(context_length, self.pad_id);
+        Ok(ids)
+    }
+
+    /// [`ClipTokenizer::encode`] for a text that must not be cut (a question-answer text cut
+    /// short loses its answer): one that does not fit is an error saying by how much.
+    pub fn encode_whole(&self, text: &str, context_length: usize) -> Result<Vec<u32>, DataError> {
+        let mut ids = self.ids(text, context_length)?;
+        if ids.len() > context_length {
+            return Err(DataError::Tokenizer(format!(
+                "{} tokens with the start and end tokens, more than the context's {context_length}",
+                ids.len()
+            )));
+        }
+        ids.resize(context_length, self.pad_id);
+        Ok(ids)
+    }
+
+    /// The text's ids with the start and end tokens, not cut to the context (but the text
+    /// clipped first, see [`ClipTokenizer::encode`]).
+    fn ids(&self, text: &str, context_length: usize) -> Result<Vec<u32>, DataError> {
         let bound = 4 * (context_length + 1) * (self.max_token_chars + 1);
         let clipped;
         let text = if text.len() > bound {
@@ -216,13 +242,7 @@ impl ClipTokenizer {
             .inner
             .encode(text, true)
             .map_err(|e| DataError::Tokenizer(format!("caption {text:?}: {e}")))?;
-        let mut ids = encoding.get_ids().to_vec();
-        if ids.len() > context_length {
-            ids.truncate(context_length - 1);
-            ids.push(self.eot_id);
-        }
-        ids.resize(context_length, self.pad_id);
-        Ok(ids)
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Row-major `[texts.len(), context_length]` ids.

@@ -944,6 +944,43 @@ fn question_answer_rows_become_prompted_texts_and_rows_without_answers_are_skipp
         .unwrap()
         .unwrap();
     assert_eq!(third.caption, "question: how many? answer: two");
+    // A question-answer text the context cannot hold is skipped, not cut before its answer.
+    let long_csv = dir.path().join("long.csv");
+    let image = dir.path().join("a.png");
+    image::RgbImage::new(16, 16).save(&image).unwrap();
+    let image = image.display();
+    let words = "is it ".repeat(8);
+    std::fs::write(
+        &long_csv,
+        format!("filepath,question,answer\n{image},{words}?,yes\n{image},short?,no\n"),
+    )
+    .unwrap();
+    let long = DataConfig {
+        path: Some(mm_data::Paths::One(long_csv.display().to_string())),
+        ..config.clone()
+    };
+    let whole = batcher().with_whole_texts(true);
+    let mut source = long.open_epoch(0, 0, 16).unwrap();
+    let batch = whole
+        .next_batch_or_rest(source.as_mut(), &mut 0, 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.captions, ["question: short? answer: no"]);
+    assert_eq!(batch.errors.len(), 1);
+    assert!(
+        batch.errors[0]
+            .message
+            .contains("more than the context's 12"),
+        "{}",
+        batch.errors[0]
+    );
+    // As captions, the long text is cut to the context instead.
+    let mut source = long.open_epoch(0, 0, 16).unwrap();
+    let cut = batcher()
+        .next_batch_or_rest(source.as_mut(), &mut 0, 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cut.batch_size, 2);
     // The built-in pairs have no questions.
     let builtin = DataConfig {
         text_format: mm_data::TextFormat::QuestionAnswer,
