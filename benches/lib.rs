@@ -80,6 +80,7 @@ pub fn synthetic_batch(model: &ClipConfig, batch: usize) -> ClipBatch {
         context_length: ctx,
         pixels,
         input_ids: ids,
+        prompt_lengths: vec![1; batch],
         captions: vec![String::new(); batch],
         keys: (0..batch).map(|i| format!("synthetic {i}")).collect(),
         labels: vec![None; batch],

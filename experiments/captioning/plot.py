@@ -154,14 +154,15 @@ if vqa:
         "",
         "## VQA by prompting after fine-tuning on the built-in questions",
         "",
-        f"| step | answer accuracy, 800-step runs ({len(vqa)} seeds) | one 2000-step run (seed 1) |",
-        "|---|---|---|",
+        f"| step | answer accuracy ({len(vqa)} seeds) |" + (" 2000-step run (seed 1) |" if vqa_long else ""),
+        "|---|---|" + ("---|" if vqa_long else ""),
     ]
     steps = sorted({s for r in vqa + vqa_long for s, _ in evals(r)})
     for step in steps:
         values = [m.get("answers/accuracy") for r in vqa for s, m in evals(r) if s == step]
         long = [m.get("answers/accuracy") for r in vqa_long for s, m in evals(r) if s == step]
-        lines.append(f"| {step} | {pct(values) if values else '–'} | {pct(long) if long else '–'} |")
+        extra = f" {pct(long) if long else '–'} |" if vqa_long else ""
+        lines.append(f"| {step} | {pct(values) if values else '–'} |" + extra)
     lines += [
         "",
         "Chance: 7.1% (1 of 14 answers); the question alone allows at most 14.6% (it says whether",

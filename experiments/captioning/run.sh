@@ -2,8 +2,9 @@
 # experiments/captioning (see README.md): per seed, the tiny CoCa on the built-in shapes data,
 # the same model trained by the contrastive loss alone (caption weight 0), both decodings of
 # the CoCa's final checkpoint (`mm-train eval`, greedy and beam 4), and the CoCa fine-tuned on
-# the built-in questions; then the table (results.md) and plot (plot.png).
-# Runs go to runs/captioning/{coca,clip_only,vqa}/seedN. Arguments: seeds (default: 1 2).
+# the built-in questions; then the table (results.md) and plot (plot.png). Runs go to
+# runs/captioning/{coca,clip_only,vqa}/seedN. Arguments: seeds (default: 1 2). About 75
+# minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # MM_TRAIN: an mm-train binary already built (default: build one).
@@ -19,7 +20,7 @@ train() { # NAME SEED CONFIG ARGS...
   rm -rf "$R/$name/seed$seed"
   echo "== $name seed $seed"
   "$B" --config "$config" --no-progress --seed "$seed" --output-dir "$R/$name/seed$seed" "$@" \
-    2>&1 | grep -E "step [0-9]+: (captions|answers)|done:" || true
+    2>&1 | grep --line-buffered -E "step [0-9]+: (captions|answers)|done:" || true
 }
 for seed in "${seeds[@]}"; do
   train coca "$seed" "$C/coca.toml"

@@ -25,6 +25,10 @@ pub struct ClipBatch {
     pub pixels: Vec<f32>,
     /// `[batch, context_length]`, row-major.
     pub input_ids: Vec<u32>,
+    /// Per row, how many leading ids are given rather than predicted: 1 (the start token)
+    /// for a caption, the start token and `question: Q answer:` for a question-answer text, so
+    /// a captioner learns the answer, not the question.
+    pub prompt_lengths: Vec<usize>,
     pub captions: Vec<String>,
     /// Where each sample came from: its image file, or `shard:key` for a tar member.
     pub keys: Vec<String>,
@@ -74,6 +78,7 @@ impl ClipBatch {
             context_length: ctx,
             pixels,
             input_ids,
+            prompt_lengths: rows.iter().map(|&r| self.prompt_lengths[r]).collect(),
             captions: rows.iter().map(|&r| self.captions[r].clone()).collect(),
             keys: rows.iter().map(|&r| self.keys[r].clone()).collect(),
             labels: rows.iter().map(|&r| self.labels[r].clone()).collect(),
@@ -125,8 +130,9 @@ pub struct Batcher {
     pub image_limits: ImageLimits,
     /// Unusable samples in a row that end the stream with an error.
     pub max_consecutive_skips: usize,
-    /// Texts longer than the context are skipped (counted as bad captions) instead of cut.
-    pub whole_texts: bool,
+    /// Texts are question-answer texts (`data.text_format`): see
+    /// [`Batcher::with_question_answers`].
+    pub question_answers: bool,
     /// Worker threads; `None` uses rayon's global pool.
     pool: Option<Arc<rayon::ThreadPool>>,
 }
@@ -142,7 +148,7 @@ impl Batcher {
             seed: 0,
             image_limits: ImageLimits::default(),
             max_consecutive_skips: 1000,
-            whole_texts: false,
+            question_answers: false,
             pool: None,
         }
     }
@@ -158,10 +164,11 @@ impl Batcher {
         self
     }
 
-    /// Skips texts longer than the context instead of cutting them: question-answer texts,
-    /// whose end is the answer.
-    pub fn with_whole_texts(mut self, whole: bool) -> Self {
-        self.whole_texts = whole;
+    /// Texts are `question: Q answer: A` with the answer as the pair's label: one longer
+    /// than the context is skipped (counted as a bad caption) instead of cut before its
+    /// answer, and its prompt (up to `answer:`) is recorded as given, not predicted.
+    pub fn with_question_answers(mut self, question_answers: bool) -> Self {
+        self.question_answers = question_answers;
         self
     }
 
@@ -187,25 +194,39 @@ impl Batcher {
 
     /// Everything one sample needs, written into its slot of the batch: pixels into `out`,
     /// token ids returned.
+    /// Decodes and transforms the pair's image into `out`; its text's ids and prompt length.
     fn prepare(
         &self,
         pair: &ImageTextPair,
         index: u64,
         out: &mut [f32],
-    ) -> Result<Vec<u32>, SampleError> {
+    ) -> Result<(Vec<u32>, usize), SampleError> {
         let image = decode_input(&pair.image, &pair.location, self.image_limits)?;
         let mut rng = StdRng::seed_from_u64(mix(self.seed, index));
         self.transform
             .apply_into(&image, self.image_size, &mut rng, out);
-        let ids = match self.whole_texts {
-            true => self
-                .tokenizer
-                .encode_whole(&pair.caption, self.context_length),
-            false => self.tokenizer.encode(&pair.caption, self.context_length),
-        };
-        ids.map_err(|e| {
+        let bad = |e: DataError| {
             SampleError::new(SampleErrorKind::BadCaption, &pair.location, e.to_string())
-        })
+        };
+        if !self.question_answers {
+            let ids = self.tokenizer.encode(&pair.caption, self.context_length);
+            return Ok((ids.map_err(bad)?, 1));
+        }
+        let ids = self
+            .tokenizer
+            .encode_whole(&pair.caption, self.context_length)
+            .map_err(bad)?;
+        let answer = pair.label.as_deref().unwrap_or_default();
+        let prompt = pair
+            .caption
+            .strip_suffix(answer)
+            .map(str::trim_end)
+            .unwrap_or(&pair.caption);
+        let prompt = self
+            .tokenizer
+            .encode_prompt(prompt, self.context_length)
+            .map_err(bad)?;
+        Ok((ids, prompt.len()))
     }
 
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -252,6 +273,7 @@ impl Batcher {
         // Allocated once at its final size; samples are written into their slots.
         let mut pixels = vec![0.0f32; batch_size * plane];
         let mut input_ids = Vec::with_capacity(batch_size * self.context_length);
+        let mut prompt_lengths = Vec::with_capacity(batch_size);
         let mut captions = Vec::with_capacity(batch_size);
         let mut keys = Vec::with_capacity(batch_size);
         let mut labels = Vec::with_capacity(batch_size);
@@ -287,7 +309,7 @@ impl Batcher {
                     }
                 }
             }
-            let results: Vec<Result<Vec<u32>, SampleError>> = self.install(|| {
+            let results: Vec<Result<(Vec<u32>, usize), SampleError>> = self.install(|| {
                 pixels[filled * plane..]
                     .par_chunks_mut(plane)
                     .zip(pairs.par_iter())
@@ -297,12 +319,13 @@ impl Batcher {
             // Close the gaps failed samples left, keeping stream order.
             for (slot, (result, (_, pair))) in results.into_iter().zip(pairs).enumerate() {
                 match result {
-                    Ok(ids) => {
+                    Ok((ids, prompt_length)) => {
                         let (from, to) = (filled + slot, captions.len());
                         if from != to {
                             pixels.copy_within(from * plane..(from + 1) * plane, to * plane);
                         }
                         input_ids.extend(ids);
+                        prompt_lengths.push(prompt_length);
                         keys.push(match pair.image {
                             crate::ImageInput::File(path) => path.display().to_string(),
                             _ => pair.location,
@@ -335,6 +358,7 @@ impl Batcher {
             context_length: self.context_length,
             pixels,
             input_ids,
+            prompt_lengths,
             captions,
             keys,
             labels,
@@ -378,7 +402,7 @@ impl Batcher {
                 index += 1;
                 pulled += 1;
             }
-            let results: Vec<Result<Vec<u32>, SampleError>> = self.install(|| {
+            let results: Vec<Result<(Vec<u32>, usize), SampleError>> = self.install(|| {
                 pairs
                     .par_iter()
                     .map_init(

@@ -959,13 +959,16 @@ fn question_answer_rows_become_prompted_texts_and_rows_without_answers_are_skipp
         path: Some(mm_data::Paths::One(long_csv.display().to_string())),
         ..config.clone()
     };
-    let whole = batcher().with_whole_texts(true);
+    let whole = batcher().with_question_answers(true);
     let mut source = long.open_epoch(0, 0, 16).unwrap();
     let batch = whole
         .next_batch_or_rest(source.as_mut(), &mut 0, 2)
         .unwrap()
         .unwrap();
     assert_eq!(batch.captions, ["question: short? answer: no"]);
+    // Its prompt is given, its answer (and end token) predicted: the start token and
+    // question / : / short / ? / answer / :.
+    assert_eq!(batch.prompt_lengths, [7]);
     assert_eq!(batch.errors.len(), 1);
     assert!(
         batch.errors[0]
@@ -981,6 +984,7 @@ fn question_answer_rows_become_prompted_texts_and_rows_without_answers_are_skipp
         .unwrap()
         .unwrap();
     assert_eq!(cut.batch_size, 2);
+    assert_eq!(cut.prompt_lengths, [1, 1]);
     // The built-in pairs have no questions.
     let builtin = DataConfig {
         text_format: mm_data::TextFormat::QuestionAnswer,

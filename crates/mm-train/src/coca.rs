@@ -20,18 +20,27 @@ use crate::learner::Learner;
 use crate::start::{Startable, StartingPoint};
 use crate::task::{Encoded, Objective, StepOptions, Trainee};
 
-/// The tokens the decoder predicts (`ids[:, 1:]` of a batch) that are not padding, and their
-/// positions among the `batch * (seq - 1)` predicted ones.
+/// The tokens the decoder learns to predict (of `ids[:, 1:]`: not padding, not a row's given
+/// prompt, see [`ClipBatch::prompt_lengths`]), and their positions among the
+/// `batch * (seq - 1)` predicted ones.
 fn next_tokens(batch: &ClipBatch, pad_id: u32) -> (Vec<i64>, Vec<i64>) {
-    let seq = batch.context_length;
-    batch
+    let seq = batch.context_length.max(1);
+    let (mut labels, mut positions) = (Vec::new(), Vec::new());
+    for (row, (ids, &prompt)) in batch
         .input_ids
-        .chunks(seq.max(1))
-        .flat_map(|row| row[1..].iter().map(|&id| id as i64))
+        .chunks(seq)
+        .zip(&batch.prompt_lengths)
         .enumerate()
-        .filter(|&(_, id)| id != pad_id as i64)
-        .map(|(position, id)| (id, position as i64))
-        .unzip()
+    {
+        // Position p predicts ids[p + 1].
+        for p in prompt.max(1) - 1..seq - 1 {
+            if ids[p + 1] != pad_id {
+                labels.push(ids[p + 1] as i64);
+                positions.push((row * (seq - 1) + p) as i64);
+            }
+        }
+    }
+    (labels, positions)
 }
 
 impl Trainee for CocaModel {

@@ -301,7 +301,7 @@ fn run<M: Startable>(
     .with_transform(config.data.train_transform, config.seed)
     .with_image_limits(config.data.image_limits())
     .with_max_consecutive_skips(config.data.max_consecutive_skips)
-    .with_whole_texts(config.data.text_format == mm_data::TextFormat::QuestionAnswer)
+    .with_question_answers(config.data.text_format == mm_data::TextFormat::QuestionAnswer)
     .with_workers(config.data.workers)?;
     let mut data = config.data.for_rank(rank, world);
     if config.objective == Objective::Classify {

@@ -220,6 +220,28 @@ fn a_coca_fine_tuned_on_questions_answers_them_by_prompting() {
         "{}",
         pair.caption
     );
+    // Batches give each row's prompt: the decoder learns the answer and end token only.
+    let tokenizer = mm_data::ClipTokenizer::openai().with_pad_id(0).unwrap();
+    let batcher = mm_data::Batcher::new(tokenizer.clone(), 16, 24).with_question_answers(true);
+    let mut source = config.data.open_epoch(config.seed, 0, 16).unwrap();
+    let batch = batcher
+        .next_batch(source.as_mut(), &mut 0, 4)
+        .unwrap()
+        .unwrap();
+    for row in 0..4 {
+        let ids = &batch.input_ids[row * 24..(row + 1) * 24];
+        let answer: Vec<u32> = ids[batch.prompt_lengths[row]..]
+            .iter()
+            .copied()
+            .take_while(|&id| id != tokenizer.eot_id())
+            .collect();
+        assert_eq!(
+            tokenizer.decode(&answer).unwrap().trim(),
+            batch.labels[row].as_deref().unwrap(),
+            "{}",
+            batch.captions[row]
+        );
+    }
     mm_train::train(&config, false).unwrap();
     let ckpt = mm_train::checkpoint::load(&run, &burn::tensor::Device::flex()).unwrap();
     // Its default suite asks the held-out questions.
