@@ -217,14 +217,10 @@ pub fn score_captions(
         GenerationArgs::beams(beams, length_penalty).generation(tokenizer.eot_id(), 1, context)?;
     let prompts = vec![vec![tokenizer.sot_id()]; images.0.len()];
     let described = describe_images(model, tokenizer, images, &prompts, (&generation, context))?;
-    let pick = |rows: &[usize]| -> Vec<Vec<String>> {
-        rows.iter().map(|&i| references[i].clone()).collect()
-    };
-    let classes: Option<Vec<usize>> =
-        classes.map(|c| described.kept.iter().map(|&i| c[i]).collect());
+    let classes = classes.map(|c| described.select(c));
     let texts = described.outputs.concat();
     Ok(ScoredCaptions {
-        scores: CaptionScores::new(&texts, &pick(&described.kept), classes.as_deref()),
+        scores: CaptionScores::new(&texts, &described.select(references), classes.as_deref()),
         texts,
         skipped: described.skipped.len(),
     })

@@ -370,7 +370,7 @@ fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` is a Hugging Face CLIP directory rather than an mm checkpoint.
+/// Whether `dir` is an open_clip directory rather than an mm checkpoint.
 pub fn is_open_clip_dir(dir: &Path) -> bool {
     dir.join(mm_encoders::open_clip::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
 }
@@ -398,7 +398,24 @@ pub fn load_open_clip(dir: &Path, device: &Device) -> Result<Checkpoint> {
     };
     crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
     let tokenizer = ClipTokenizer::openai().with_pad_id(model_config.text.pad_id)?;
-    check_tokenizer_fits(&tokenizer, &model_config, "text_cfg.vocab_size")
+    let parts = (model_config, model, decoder, tokenizer);
+    imported(dir, parts, "text_cfg.vocab_size")
+}
+
+/// A checkpoint of weights imported from `dir` (no run of mm's; its weights checked finite),
+/// once its tokenizer's ids fit the model's vocabulary (`vocab_key` names that size in the
+/// source's config).
+fn imported(
+    dir: &Path,
+    (model_config, model, decoder, tokenizer): (
+        ClipConfig,
+        ClipModel,
+        Option<MultimodalDecoder>,
+        ClipTokenizer,
+    ),
+    vocab_key: &str,
+) -> Result<Checkpoint> {
+    check_tokenizer_fits(&tokenizer, &model_config, vocab_key)
         .with_context(|| format!("{}", dir.display()))?;
     Ok(Checkpoint {
         dir: dir.to_path_buf(),
@@ -414,6 +431,7 @@ pub fn load_open_clip(dir: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// Whether `dir` is a Hugging Face CLIP directory rather than an mm checkpoint.
 pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join(mm_encoders::hf::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
 }
@@ -620,21 +638,13 @@ pub fn load_hf(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let (model_config, model) = mm_encoders::hf::load(dir, device)?;
     crate::param_path::check_finite(&model).with_context(|| format!("{}", dir.display()))?;
     let tokenizer = mm_data::hf::load_tokenizer(dir)?;
-    check_tokenizer_fits(&tokenizer, &model_config, "text_config.vocab_size")
-        .with_context(|| format!("{}", dir.display()))?;
-    mm_data::hf::check_image_processor(dir, model_config.vision.image_size)?;
-    Ok(Checkpoint {
-        dir: dir.to_path_buf(),
-        train_config: None,
-        model_config,
-        model,
-        decoder: None,
-        tokenizer,
-        state: CheckpointState {
-            imported_from: Some(dir.display().to_string()),
-            ..Default::default()
-        },
-    })
+    let ckpt = imported(
+        dir,
+        (model_config, model, None, tokenizer),
+        "text_config.vocab_size",
+    )?;
+    mm_data::hf::check_image_processor(dir, ckpt.model_config.vision.image_size)?;
+    Ok(ckpt)
 }
 
 /// Loads a checkpoint (mm or HF) onto `device`. Every tensor of the model must be present and

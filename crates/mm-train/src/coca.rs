@@ -59,7 +59,8 @@ impl Trainee for CocaModel {
     /// The contrastive loss over the global batch (every rank's rows, GradCache with
     /// micro-batches, as for CLIP) weighted by `loss_weights.contrastive`, plus
     /// `loss_weights.caption` x the captioning cross-entropy averaged over every rank's
-    /// caption tokens (padding skipped): what one process computes on the whole batch.
+    /// predicted tokens (padding and given prompts skipped, see `next_tokens`): what one
+    /// process computes on the whole batch.
     fn gradients(
         &self,
         objective: Objective,

@@ -13,6 +13,13 @@ pub struct ImageChunks<T> {
     pub skipped: Vec<SampleError>,
 }
 
+impl<T> ImageChunks<T> {
+    /// `values[i]` for every kept input `i`: what belongs to the images that were read.
+    pub fn select<V: Clone>(&self, values: &[V]) -> Vec<V> {
+        self.kept.iter().map(|&i| values[i].clone()).collect()
+    }
+}
+
 /// `f` on every `chunk` readable images of `images` through the eval transform (`[n, 3, H,
 /// W]`, with their indices). An unreadable image is skipped and reported (with its path), not
 /// fatal; a set with no readable image is an error.

@@ -951,7 +951,7 @@ impl Suite {
                     &pick(&prompts, &asked),
                     (&generation, ctx),
                 )?;
-                let rows: Vec<usize> = described.kept.iter().map(|&i| asked[i]).collect();
+                let rows: Vec<usize> = described.select(&asked);
                 let answers = described.outputs.concat();
                 let truth = pick(&set.labels, &rows);
                 let accuracy = answer_accuracy(&answers, &truth);
