@@ -344,6 +344,15 @@ impl Batcher {
                 return broken(source, &errors, in_a_row);
             }
             if ended {
+                // A source that ends on nothing but unusable samples (a folder of FIFOs, a
+                // whole epoch undecodable) says why, rather than just ending.
+                if !rest && captions.is_empty() && !errors.is_empty() {
+                    return Err(DataError::Exhausted {
+                        source_name: source.describe(),
+                        count: in_a_row,
+                        last: errors.last().map(|e| e.to_string()).unwrap_or_default(),
+                    });
+                }
                 // The rest keeps the skipped samples' reports even when no sample is left.
                 if !rest || (captions.is_empty() && errors.is_empty()) {
                     return Ok(None);

@@ -24,6 +24,14 @@ pub enum DataError {
         count: usize,
         last: String,
     },
+    #[error(
+        "{source_name}: the data ended after {count} unusable samples and no usable one; the last: {last}"
+    )]
+    Exhausted {
+        source_name: String,
+        count: usize,
+        last: String,
+    },
 }
 
 impl DataError {

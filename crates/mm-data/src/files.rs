@@ -278,9 +278,11 @@ impl FolderSource {
                     ))
                 });
             } else if ext(file) == "txt"
+                // Any image beside it, even one that is no regular file (that one is reported
+                // for what it is when it is read).
                 && !IMAGE_EXTENSIONS.iter().any(|e| {
-                    file.with_extension(e).is_file()
-                        || file.with_extension(e.to_uppercase()).is_file()
+                    file.with_extension(e).exists()
+                        || file.with_extension(e.to_uppercase()).exists()
                 })
             {
                 items.push(Err(SampleError::new(

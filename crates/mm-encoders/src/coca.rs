@@ -63,7 +63,6 @@ impl CocaModel {
     /// and the decoder's image tokens (`[batch, n_queries - 1, embed_dim]`).
     pub fn encode_image(&self, pixels: Tensor<4>) -> (Tensor<2>, Tensor<3>) {
         let clip = &self.clip;
-        let pixels = in_dtype(pixels, clip.visual_projection.weight.val().dtype());
         let output = clip.vision_model.forward(pixels);
         let features = clip.visual_projection.forward(output.pooled);
         let [batch, queries, width] = output.last_hidden_state.dims();
@@ -74,7 +73,8 @@ impl CocaModel {
     }
 
     /// Teacher-forced training pass on `[batch, seq]` ids (start token first, padded with
-    /// the text config's `pad_id`): both features, and the logits predicting `ids[:, 1:]`.
+    /// the text config's `pad_id`): both features, and the logits predicting `ids[:, 1:]`
+    /// (all in f32, whatever the model computes in).
     pub fn forward(&self, pixels: Tensor<4>, input_ids: Tensor<2, Int>) -> CocaOutput {
         self.forward_with(pixels, input_ids, |decoder, image, text| {
             decoder.forward(image, text)
@@ -111,7 +111,10 @@ impl CocaModel {
         CocaOutput {
             image_features,
             text_features: in_dtype(text_features, burn::tensor::DType::F32),
-            logits: decode(&self.text_decoder, image_tokens, inputs),
+            logits: in_dtype(
+                decode(&self.text_decoder, image_tokens, inputs),
+                burn::tensor::DType::F32,
+            ),
         }
     }
 
@@ -119,7 +122,10 @@ impl CocaModel {
     /// recomputing the whole prefix: the reference cached decoding must match.
     pub fn caption_logits(&self, image_tokens: Tensor<3>, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let tokens = self.clip.text_model.forward(input_ids).last_hidden_state;
-        self.text_decoder.forward(image_tokens, tokens)
+        in_dtype(
+            self.text_decoder.forward(image_tokens, tokens),
+            burn::tensor::DType::F32,
+        )
     }
 
     /// A cached decoding run over these image tokens (`[batch, n, width]`, one row per text).
@@ -150,9 +156,10 @@ impl CocaModel {
         let tokens = text.forward_cached(ids, &state.rows, &mut state.text);
         let logits = self.text_decoder.forward_cached(tokens, &mut state.decoder);
         let [batch, seq, vocab] = logits.dims();
-        logits
+        let last = logits
             .slice([0..batch, seq - 1..seq, 0..vocab])
-            .reshape([batch, vocab])
+            .reshape([batch, vocab]);
+        in_dtype(last, burn::tensor::DType::F32)
     }
 }
 

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
-    ApplyError, BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext,
-    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
+    ApplyError, BurnToPyTorchAdapter, ModuleAdapter, ModuleContext, ModuleSnapshot,
+    PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
-use burn::tensor::{DType, Device, Shape, TensorData};
+use burn::tensor::{Device, Shape, TensorData};
 use serde_json::{Value, json};
 
 use crate::config::{ConfigError, JsonSection};
@@ -69,13 +69,23 @@ static NULL: Value = Value::Null;
 /// the key, never silently changed.
 pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigError> {
     let top = JsonSection::new(json, "", origin)?;
-    if let Some(model_type) = top.opt_str("model_type")?
-        && model_type != "clip"
-    {
-        return Err(top.error(
-            "model_type",
-            format!("`{model_type}` is not a CLIP model (expected `clip`)"),
-        ));
+    // Every config transformers writes names its model type; without it the defaults below
+    // would describe a ViT-B/32 whatever the weights are (an empty or foreign config.json).
+    match top.opt_str("model_type")? {
+        Some(model_type) if model_type != "clip" => {
+            return Err(top.error(
+                "model_type",
+                format!("`{model_type}` is not a CLIP model (expected `clip`)"),
+            ));
+        }
+        Some(_) => {}
+        None => {
+            return Err(top.error(
+                "model_type",
+                "missing: not an HF CLIP config (transformers writes `\"model_type\": \"clip\"`)"
+                    .into(),
+            ));
+        }
     }
     if let Some(Value::Array(archs)) = json.get("architectures")
         && !archs.iter().any(|a| a == "CLIPModel")
@@ -305,11 +315,12 @@ pub fn load_weights(model: &mut ClipModel, path: &Path) -> Result<(), HfError> {
             "no such file (mm reads HF weights from model.safetensors)".into()
         }));
     }
+    crate::weights_file::check_header(path)?;
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(
             PyTorchToBurnAdapter
                 .chain(ScalarAdapter { to_hf: false })
-                .chain(FloatCastAdapter::to(DType::F32)),
+                .chain(crate::weights_file::to_load_dtype()),
         )
         // Collect missing/mismatched tensors instead of failing on the first, so the error can
         // name them in HF's terms.

@@ -28,13 +28,14 @@ pub mod pooler;
 pub mod text;
 pub mod transformer;
 pub mod vision;
+pub mod weights_file;
 
 pub use coca::{CocaModel, CocaOutput, DecodingState};
 pub use config::{ConfigError, from_toml_str};
 pub use decoder::{MultimodalConfig, MultimodalDecoder};
 pub use fusion::{FusionClassifier, FusionConfig, FusionOperator, FusionStage, Modalities};
 pub use hf::HfError;
-pub use model::{ClipConfig, ClipModel};
+pub use model::{ClipConfig, ClipModel, initialised};
 pub use ops::{
     MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision, with_matmul_precision,
 };

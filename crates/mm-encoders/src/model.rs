@@ -100,10 +100,13 @@ impl ClipConfig {
                 );
             }
         }
-        if self.text.context_length < 2 {
+        if self.text.context_length < MIN_CONTEXT_LENGTH {
             return err(
                 "text.context_length",
-                "must be at least 2 (start and end tokens)".into(),
+                format!(
+                    "must be at least {MIN_CONTEXT_LENGTH} (start and end tokens and room for a text), got {}",
+                    self.text.context_length
+                ),
             );
         }
         if self.text.eos_token_id as usize >= self.text.vocab_size {
@@ -353,8 +356,25 @@ impl ClipConfig {
     }
 }
 
-/// Serialises model initialisations within the process (see [`ClipConfig::init_seeded`]).
+/// The shortest text context: below it no caption survives truncation.
+pub const MIN_CONTEXT_LENGTH: usize = 8;
+
+/// Serialises model initialisations within the process (see [`initialised`]).
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The module `build` makes, every parameter drawn before this returns, from `device`'s
+/// generator seeded with `seed` (when given). burn's generator is per device and global, and
+/// its parameters are drawn lazily on first use, so seeding and drawing happen here under one
+/// lock: the same seed gives the same module whatever else the process is doing. Every
+/// module a run initialises (towers, CoCa's decoder, a classifier's fusion head) is drawn
+/// through this.
+pub fn initialised<M: Module>(device: &Device, seed: Option<u64>, build: impl FnOnce() -> M) -> M {
+    let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(seed) = seed {
+        device.seed(seed);
+    }
+    materialized(build())
+}
 
 #[derive(Module, Debug)]
 pub struct ClipModel {
@@ -373,36 +393,24 @@ pub struct ClipModel {
 impl ClipConfig {
     /// A randomly initialised model (HF's init), drawing from `device`'s random generator.
     pub fn init(&self, device: &Device) -> ClipModel {
-        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        self.init_unlocked(device)
+        initialised(device, None, || self.build(device))
     }
 
     /// The same initialisation for every `seed`, even with other threads initialising models
-    /// at the same time: burn's generator is per device and global, so seeding and drawing
-    /// happen under one lock.
+    /// at the same time (see [`initialised`]).
     pub fn init_seeded(&self, device: &Device, seed: u64) -> ClipModel {
-        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        device.seed(seed);
-        self.init_unlocked(device)
+        initialised(device, Some(seed), || self.build(device))
     }
 
-    fn init_unlocked(&self, device: &Device) -> ClipModel {
-        materialized(self.build(device))
-    }
-
-    /// A model built around this config's towers by `wrap` (CoCa adds its decoder), under
-    /// the same lock as [`ClipConfig::init`].
+    /// A model built around this config's towers by `wrap` (CoCa adds its decoder), drawn as
+    /// [`ClipConfig::init_seeded`] draws.
     pub(crate) fn init_with<M: Module>(
         &self,
         device: &Device,
         seed: Option<u64>,
         wrap: impl FnOnce(ClipModel) -> M,
     ) -> M {
-        let _exclusive = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(seed) = seed {
-            device.seed(seed);
-        }
-        materialized(wrap(self.build(device)))
+        initialised(device, seed, || wrap(self.build(device)))
     }
 
     fn build(&self, device: &Device) -> ClipModel {
@@ -442,6 +450,17 @@ impl ClipModel {
         self.text_model.encoder.grad_checkpointing = enable;
     }
 
+    /// The log temperature and (a sigmoid-loss model's) logit bias in f32, whatever dtype the
+    /// model computes in: they scale similarities of features, which come out in f32.
+    pub fn scale_and_bias(&self) -> (Tensor<1>, Option<Tensor<1>>) {
+        (
+            in_dtype(self.logit_scale.val(), DType::F32),
+            self.logit_bias
+                .as_ref()
+                .map(|bias| in_dtype(bias.val(), DType::F32)),
+        )
+    }
+
     /// `[batch, 3, H, W]` CLIP-normalised pixels -> `[batch, embed_dim]` (not normalised).
     pub fn image_features(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.image_features_kept(pixels, None)
@@ -454,7 +473,6 @@ impl ClipModel {
         pixels: Tensor<4>,
         kept: Option<Tensor<2, Int>>,
     ) -> Tensor<2> {
-        let pixels = in_dtype(pixels, self.visual_projection.weight.val().dtype());
         let features = self
             .visual_projection
             .forward(self.vision_model.forward_kept(pixels, kept).pooled);

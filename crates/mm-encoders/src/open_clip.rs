@@ -233,7 +233,7 @@ pub fn load_clip(dir: &Path, device: &Device) -> Result<(ClipConfig, ClipModel),
 }
 
 /// Fills `model` (a [`CocaModel`] or [`ClipModel`] built from `config`) from open_clip's
-/// safetensors at `path`; half-precision files are widened to fp32.
+/// safetensors at `path`; f16, bf16 and f64 tensors are converted to fp32.
 pub fn load_weights<M: Module>(
     model: &mut M,
     config: &ClipConfig,
@@ -243,8 +243,9 @@ pub fn load_weights<M: Module>(
         path: path.display().to_string(),
         message,
     };
-    // At most 4 bytes a parameter, and room for the header.
-    let cap = config.num_params_with_decoder() * 4 + (16 << 20);
+    crate::weights_file::check_header(path)?;
+    // At most 8 bytes a parameter (f64), and room for the header.
+    let cap = config.num_params_with_decoder() * 8 + (16 << 20);
     let bytes = mm_data::regular_file::read_capped(path, cap).map_err(|e| fail(e.to_string()))?;
     let file =
         SafeTensors::deserialize(&bytes).map_err(|e| fail(format!("not safetensors: {e}")))?;
@@ -270,7 +271,7 @@ pub fn load_weights<M: Module>(
         })?;
         let values = widened(&view).ok_or_else(|| {
             fail(format!(
-                "tensor `{}` has dtype {:?}; only F32, F16 and BF16 are read",
+                "tensor `{}` has dtype {:?}; only float tensors (F16, BF16, F32, F64) are read",
                 from.name,
                 view.dtype()
             ))
@@ -371,6 +372,10 @@ fn widened(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
             .collect(),
         Dtype::F16 => pairs().map(|b| f16::from_bits(b).to_f32()).collect(),
         Dtype::BF16 => pairs().map(|b| bf16::from_bits(b).to_f32()).collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
         _ => return None,
     })
 }

@@ -314,7 +314,7 @@ impl Attention {
         let weight = Tensor::cat(projections.map(|p| p.weight.val()).to_vec(), 1);
         let bias = projections.map(|p| match &p.bias {
             Some(bias) => bias.val(),
-            None => Tensor::zeros([p.weight.dims()[1]], &hidden.device()),
+            None => Tensor::zeros([p.weight.dims()[1]], (&hidden.device(), hidden.dtype())),
         });
         ops::linear_weights(hidden, weight, Some(Tensor::cat(bias.to_vec(), 0)))
     }

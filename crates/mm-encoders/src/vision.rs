@@ -124,8 +124,10 @@ impl VisionConfig {
 }
 
 impl VisionEmbeddings {
-    /// `[batch, 3, H, W]` pixels -> `[batch, 1 + patches, width]` tokens.
+    /// `[batch, 3, H, W]` pixels (f32, or any float dtype) -> `[batch, 1 + patches, width]`
+    /// tokens in the dtype of the weights: the one place pixels enter a tower.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
+        let pixels = crate::model::in_dtype(pixels, self.class_embedding.val().dtype());
         let batch = pixels.dims()[0];
         let patches = self.patch_embedding.forward(pixels); // [B, W, gh, gw]
         let [_, width, gh, gw] = patches.dims();

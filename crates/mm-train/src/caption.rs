@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use burn::tensor::Tensor;
 use clap::Args;
 
-use crate::captioner::{CHUNK, GenerationArgs, describe, prompt_ids};
+use crate::captioner::{GenerationArgs, describe, images_per_call, prompt_ids};
 use crate::checkpoint;
 use crate::device::DeviceArg;
 
@@ -52,19 +52,24 @@ pub fn run(args: CaptionArgs) -> Result<()> {
     let generation = args
         .generation
         .generation(tokenizer.eot_id(), prompt.len(), context)?;
+    // A chunk of images read and described at a time: memory holds one chunk, however many
+    // images are named.
     let mut unreadable = Vec::new();
-    let mut readable = Vec::new();
-    for path in &args.images {
-        match mm_data::image_file_tensor(path, image_size, &device) {
-            Ok(pixels) => readable.push((path, pixels)),
-            Err(e) => unreadable.push(anyhow::Error::from(e)),
+    for paths in args.images.chunks(images_per_call(&generation)) {
+        let mut readable = Vec::new();
+        for path in paths {
+            match mm_data::image_file_tensor(path, image_size, &device) {
+                Ok(pixels) => readable.push((path, pixels)),
+                Err(e) => unreadable.push(anyhow::Error::from(e)),
+            }
         }
-    }
-    for chunk in readable.chunks(CHUNK) {
-        let pixels = Tensor::cat(chunk.iter().map(|(_, p)| p.clone()).collect(), 0);
-        let prompts = vec![prompt.clone(); chunk.len()];
+        if readable.is_empty() {
+            continue;
+        }
+        let pixels = Tensor::cat(readable.iter().map(|(_, p)| p.clone()).collect(), 0);
+        let prompts = vec![prompt.clone(); readable.len()];
         let texts = describe(&model, &tokenizer, pixels, &prompts, (&generation, context))?;
-        for ((path, _), text) in chunk.iter().zip(texts) {
+        for ((path, _), text) in readable.iter().zip(texts) {
             println!("{}: {text}", path.display());
         }
     }

@@ -12,6 +12,10 @@ use mm_encoders::generate::{CachedCaptioner, Decoding, Generation, generate};
 use crate::caption_metrics::CaptionScores;
 use crate::image_chunks::{ImageChunks, map_image_chunks};
 
+/// The widest beam search (HF and open_clip captioners use 3-10): each beam is a row decoded
+/// for every image, so width multiplies the time of captioning.
+pub const MAX_BEAMS: usize = 16;
+
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Strategy {
@@ -26,7 +30,7 @@ pub struct GenerationArgs {
     #[arg(long, value_enum, default_value_t = Strategy::Beam)]
     pub strategy: Strategy,
     /// Beam width (`--strategy beam`).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=MAX_BEAMS as u64))]
     pub beams: u64,
     /// Beam search scores a finished text by log p / length^this (above 0: longer texts).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -175,8 +179,19 @@ pub fn describe(
     Ok(texts)
 }
 
-/// Images described per generation call (beams multiply the rows decoded together).
-pub const CHUNK: usize = 64;
+/// Rows (images x beams) decoded together: one step's logits over a CLIP vocabulary are
+/// then about 50 MB, whatever the beam width.
+const ROWS_PER_CALL: usize = 256;
+
+/// Images described per generation call: beams multiply the rows decoded together, so wider
+/// beams take fewer images at a time.
+pub fn images_per_call(generation: &Generation) -> usize {
+    let rows_per_image = match generation.decoding {
+        Decoding::Beam { width, .. } => width.max(1),
+        _ => 1,
+    };
+    (ROWS_PER_CALL / rows_per_image).max(1)
+}
 
 /// [`describe`] over a set of images (read through the eval transform, [`CHUNK`] at a
 /// time; unreadable ones skipped and reported): the texts of the images in `kept`.
@@ -188,7 +203,8 @@ pub fn describe_images(
     generation: (&Generation, usize),
 ) -> Result<ImageChunks<Vec<String>>> {
     let device = model.clip.logit_scale.val().device();
-    map_image_chunks(images, image_size, &device, CHUNK, |pixels, kept| {
+    let chunk = images_per_call(generation.0);
+    map_image_chunks(images, image_size, &device, chunk, |pixels, kept| {
         let prompts: Vec<Vec<u32>> = kept.iter().map(|&i| prompts[i].clone()).collect();
         describe(model, tokenizer, pixels, &prompts, generation)
     })

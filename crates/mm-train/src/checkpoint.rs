@@ -26,6 +26,7 @@ use mm_encoders::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
+use crate::precision::{Compute, Precision, half_copy};
 use crate::suite::Selection;
 use crate::task::Trainee;
 
@@ -144,6 +145,22 @@ impl Checkpoint {
         })
     }
 
+    /// Makes this checkpoint's model, towers and caption decoder alike, compute in `precision`
+    /// on `device` until the guard drops (see [`Precision::enter_inference`]).
+    pub fn enter_inference(
+        &mut self,
+        precision: Precision,
+        device: &Device,
+    ) -> mm_encoders::MatmulPrecisionGuard {
+        let guard = precision.enter_inference(&mut self.model, device);
+        if let (Some(decoder), Compute::HalfCopy(dtype)) =
+            (&mut self.decoder, precision.compute_on(device))
+        {
+            *decoder = half_copy(decoder, dtype);
+        }
+        guard
+    }
+
     /// Prompt templates for zero-shot use: the run's, else mm's default.
     pub fn templates(&self) -> Vec<String> {
         self.train_config
@@ -234,18 +251,34 @@ pub fn write_dir_atomically(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
         .to_string_lossy();
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
     let parent = parent.unwrap_or(Path::new("."));
+    // The folders above `out` this call creates go again if it fails: a failed write leaves
+    // nothing behind.
+    let created: Vec<PathBuf> = parent
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    let remove_created = || {
+        for dir in &created {
+            let _ = fs::remove_dir(dir); // Only while empty.
+        }
+    };
     fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     remove_dead_writers_temps(parent, &name)?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp)?;
-    }
-    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    if let Err(e) = fill(&tmp) {
+    let written = (|| {
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        fill(&tmp)?;
+        fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))
+    })();
+    if let Err(e) = written {
         let _ = fs::remove_dir_all(&tmp);
+        remove_created();
         return Err(e);
     }
-    fs::rename(&tmp, out).with_context(|| format!("moving {} into place", out.display()))?;
     sync_dir(parent);
     Ok(())
 }
@@ -436,13 +469,17 @@ pub fn is_hf_dir(dir: &Path) -> bool {
     dir.join(mm_encoders::hf::CONFIG_FILE).exists() && !dir.join(STATE_FILE).exists()
 }
 
-/// A checkpoint directory itself (mm or HF), or a run directory (whose `checkpoints/latest`
+/// A checkpoint directory itself (mm, HF or open_clip), or a run directory (whose `checkpoints/latest`
 /// is used).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("checkpoint {}: no such file or directory", path.display());
     }
-    if path.join(STATE_FILE).exists() || path.join(MODEL_FILE).exists() || is_hf_dir(path) {
+    if path.join(STATE_FILE).exists()
+        || path.join(MODEL_FILE).exists()
+        || is_hf_dir(path)
+        || is_open_clip_dir(path)
+    {
         return Ok(path.to_path_buf());
     }
     for root in [path.join("checkpoints"), path.to_path_buf()] {
@@ -451,8 +488,9 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!(
-        "{}: not a checkpoint (no {STATE_FILE}), an HF CLIP directory (no config.json) nor a run directory (no checkpoints/{LATEST})",
-        path.display()
+        "{}: not a checkpoint (no {STATE_FILE}), an HF CLIP directory (no config.json), an open_clip directory (no {}) nor a run directory (no checkpoints/{LATEST})",
+        path.display(),
+        mm_encoders::open_clip::CONFIG_FILE
     )
 }
 
@@ -668,9 +706,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             .with_context(|| format!("reading {}", path.display()))?;
         Ok((text, path.display().to_string()))
     };
-    let (text, origin) = read(MODEL_CONFIG_FILE)?;
-    let model_config: ClipConfig = from_toml_str(&text, &origin)?;
-    model_config.validate(&origin)?;
+    let model_config = read_model_config(&dir)?;
     // Parsed but not re-validated for this machine: a checkpoint trained on `cuda` must still
     // load in a CPU-only build.
     let train_config = if dir.join(CONFIG_FILE).exists() {
@@ -707,6 +743,30 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// The shape of the model at `path` (any checkpoint format, or a run directory), read
+/// without its weights: what a run checks its memory against before loading them.
+pub fn model_config(path: &Path) -> Result<ClipConfig> {
+    let dir = resolve(path)?;
+    if is_open_clip_dir(&dir) {
+        return Ok(mm_encoders::open_clip::read_config(&dir)?);
+    }
+    if is_hf_dir(&dir) {
+        return Ok(mm_encoders::hf::read_config(&dir)?);
+    }
+    read_model_config(&dir)
+}
+
+/// An mm checkpoint's `model.toml`, validated.
+fn read_model_config(dir: &Path) -> Result<ClipConfig> {
+    let path = dir.join(MODEL_CONFIG_FILE);
+    let text = mm_data::regular_file::read_text(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let origin = path.display().to_string();
+    let model_config: ClipConfig = from_toml_str(&text, &origin)?;
+    model_config.validate(&origin)?;
+    Ok(model_config)
+}
+
 /// A model of `config` with the weights of mm safetensors file `path`, checked: the file is
 /// regular, the model fits in memory, every tensor is present, of the right shape and finite.
 fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<ClipModel> {
@@ -725,10 +785,16 @@ fn load_weights(config: &ClipConfig, path: &Path, device: &Device) -> Result<Cli
     Ok(model)
 }
 
-/// Loads `module`'s weights from safetensors file `path`: every tensor present, of the right
-/// shape, and finite, or an error naming the tensor.
+/// Loads `module`'s weights from safetensors file `path`: every tensor present once, of the
+/// right shape, and finite, and nothing else in the file (a model config that declares fewer
+/// layers than the weights hold is not a smaller model), or an error naming the tensor. Float
+/// tensors of any dtype are converted to the dtype models compute in.
 fn load_checked<M: burn::module::Module>(module: &mut M, path: &Path) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path);
+    mm_encoders::weights_file::check_header(path)?;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(mm_encoders::weights_file::to_load_dtype())
+        .allow_partial(true)
+        .validate(false);
     let result = module
         .load_from(&mut store)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -737,6 +803,12 @@ fn load_checked<M: burn::module::Module>(module: &mut M, path: &Path) -> Result<
     }
     if let Some(error) = result.errors.first() {
         bail!("{}: {error}", path.display());
+    }
+    if let Some(name) = result.unused.first() {
+        bail!(
+            "{}: unexpected tensor `{name}`: not a parameter of the model its config describes",
+            path.display()
+        );
     }
     crate::param_path::check_finite(module).with_context(|| format!("{}", path.display()))
 }

@@ -2,6 +2,8 @@
 //! (image, text) pairs, and the accuracy / macro-F1 a held-out set measures. (Its class list
 //! and construction are [`crate::start`]'s; its checkpoint files [`crate::checkpoint`]'s.)
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
@@ -142,26 +144,31 @@ pub struct ClassMetrics {
     pub macro_f1: f64,
     /// Each class's F1 (`NaN` where the class neither occurs nor is predicted).
     pub per_class_f1: Vec<f64>,
-    /// `confusion[truth][predicted]` counts.
-    pub confusion: Vec<Vec<usize>>,
+    /// Pairs of each true class.
+    pub support: Vec<usize>,
+    /// `(truth, predicted)` -> count, for the pairs that occurred: at most one entry per
+    /// pair scored, so memory follows the set and not the square of the classes.
+    pub confusion: BTreeMap<(usize, usize), usize>,
 }
 
 impl ClassMetrics {
     pub fn new(truth: &[usize], predicted: &[usize], classes: usize) -> Self {
-        let mut confusion = vec![vec![0usize; classes]; classes];
+        let mut confusion = BTreeMap::new();
+        let (mut support, mut predicted_count, mut hits) = (
+            vec![0usize; classes],
+            vec![0usize; classes],
+            vec![0usize; classes],
+        );
         for (&t, &p) in truth.iter().zip(predicted) {
-            confusion[t][p] += 1;
+            *confusion.entry((t, p)).or_insert(0) += 1;
+            support[t] += 1;
+            predicted_count[p] += 1;
+            hits[t] += usize::from(t == p);
         }
-        let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
         let per_class_f1: Vec<f64> = (0..classes)
-            .map(|c| {
-                let tp = confusion[c][c] as f64;
-                let actual: usize = confusion[c].iter().sum();
-                let predicted: usize = confusion.iter().map(|row| row[c]).sum();
-                match actual + predicted {
-                    0 => f64::NAN,
-                    n => 2.0 * tp / n as f64,
-                }
+            .map(|c| match support[c] + predicted_count[c] {
+                0 => f64::NAN,
+                n => 2.0 * hits[c] as f64 / n as f64,
             })
             .collect();
         let present: Vec<f64> = per_class_f1
@@ -170,11 +177,22 @@ impl ClassMetrics {
             .filter(|f| !f.is_nan())
             .collect();
         Self {
-            accuracy: correct as f64 / truth.len().max(1) as f64,
+            accuracy: hits.iter().sum::<usize>() as f64 / truth.len().max(1) as f64,
             macro_f1: present.iter().sum::<f64>() / present.len().max(1) as f64,
             per_class_f1,
+            support,
             confusion,
         }
+    }
+
+    /// `[truth][predicted]` counts as a dense matrix, for a few classes.
+    pub fn confusion_matrix(&self) -> Vec<Vec<usize>> {
+        let n = self.support.len();
+        let mut matrix = vec![vec![0; n]; n];
+        for (&(t, p), &count) in &self.confusion {
+            matrix[t][p] = count;
+        }
+        matrix
     }
 }
 
@@ -324,8 +342,13 @@ mod tests {
         let truth = [0, 0, 0, 1, 1];
         let predicted = [0, 0, 1, 1, 2];
         let m = ClassMetrics::new(&truth, &predicted, 4);
-        assert_eq!(m.confusion[0], vec![2, 1, 0, 0]);
-        assert_eq!(m.confusion[1], vec![0, 1, 1, 0]);
+        let matrix = m.confusion_matrix();
+        assert_eq!(matrix[0], vec![2, 1, 0, 0]);
+        assert_eq!(matrix[1], vec![0, 1, 1, 0]);
+        assert_eq!(matrix[2], vec![0; 4]);
+        // Only the pairs that occurred are stored.
+        assert_eq!(m.confusion.len(), 4);
+        assert_eq!(m.support, vec![3, 2, 0, 0]);
         assert!((m.accuracy - 0.6).abs() < 1e-12);
         // F1 = 2TP / (actual + predicted): class 0 4/5, class 1 2/4, class 2 0/1.
         let want = [0.8, 0.5, 0.0];

@@ -103,11 +103,12 @@ pub struct EvalArgs {
     /// Prompt template(s), ensembled (default: the run's eval templates).
     #[arg(long = "template")]
     pub templates: Vec<String>,
-    /// Where to write the JSON report (default: eval.json in the checkpoint directory).
+    /// Where to write the JSON report (default: eval.json in an mm checkpoint's directory;
+    /// nothing is written into an HF or open_clip directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// A CoCa's captions: beam width (1: greedy decoding).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=crate::suite::MAX_BEAMS as u64))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=crate::captioner::MAX_BEAMS as u64))]
     pub beams: u64,
     /// A CoCa's captions: beam search scores a text by log p / length^this.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -296,11 +297,15 @@ fn run_train(args: TrainArgs) -> Result<()> {
 fn run_eval(args: EvalArgs) -> Result<()> {
     let device = args.device.device()?;
     let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let _precision = args.precision.enter_inference(&mut ckpt.model, &device);
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| ckpt.dir.join("eval.json"));
+    let _precision = ckpt.enter_inference(args.precision, &device);
+    // An mm checkpoint keeps its report beside it; a directory mm did not write (HF,
+    // open_clip) is the user's, and gets nothing written into it.
+    let out = args.out.clone().or_else(|| {
+        ckpt.state
+            .imported_from
+            .is_none()
+            .then(|| ckpt.dir.join("eval.json"))
+    });
     // Without a set named here, a run that configured eval suites (or trained on other data
     // than the built-in set) is measured by its own suites, never by the built-in task.
     let named = args.folder.is_some() || args.labels_csv.is_some() || !args.pairs.is_empty();
@@ -334,10 +339,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         let report =
             crate::suite::SuitesReport::measure(&ckpt.dir, ckpt.state.step, &suites, &measuring)?;
         print!("{}", report.table());
-        let json = serde_json::to_string_pretty(&report)? + "\n";
-        checkpoint::write_file_atomically(&out, json.as_bytes())?;
-        println!("\nwrote {}", out.display());
-        return Ok(());
+        return write_report(&report, out.as_deref(), &ckpt.dir);
     }
     let templates = if args.templates.is_empty() {
         ckpt.templates()
@@ -417,8 +419,24 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let decoding = (args.beams as usize, args.length_penalty);
     let report = crate::eval::evaluate(&ckpt, data, pairs, &templates, decoding, &device)?;
     print!("{}", report.table());
-    let json = serde_json::to_string_pretty(&report)? + "\n";
-    checkpoint::write_file_atomically(&out, json.as_bytes())?;
+    write_report(&report, out.as_deref(), &ckpt.dir)
+}
+
+/// Writes `mm-train eval`'s JSON report to `out`, or says why it was not written.
+fn write_report(
+    report: &impl serde::Serialize,
+    out: Option<&Path>,
+    checkpoint: &Path,
+) -> Result<()> {
+    let Some(out) = out else {
+        println!(
+            "\nnot written: {} is not an mm checkpoint, so nothing is written into it (--out FILE saves the report)",
+            checkpoint.display()
+        );
+        return Ok(());
+    };
+    let json = serde_json::to_string_pretty(report)? + "\n";
+    checkpoint::write_file_atomically(out, json.as_bytes())?;
     println!("\nwrote {}", out.display());
     Ok(())
 }
@@ -441,7 +459,7 @@ fn run_zero_shot(args: ZeroShotArgs) -> Result<()> {
     let classes = class_list(&args)?;
     let device = args.device.device()?;
     let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let _precision = args.precision.enter_inference(&mut ckpt.model, &device);
+    let _precision = ckpt.enter_inference(args.precision, &device);
     let templates = if args.templates.is_empty() {
         ckpt.templates()
     } else {

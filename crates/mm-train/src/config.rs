@@ -291,6 +291,9 @@ fn default_keep() -> usize {
 
 /// Caps on run sizes: beyond them a value is a typo, not a plan.
 pub const MAX_STEPS: usize = 1 << 40;
+/// The largest weight of a loss term: beyond it the other term is rounding noise and the
+/// gradients overflow long before anything is learnt.
+pub const MAX_LOSS_WEIGHT: f64 = 1e4;
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
 
 /// The model shape: a named preset or an inline config.
@@ -354,6 +357,42 @@ pub struct Overrides {
 }
 
 impl TrainConfig {
+    /// An error when training `model` (the config's own, or the one `init_from` names) on
+    /// the CPU would need more memory than the machine has: weights, optimiser state,
+    /// activations of a micro-batch, a classifier's fusion modules, batches ahead, held-out
+    /// images (see [`crate::memory::training_bytes`]).
+    pub fn check_memory(&self, model: &ClipConfig) -> Result<(), String> {
+        if self.device != "flex" {
+            return Ok(());
+        }
+        let extra_params = match self.objective {
+            crate::task::Objective::Classify => {
+                let fusion = self.fusion.clone().unwrap_or_default();
+                // The class list is not known before the data is read: count the cap's
+                // worth only when the config names its classes.
+                let classes = fusion.classes.len().max(2);
+                fusion
+                    .classifier(&vec![String::new(); classes])
+                    .num_params(model.embed_dim)
+            }
+            _ => 0,
+        };
+        let sizes = crate::memory::RunSizes {
+            batch_size: self.train.batch_size,
+            accum_freq: self.train.accum_freq,
+            prefetch: self.data.prefetch,
+            heldout_samples: self.eval.decoded_images(&self.data, self.objective),
+            extra_params,
+        };
+        crate::memory::check_fits(
+            crate::memory::training_bytes(model, &sizes),
+            &format!(
+                "training this model ({} parameters) at batch size {}",
+                model.num_params() + extra_params,
+                self.train.batch_size
+            ),
+        )
+    }
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config: Self = from_toml_str(text, origin).map_err(|mut e| {
@@ -489,11 +528,15 @@ impl TrainConfig {
                         &format!("{} (must be in (0, 1))", fusion.alpha),
                     );
                 }
-                if fusion.head_hidden == 0 || fusion.heads == 0 {
+                let max_hidden = mm_encoders::fusion::MAX_HEAD_HIDDEN;
+                if !(1..=max_hidden).contains(&fusion.head_hidden) {
                     return err(
                         "fusion.head_hidden",
-                        "head_hidden and heads must be at least 1",
+                        &format!("{} (must be in 1..={max_hidden})", fusion.head_hidden),
                     );
+                }
+                if fusion.heads == 0 {
+                    return err("fusion.heads", "must be at least 1");
                 }
                 if !(fusion.tower_lr_scale >= 0.0 && fusion.tower_lr_scale.is_finite()) {
                     return err(
@@ -604,25 +647,9 @@ impl TrainConfig {
         {
             return err("optim.grad_clip_norm", "must be positive");
         }
-        if let Some(spec) = &self.model
-            && self.device == "flex"
-        {
-            let model = spec.resolve()?;
-            let sizes = crate::memory::RunSizes {
-                batch_size: self.train.batch_size,
-                accum_freq: self.train.accum_freq,
-                prefetch: self.data.prefetch,
-                heldout_samples: self.eval.decoded_images(&self.data, self.objective),
-            };
-            crate::memory::check_fits(
-                crate::memory::training_bytes(&model, &sizes),
-                &format!(
-                    "training this model ({} parameters) at batch size {}",
-                    model.num_params(),
-                    self.train.batch_size
-                ),
-            )
-            .map_err(|message| ConfigError::new(origin, "model", message))?;
+        if let Some(spec) = &self.model {
+            self.check_memory(&spec.resolve()?)
+                .map_err(|message| ConfigError::new(origin, "model", message))?;
         }
         let device = crate::device::parse_device(&self.device)
             .map_err(|e| ConfigError::new(origin, "device", e.to_string()))?;
@@ -653,6 +680,18 @@ fn apply_settings(text: &str, settings: &[String], origin: &str) -> Result<Strin
         let key = key.trim();
         let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
             Ok(mut table) => table.remove("v").expect("parsed above"),
+            // A number TOML cannot hold (beyond 64-bit integers, say) is that number's error,
+            // not a string for the key to reject by type.
+            Err(e) if looks_numeric(value) => {
+                return Err(refuse(
+                    key.trim(),
+                    &format!(
+                        "`{}` is not a TOML number: {}",
+                        value.trim(),
+                        e.message().trim()
+                    ),
+                ));
+            }
             Err(_) => toml::Value::String(value.to_string()),
         };
         let mut parts: Vec<&str> = key.split('.').collect();
@@ -674,7 +713,17 @@ fn apply_settings(text: &str, settings: &[String], origin: &str) -> Result<Strin
     toml::to_string(&root).map_err(|e| ConfigError::new("--set", "", e.to_string()))
 }
 
-/// `clip_base.toml` -> `configs/clip_base.toml` when the former does not exist.
+/// Whether a `--set` value is meant as a number: digits with an optional sign, point,
+/// exponent or `_` separators.
+fn looks_numeric(value: &str) -> bool {
+    let value = value.trim();
+    let digits = value.trim_start_matches(['+', '-']);
+    digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '_' | '+' | '-'))
+}
+
 impl TrainConfig {
     /// `objective = "coca"` needs a model with a caption decoder, and a model with one needs
     /// that objective (any other would neither train nor keep the decoder).
@@ -695,9 +744,18 @@ impl TrainConfig {
                 ),
                 ("coca.caption_loss_weight", table.caption_loss_weight),
             ] {
-                if !(value.is_finite() && value >= 0.0) {
-                    return err(key, format!("must be a finite number >= 0, got {value}"));
+                if !(0.0..=MAX_LOSS_WEIGHT).contains(&value) {
+                    return err(
+                        key,
+                        format!("must be a number in [0, {MAX_LOSS_WEIGHT}], got {value}"),
+                    );
                 }
+            }
+            if table.contrastive_loss_weight == 0.0 && table.caption_loss_weight == 0.0 {
+                return err(
+                    "coca",
+                    "both loss weights are 0: nothing would be trained".into(),
+                );
             }
         }
         let decoder = match &self.model {

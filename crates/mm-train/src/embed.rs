@@ -2,11 +2,15 @@
 //! streamed in batches through the model and written as safetensors or `.npy`, with each
 //! sample's key (its image file, or `shard:key`) in a `.keys.jsonl` beside them.
 //!
-//! Work in progress lives in `OUT.parts/`: every few thousand samples a part file (written
-//! atomically) and then `state.json` (how far the source was read). A run that is stopped and
-//! started again with the same command continues after the last recorded part; another
-//! command on the same output is refused rather than mixed in. At the end the parts are
-//! streamed into the output (never all in memory) and the folder is removed.
+//! Work in progress lives in `OUT.parts/`, which one embed at a time holds (a lock, as a run
+//! holds its directory): every few thousand samples a part file (written atomically) and then
+//! `state.json` (how far the source was read, and which checkpoint directory the run started
+//! with: a resumed run uses that one, even when `--checkpoint RUN` now resolves to a newer
+//! one). A run that is stopped and started again with the same command continues after the
+//! last recorded part; another command on the same output is refused rather than mixed in. At
+//! the end the parts are streamed into the output (never all in memory) through temporary
+//! files inside `OUT.parts/`, so nothing beside the output is touched, and the folder is
+//! removed.
 
 use std::fs;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -26,6 +30,7 @@ use crate::checkpoint::{self, write_file_atomically};
 use crate::data_check::SourceArgs;
 use crate::device::DeviceArg;
 use crate::precision::Precision;
+use crate::run_dir::RunDirLock;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -86,6 +91,7 @@ impl Modality {
 /// What produced the parts: a run continues only under the same command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Command {
+    /// As given (canonical): a run directory names whichever checkpoint is its latest.
     checkpoint: PathBuf,
     paths: Vec<String>,
     modality: Modality,
@@ -98,6 +104,9 @@ struct Command {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct State {
     command: Command,
+    /// The checkpoint directory `command.checkpoint` resolved to when the run started: every
+    /// row comes from this one model.
+    weights: Option<PathBuf>,
     parts: usize,
     position: u64,
     samples: u64,
@@ -109,8 +118,16 @@ struct State {
 struct Outputs {
     /// One file per tensor (`.npy`), or one for all (`.safetensors`).
     tensors: Vec<(PathBuf, Vec<&'static str>)>,
+    /// What the tensor files are, by `out`'s extension in any case.
+    format: Format,
     keys: PathBuf,
     parts: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Npy,
+    Safetensors,
 }
 
 impl Outputs {
@@ -121,17 +138,26 @@ impl Outputs {
         let stem = out.with_extension("");
         let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
         let names = modality.tensors();
-        let tensors = match ext.as_deref() {
-            Some("safetensors") => vec![(out.to_path_buf(), names.to_vec())],
-            Some("npy") if names.len() == 1 => vec![(out.to_path_buf(), names.to_vec())],
-            Some("npy") => vec![
-                (with(".image.npy"), vec!["image_embeds"]),
-                (with(".text.npy"), vec!["text_embeds"]),
-            ],
+        let (tensors, format) = match ext.as_deref() {
+            Some("safetensors") => (
+                vec![(out.to_path_buf(), names.to_vec())],
+                Format::Safetensors,
+            ),
+            Some("npy") if names.len() == 1 => {
+                (vec![(out.to_path_buf(), names.to_vec())], Format::Npy)
+            }
+            Some("npy") => (
+                vec![
+                    (with(".image.npy"), vec!["image_embeds"]),
+                    (with(".text.npy"), vec!["text_embeds"]),
+                ],
+                Format::Npy,
+            ),
             _ => bail!("--out {}: name a .safetensors or .npy file", out.display()),
         };
         Ok(Self {
             tensors,
+            format,
             keys: with(".keys.jsonl"),
             parts: PathBuf::from(format!("{}.parts", out.display())),
         })
@@ -140,6 +166,13 @@ impl Outputs {
 
 pub fn run(args: &EmbedArgs) -> Result<()> {
     let outputs = Outputs::new(&args.out, args.modality)?;
+    // Held until the parts are merged and removed: a second embed into the same output is
+    // refused instead of interleaving its parts and outputs with this one's.
+    let _lock = RunDirLock::acquire_for(
+        &outputs.parts,
+        "another mm-train embed",
+        "choose another --out",
+    )?;
     let written = outputs
         .tensors
         .iter()
@@ -154,8 +187,6 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         }
     }
     let device = args.device.device()?;
-    let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let _precision = args.precision.enter_inference(&mut ckpt.model, &device);
     let command = Command {
         checkpoint: fs::canonicalize(&args.checkpoint).unwrap_or(args.checkpoint.clone()),
         paths: args.paths.clone(),
@@ -165,6 +196,22 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
         source: args.source.clone(),
     };
     let mut state = resume_state(&outputs.parts, &command)?;
+    let mut ckpt = match &state.weights {
+        Some(pinned) => {
+            if !pinned.is_dir() {
+                bail!(
+                    "{} was started with checkpoint {}, which no longer exists: its rows cannot be continued with another model; remove {} to start over",
+                    outputs.parts.display(),
+                    pinned.display(),
+                    outputs.parts.display()
+                );
+            }
+            checkpoint::load(pinned, &device)?
+        }
+        None => checkpoint::load(&args.checkpoint, &device)?,
+    };
+    state.weights = Some(fs::canonicalize(&ckpt.dir).unwrap_or(ckpt.dir.clone()));
+    let _precision = ckpt.enter_inference(args.precision, &device);
 
     let mut data = args.source.data_config(&args.paths);
     if args.modality == Modality::Image {
@@ -297,16 +344,13 @@ pub fn run(args: &EmbedArgs) -> Result<()> {
 fn resume_state(parts: &Path, command: &Command) -> Result<State> {
     let fresh = State {
         command: command.clone(),
+        weights: None,
         parts: 0,
         position: 0,
         samples: 0,
         width: 0,
         skipped: 0,
     };
-    if !parts.exists() {
-        fs::create_dir_all(parts).with_context(|| format!("creating {}", parts.display()))?;
-        return Ok(fresh);
-    }
     let state_file = parts.join("state.json");
     if !state_file.exists() {
         return Ok(fresh); // Stopped before its first part.
@@ -323,10 +367,15 @@ fn resume_state(parts: &Path, command: &Command) -> Result<State> {
         );
     }
     eprintln!(
-        "continuing from {}: {} samples embedded, item {} of the source next",
+        "continuing from {}: {} samples embedded, item {} of the source next{}",
         parts.display(),
         state.samples,
-        state.position
+        state.position,
+        state
+            .weights
+            .as_ref()
+            .map(|w| format!(", with the checkpoint it started with ({})", w.display()))
+            .unwrap_or_default()
     );
     Ok(state)
 }
@@ -417,18 +466,23 @@ fn merge(outputs: &Outputs, state: &State) -> Result<()> {
     let (rows, width) = (state.samples as usize, state.width);
     let tensor_bytes = rows * width * 4;
     let mut files = Vec::new();
+    // Temporaries live in the parts folder this run holds, never beside the outputs.
+    let temporary = |path: &Path| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        outputs.parts.join(format!(".{name}.tmp"))
+    };
     for (path, names) in &outputs.tensors {
-        let tmp = path.with_extension("tmp");
+        let tmp = temporary(path);
         let mut file =
             fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let header = match path.extension().and_then(|e| e.to_str()) {
-            Some("npy") => npy_header(rows, width),
-            _ => safetensors_header(names, rows, width, tensor_bytes)?,
+        let header = match outputs.format {
+            Format::Npy => npy_header(rows, width),
+            Format::Safetensors => safetensors_header(names, rows, width, tensor_bytes)?,
         };
         file.write_all(&header)?;
         files.push((path, tmp, file, header.len(), names));
     }
-    let keys_tmp = outputs.keys.with_extension("tmp");
+    let keys_tmp = temporary(&outputs.keys);
     let mut keys = BufWriter::new(
         fs::File::create(&keys_tmp).with_context(|| format!("creating {}", keys_tmp.display()))?,
     );

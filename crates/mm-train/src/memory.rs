@@ -14,6 +14,8 @@ pub struct RunSizes {
     pub prefetch: usize,
     /// Held-out images kept decoded for evaluation.
     pub heldout_samples: usize,
+    /// Parameters trained beside the model's (a classifier's fusion modules).
+    pub extra_params: u64,
 }
 
 /// Bytes a training run on the CPU holds at least: fp32 weights, gradients and two AdamW
@@ -21,7 +23,7 @@ pub struct RunSizes {
 /// decoded held-out images. A lower bound, good to a small factor.
 pub fn training_bytes(model: &ClipConfig, run: &RunSizes) -> u64 {
     // In f64: the caps on each key still allow products beyond u64.
-    let params = model.num_params_with_decoder() as f64;
+    let params = (model.num_params_with_decoder() + run.extra_params) as f64;
     let batch = run.batch_size as f64;
     let (v, t) = (&model.vision, &model.text);
     let patches = (v.grid_size() * v.grid_size()) as f64 + 1.0;

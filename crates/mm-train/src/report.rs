@@ -126,6 +126,10 @@ fn confusion_svg(names: &[String], confusion: &[Vec<usize>]) -> Result<String> {
     Ok(svg)
 }
 
+/// Classes beyond which a confusion matrix is no longer readable (nor small: its cells grow
+/// with the square of the classes).
+const MAX_CONFUSION_CLASSES: usize = 64;
+
 /// For a classifier's run: each task suite's accuracy, macro-F1, per-class F1 and confusion
 /// matrix at the latest checkpoint.
 fn classifier_section(
@@ -155,7 +159,15 @@ fn classifier_section(
             scores.macro_f1,
             truth.len()
         );
-        html += &confusion_svg(names, &scores.confusion)?;
+        if names.len() <= MAX_CONFUSION_CLASSES {
+            html += &confusion_svg(names, &scores.confusion_matrix())?;
+        } else {
+            let _ = write!(
+                html,
+                "<p>(No confusion matrix: {} classes, at most {MAX_CONFUSION_CLASSES} are drawn.)</p>",
+                names.len()
+            );
+        }
         html += "<table><tr><th>class</th><th>F1</th><th>pairs</th></tr>";
         for (c, name) in names.iter().enumerate() {
             let _ = write!(
@@ -163,7 +175,7 @@ fn classifier_section(
                 "<tr><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
                 escape(name),
                 scores.per_class_f1[c],
-                scores.confusion[c].iter().sum::<usize>()
+                scores.support[c]
             );
         }
         html += "</table>";
@@ -399,12 +411,21 @@ fn suites_section(
 }
 
 /// The records of a `metrics.jsonl`, and a note per line that is not a JSON object (a run
-/// killed mid-write leaves a partial last line): such lines are skipped, never fatal.
+/// killed mid-write leaves a partial last line; a damaged file may hold bytes that are not
+/// even text): such lines are skipped, never fatal.
 fn read_metrics(path: &Path) -> Result<(Vec<Value>, Vec<String>)> {
-    let text = mm_data::regular_file::read_text_capped(path, MAX_METRICS_BYTES)
+    let bytes = mm_data::regular_file::read_capped(path, MAX_METRICS_BYTES)
         .with_context(|| format!("{}: not a run directory", path.display()))?;
     let (mut records, mut skipped) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            skipped.push(format!(
+                "{} line {}: not UTF-8 text, skipped",
+                path.display(),
+                i + 1
+            ));
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }

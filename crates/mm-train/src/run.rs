@@ -242,6 +242,15 @@ fn run<M: Startable>(
     let (rank, world) = (comm.rank(), comm.world_size());
     let lead = rank == 0;
     let run_dir = &config.output_dir;
+    // A config's own `model` was checked with the config; the shape `init_from` brings is
+    // read here, before anything is loaded or the run directory exists.
+    if let (None, Some(from)) = (&config.model, &config.init_from) {
+        let shape = checkpoint::model_config(from)
+            .with_context(|| format!("init_from = {}", from.display()))?;
+        config
+            .check_memory(&shape)
+            .map_err(|message| anyhow::anyhow!("init_from = {}: {message}", from.display()))?;
+    }
     let lock = match lead {
         true => Some(RunDirLock::acquire(run_dir)?),
         false => None,
@@ -413,20 +422,45 @@ fn run<M: Startable>(
     let mut last_checkpoint = None;
     let mut last_eval = Vec::new();
     let mut skipped = SkipCounts::new(REPORTED_PER_KIND);
+    // Rows the objective refused since the last batch it admitted any of: the data may hold
+    // nothing it can learn from (a classifier's labels none of its classes), which must stop
+    // the run as unusable data does, not train on empty batches.
     for step in first_step..steps {
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
         for _ in 0..config.train.accum_freq.max(1) {
-            let batch = match batches.next() {
-                Some(Ok(batch)) => learner.model.admit(batch),
-                Some(Err(e)) => return Err(e).context(format!("step {}", step + 1)),
-                None => bail!(
-                    "the data source ended at step {} (no usable samples in a whole pass?)",
-                    step + 1
-                ),
+            // A batch of which the objective admits no row (a classifier's labels none of its
+            // classes) is drawn again, as unusable samples are: the data may hold nothing it
+            // can learn from, which must stop the run, never train on empty batches.
+            let mut refused_in_a_row = 0;
+            let batch = loop {
+                let batch = match batches.next() {
+                    Some(Ok(batch)) => batch,
+                    Some(Err(e)) => return Err(e).context(format!("step {}", step + 1)),
+                    None => bail!(
+                        "the data source ended at step {} (no usable samples in a whole pass?)",
+                        step + 1
+                    ),
+                };
+                let rows = batch.batch_size;
+                let batch = learner.model.admit(batch);
+                for line in tally(&mut skipped, &batch) {
+                    log.say(&line)?;
+                }
+                if batch.batch_size > 0 {
+                    break batch;
+                }
+                refused_in_a_row += rows;
+                if refused_in_a_row >= config.data.max_consecutive_skips {
+                    let example = batch.errors.last().map_or(String::new(), |e| {
+                        format!(" ({}: {})", e.location, e.message)
+                    });
+                    bail!(
+                        "step {}: the last {refused_in_a_row} samples were all refused{example}: the data has nothing this objective can train on (data.max_consecutive_skips = {})",
+                        step + 1,
+                        config.data.max_consecutive_skips
+                    );
+                }
             };
-            for line in tally(&mut skipped, &batch) {
-                log.say(&line)?;
-            }
             micro_batches.push(batch);
         }
         let batch = micro_batches.last().expect("at least one micro-batch");

@@ -21,6 +21,16 @@ pub struct RunDirLock {
 impl RunDirLock {
     /// Creates `dir` if needed and takes it, or says which process holds it.
     pub fn acquire(dir: &Path) -> Result<Self> {
+        Self::acquire_for(
+            dir,
+            "another mm-train run",
+            "choose another output_dir (--output-dir)",
+        )
+    }
+
+    /// [`RunDirLock::acquire`] for a directory that `holder` (what the message calls the
+    /// process that has it) works in; `instead` says what else the user can do.
+    pub fn acquire_for(dir: &Path, holder_kind: &str, instead: &str) -> Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -42,7 +52,7 @@ impl RunDirLock {
                     format!(" (pid {holder})")
                 };
                 bail!(
-                    "{} is in use by another mm-train run{holder}; wait for it to finish or choose another output_dir (--output-dir)",
+                    "{} is in use by {holder_kind}{holder}; wait for it to finish or {instead}",
                     dir.display()
                 );
             }

@@ -57,7 +57,7 @@ impl Startable for FusionClassifier {
         } = starting_point(config)?;
         let device = parse_device(&config.device)?.autodiff();
         let fusion = config.fusion.clone().unwrap_or_default();
-        let model = classifier(&fusion, &classes, learner.model, &device)?;
+        let model = classifier(&fusion, &classes, learner.model, &device, config.seed)?;
         Ok(StartingPoint {
             model_config,
             learner: Learner::from_model(config, model),
@@ -72,15 +72,34 @@ impl Startable for FusionClassifier {
         })
     }
 
-    fn restored(_: &TrainConfig, ckpt: Checkpoint, dir: &Path) -> Result<Self> {
+    /// The checkpoint's classifier, refused when the run's classes are no longer the ones it
+    /// was trained on (its outputs would mean other classes).
+    fn restored(config: &TrainConfig, ckpt: Checkpoint, dir: &Path) -> Result<Self> {
         let device = ckpt.model.logit_scale.val().device();
-        checkpoint::load_fusion(dir, ckpt.model, &device)?.with_context(|| {
+        let model = checkpoint::load_fusion(dir, ckpt.model, &device)?.with_context(|| {
             format!(
                 "{}: not a classifier's checkpoint (no {})",
                 dir.display(),
                 checkpoint::FUSION_CONFIG_FILE
             )
-        })
+        })?;
+        let (trained, now) = (&model.fusion.config.class_names, class_names(config)?);
+        if *trained != now {
+            let first = trained
+                .iter()
+                .zip(&now)
+                .position(|(a, b)| a != b)
+                .unwrap_or(trained.len().min(now.len()));
+            bail!(
+                "{}: trained on {} classes, but the run now has {} (first difference at class {first}: {:?} vs {:?}); a classifier resumes only with its own classes",
+                dir.display(),
+                trained.len(),
+                now.len(),
+                trained.get(first),
+                now.get(first)
+            );
+        }
+        Ok(model)
     }
 }
 
@@ -163,20 +182,26 @@ fn labels_in(config: &TrainConfig) -> Result<Vec<String>> {
     Ok(labels.into_iter().collect())
 }
 
-/// The classifier of `fusion` with `classes` on `clip` (towers of a checkpoint or fresh).
+/// The classifier of `fusion` with `classes` on `clip` (towers of a checkpoint or fresh), its
+/// fusion modules drawn from the run's `seed` whether the towers are fresh or loaded.
 pub fn classifier(
     fusion: &FusionTable,
     classes: &[String],
     clip: ClipModel,
     device: &Device,
+    seed: u64,
 ) -> Result<FusionClassifier> {
     let config = fusion.classifier(classes);
     let embed_dim = clip.visual_projection.weight.dims()[1];
     config
         .check(embed_dim)
         .map_err(|(key, why)| anyhow::anyhow!("key `fusion.{key}`: {why}"))?;
-    Ok(config.init(clip, device))
+    // Not the towers' stream: a fresh run's head would otherwise repeat their first draws.
+    Ok(config.init_seeded(clip, device, seed ^ FUSION_SEED_TAG))
 }
+
+/// Mixed into the run's seed for a classifier's fusion modules.
+const FUSION_SEED_TAG: u64 = 0x6675_7369_6f6e; // "fusion"
 
 /// A run continued from a checkpoint of its own: where, and at which step and data position.
 pub struct Resumed<M: Trainee = ClipModel> {

@@ -30,7 +30,7 @@ pub const MAX_SUITE_SAMPLES: usize = 100_000;
 pub const MAX_SUITES: usize = 64;
 pub const MAX_TEMPLATES: usize = 1000;
 /// Beams of a captions suite.
-pub const MAX_BEAMS: usize = 64;
+use crate::captioner::MAX_BEAMS;
 /// Pairs a captions suite on `data` reads when `samples` does not say.
 const DEFAULT_CAPTION_PAIRS: usize = 1000;
 

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 use burn::module::Param;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::Tensor;
 use std::ops::Range;
 
 use burn::module::Module;
@@ -155,11 +155,9 @@ impl Objective {
         rows: Option<Range<usize>>,
         with_params: bool,
     ) -> Tensor<1> {
-        let param = |t: Tensor<1>| {
-            let t = t.cast(FloatDType::F32);
-            if with_params { t } else { t.detach() }
-        };
-        let scale = param(model.logit_scale.val());
+        let param = |t: Tensor<1>| if with_params { t } else { t.detach() };
+        let (scale, bias) = model.scale_and_bias();
+        let scale = param(scale);
         match self {
             // A classifier's or a CoCa's towers (eval suites measure them too) by CLIP's loss.
             Self::Clip | Self::Classify | Self::Coca => match rows {
@@ -167,11 +165,8 @@ impl Objective {
                 Some(rows) => clip_loss_rows(image, text, scale, rows),
             },
             Self::Siglip => {
-                let bias = model
-                    .logit_bias
-                    .as_ref()
-                    .expect("a SigLIP model has a logit_bias (start.rs gives it one)");
-                let bias = param(bias.val());
+                let bias =
+                    param(bias.expect("a SigLIP model has a logit_bias (start.rs gives it one)"));
                 match rows {
                     None => siglip_loss(image, text, scale, bias),
                     Some(rows) => siglip_loss_rows(image, text, scale, bias, rows),

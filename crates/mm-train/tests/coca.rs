@@ -11,14 +11,7 @@ use mm_train::task::Trainee;
 
 /// The tiny test config as a CoCa: attentional pooler, text class token, a 1-layer decoder.
 fn coca_toml(dir: &std::path::Path, steps: usize) -> String {
-    common::tiny_toml(dir, steps)
-        .replace("[model.vision]", "[model.vision]\nattentional_pool = true\nattn_pooler_queries = 5\nattn_pooler_heads = 2")
-        .replace("[model.text]", "[model.text]\nembed_cls = true\npad_id = 0")
-        .replace(
-            "[data]",
-            "[model.multimodal]\ncontext_length = 12\nvocab_size = 49408\nwidth = 32\nlayers = 1\nheads = 2\nintermediate_size = 64\n[data]",
-        )
-        .replace("seed = 3", "seed = 3\nobjective = \"coca\"")
+    common::coca_toml(dir, steps)
 }
 
 fn coca_config(dir: &std::path::Path, steps: usize) -> TrainConfig {

@@ -178,13 +178,67 @@ fn a_killed_embed_resumes_to_the_same_output() {
     let (ok, _, stderr) = embed(&other);
     assert!(!ok && stderr.contains("another embed command"), "{stderr}");
 
+    // The run trains on: `--checkpoint RUN` now names a newer model. The resumed embed keeps
+    // the one it started with, so no output mixes rows of two models.
+    mm_train::train_from(&common::tiny_config(&run, 4), false, Some(&run)).unwrap();
+    assert_eq!(common::latest_step(&run), Some(4));
     let (ok, _, stderr) = embed(&args(&cut));
     assert!(ok, "{stderr}");
     assert!(stderr.contains("continuing from"), "{stderr}");
+    assert!(stderr.contains("step-000002"), "{stderr}");
     assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
     assert_eq!(
         keys(&dir.path().join("cut.keys.jsonl")),
         keys(&dir.path().join("whole.keys.jsonl"))
     );
     assert_eq!(keys(&dir.path().join("whole.keys.jsonl")).len(), 1200);
+}
+
+#[test]
+fn embed_touches_nothing_beside_its_output_and_runs_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    mm_train::train(&common::tiny_config(&run, 1), false).unwrap();
+    let images = picture_folder(dir.path(), 6);
+    let extra = ["--no-progress"];
+
+    // Files of the user's that happen to bear the names of temporaries stay as they were.
+    let out = dir.path().join("x.NPY");
+    let mine = [dir.path().join("x.tmp"), dir.path().join("x.keys.tmp")];
+    for file in &mine {
+        std::fs::write(file, b"the user's").unwrap();
+    }
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &out, &extra));
+    assert!(ok, "{stderr}");
+    for file in &mine {
+        assert_eq!(
+            std::fs::read(file).unwrap(),
+            b"the user's",
+            "{}",
+            file.display()
+        );
+    }
+    // An upper-case extension is the format all the same.
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"), "not an .npy file");
+    assert!(!dir.path().join("x.NPY.parts").exists());
+
+    // A second embed into an output another one is writing is refused, not interleaved.
+    let busy = dir.path().join("busy.safetensors");
+    let parts = dir.path().join("busy.safetensors.parts");
+    std::fs::create_dir(&parts).unwrap();
+    let lock = std::fs::File::create(parts.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &busy, &extra));
+    assert!(
+        !ok && stderr.contains("in use by another mm-train embed"),
+        "{stderr}"
+    );
+    assert!(!busy.exists());
+    drop(lock);
+    let (ok, _, stderr) = embed(&embed_args(&run, &images, &busy, &extra));
+    assert!(ok, "{stderr}");
+    let bytes = std::fs::read(&busy).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes);
+    assert!(file.is_ok(), "{:?}", file.err());
 }

@@ -927,3 +927,324 @@ fn every_command_takes_a_device_and_names_a_bad_one() {
     }
     s.finish();
 }
+
+// ---- Classify, CoCa, embed and checkpoints of every kind ----
+
+/// The tiny config as a CoCa run (`common::coca_toml` with run directory `run`).
+fn coca(_: String) -> String {
+    common::coca_toml(Path::new("run"), 3)
+}
+
+#[test]
+fn new_sizes_and_nonsense_settings_are_config_errors_naming_the_key() {
+    let s = Scratch::new(|_| {});
+    let cases: [ConfigCase; 5] = [
+        (
+            "head.toml",
+            |t| format!("objective = \"classify\"\n{t}\n[fusion]\nhead_hidden = 1000000000\n"),
+            &["fusion.head_hidden", "65536"],
+        ),
+        (
+            "coca_zero.toml",
+            |t| {
+                format!(
+                    "{}\n[coca]\ncontrastive_loss_weight = 0.0\ncaption_loss_weight = 0.0\n",
+                    coca(t)
+                )
+            },
+            &["key `coca`", "both loss weights are 0"],
+        ),
+        (
+            "coca_huge.toml",
+            |t| format!("{}\n[coca]\ncaption_loss_weight = 1e30\n", coca(t)),
+            &["coca.caption_loss_weight", "10000"],
+        ),
+        (
+            "context.toml",
+            |t| replace(t, "context_length = 12", "context_length = 4"),
+            &["text.context_length", "at least 8"],
+        ),
+        (
+            "overflow.toml",
+            |t| replace(t, "steps = 3", "steps = 18446744073709551615"),
+            &["overflow.toml"],
+        ),
+    ];
+    assert_refused(&s, cases);
+    // A number beyond TOML's integers on the command line is that number's error.
+    let config = s.config("run.toml", 3, |t| t);
+    let out = s.run(&[
+        "--config",
+        &config,
+        "--set",
+        "train.early_stop_patience=18446744073709551615",
+    ]);
+    out.assert_error(&["train.early_stop_patience", "not a TOML number"]);
+    assert!(!s.path().join("run").exists());
+    s.finish();
+}
+
+#[test]
+fn init_from_a_model_beyond_memory_is_refused_before_anything_is_written() {
+    let s = Scratch::new(|_| {});
+    let base = s.config("base.toml", 1, |t| t);
+    s.run(&["--config", &base, "--no-progress"]).assert_ok();
+    std::fs::write(
+        s.path().join("big.toml"),
+        "output_dir = \"run2\"\ninit_from = \"run\"\n[optim]\nlr = 1e-3\n[train]\nsteps = 2\nbatch_size = 1000000\n",
+    )
+    .unwrap();
+    let out = s.run(&["--config", "big.toml"]);
+    out.assert_error(&["init_from = run", "memory"]);
+    assert!(!s.path().join("run2").exists(), "a run directory");
+    s.finish();
+}
+
+#[test]
+fn inference_sizes_are_capped_with_errors_naming_them() {
+    let s = Scratch::new(|dir| {
+        write_png(&dir.join("x.png"), 1);
+        let many: Vec<String> = (0..300_000).map(|i| format!("class {i}")).collect();
+        std::fs::write(dir.join("many.txt"), many.join("\n")).unwrap();
+        let some: Vec<String> = (0..5000).map(|i| format!("class {i}")).collect();
+        std::fs::write(dir.join("some.txt"), some.join("\n")).unwrap();
+    });
+    let config = s.config("run.toml", 1, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let zero_shot = |classes: &str, templates: usize| {
+        let mut args: Vec<String> = [
+            "zero-shot",
+            "--checkpoint",
+            "run",
+            "--classes-file",
+            classes,
+        ]
+        .map(String::from)
+        .to_vec();
+        for i in 0..templates {
+            args.extend(["--template".into(), format!("picture {i} of {{}}")]);
+        }
+        args.push("x.png".into());
+        s.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    zero_shot("many.txt", 1).assert_error(&["300000 classes", "at most 10000"]);
+    zero_shot("some.txt", 200).assert_error(&["1000000 prompts", "at most 100000"]);
+    // Beam widths that multiply the rows decoded are refused by the parser.
+    for args in [
+        &["caption", "--checkpoint", "run", "--beams", "256", "x.png"][..],
+        &["eval", "--checkpoint", "run", "--beams", "64"][..],
+    ] {
+        let out = s.run(args);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("--beams") && out.stderr.contains("16"),
+            "{}",
+            out.stderr
+        );
+    }
+    s.finish();
+}
+
+#[test]
+fn a_classifier_with_nothing_to_learn_or_other_classes_is_refused() {
+    let s = Scratch::new(|dir| {
+        for i in 0..8 {
+            write_png(&dir.join(format!("{i}.png")), i);
+        }
+        let mut text = String::from("filepath,title,label\n");
+        for i in 0..8 {
+            text += &format!("{i}.png,a shape,{}\n", ["cat", "dog"][i % 2]);
+        }
+        std::fs::write(dir.join("data.csv"), text).unwrap();
+    });
+    let classify = |classes: &'static str| {
+        move |t: String| {
+            let t = csv_data(t);
+            format!(
+                "objective = \"classify\"\n{t}\n[fusion]\nhead_hidden = 8\nclasses = {classes}\n"
+            )
+        }
+    };
+    // No row's label is a class: an error, not a run that learns nothing.
+    let none = s.config("none.toml", 3, classify("[\"bird\", \"fish\"]"));
+    s.run(&["--config", &none, "--no-progress"])
+        .assert_error(&["refused", "is not one of the 2 classes"]);
+    std::fs::remove_dir_all(s.path().join("run")).unwrap();
+    // A classifier resumes only with the classes it was trained on.
+    let first = s.config("first.toml", 2, classify("[\"cat\", \"dog\"]"));
+    s.run(&["--config", &first, "--no-progress"]).assert_ok();
+    let other = s.config("other.toml", 4, classify("[\"dog\", \"cat\"]"));
+    s.run(&["--config", &other, "--no-progress", "--resume", "latest"])
+        .assert_error(&["trained on 2 classes", "\"cat\""]);
+    s.finish();
+}
+
+/// `path`'s safetensors file with `extra` added (name, f32 values).
+fn with_extra_tensor(path: &Path, extra: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = file.tensors();
+    let one = 1.0f32.to_le_bytes();
+    views.push((
+        extra.into(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &one).unwrap(),
+    ));
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// `path`'s safetensors file with its first tensor named twice in the header.
+fn with_duplicate_name(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let entries: Vec<String> = header
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+        .collect();
+    let first = entries
+        .iter()
+        .find(|e| !e.starts_with("\"__metadata__\""))
+        .unwrap();
+    let mut json = format!("{{{},{}}}", entries.join(","), first).into_bytes();
+    while (8 + json.len()) % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend(&bytes[8 + length..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn checkpoints_that_do_not_match_their_config_are_refused_naming_the_file() {
+    let s = Scratch::new(|dir| write_png(&dir.join("x.png"), 1));
+    // Two vision layers, so that a model.toml declaring one is a truncation.
+    let config = s.config("run.toml", 1, |t| {
+        let t = format!("objective = \"classify\"\n{t}\n[fusion]\nhead_hidden = 8\n");
+        replace(t, "layers = 1", "layers = 2")
+    });
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let step = s.path().join("run/checkpoints/step-000001");
+    let copy = |name: &str| {
+        let to = s.path().join(format!("run/{name}"));
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(&step).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+        to
+    };
+    let zero_shot = |dir: &Path| {
+        s.run(&[
+            "zero-shot",
+            "--checkpoint",
+            dir.to_str().unwrap(),
+            "--classes",
+            "a,b",
+            "x.png",
+        ])
+    };
+    let fewer = copy("fewer");
+    let text = std::fs::read_to_string(fewer.join("model.toml")).unwrap();
+    std::fs::write(
+        fewer.join("model.toml"),
+        text.replacen("layers = 2", "layers = 1", 1),
+    )
+    .unwrap();
+    zero_shot(&fewer).assert_error(&["model.safetensors", "unexpected tensor", "layers.1"]);
+    let twice = copy("twice");
+    with_duplicate_name(&twice.join("model.safetensors"));
+    zero_shot(&twice).assert_error(&["model.safetensors", "appears twice"]);
+    let extra = copy("extra");
+    with_extra_tensor(&extra.join("fusion.safetensors"), "head.extra");
+    s.run(&[
+        "predict",
+        "--checkpoint",
+        extra.to_str().unwrap(),
+        "--text",
+        "a",
+        "x.png",
+    ])
+    .assert_error(&["fusion.safetensors", "unexpected tensor `head.extra`"]);
+    s.finish();
+}
+
+#[test]
+fn foreign_directories_get_errors_about_what_is_wrong_and_nothing_written() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let s = Scratch::new(|dir| {
+        write_png(&dir.join("x.png"), 1);
+        let hf = dir.join("hf");
+        std::fs::create_dir(&hf).unwrap();
+        for entry in std::fs::read_dir(repo.join("fixtures/hf/quick_gelu_legacy_eos")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, hf.join(path.file_name().unwrap())).unwrap();
+        }
+        let empty = dir.join("empty_hf");
+        std::fs::create_dir(&empty).unwrap();
+        std::fs::copy(
+            hf.join("model.safetensors"),
+            empty.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::write(empty.join("config.json"), "{}").unwrap();
+        let oc = dir.join("oc");
+        std::fs::create_dir(&oc).unwrap();
+        std::fs::write(
+            oc.join("open_clip_config.json"),
+            "{\"embed_dim\": \"wide\"}",
+        )
+        .unwrap();
+        std::fs::write(oc.join("open_clip_model.safetensors"), b"").unwrap();
+        std::fs::create_dir_all(dir.join("fifos/cat")).unwrap();
+        for name in ["a", "b"] {
+            mkfifo(&dir.join(format!("fifos/cat/{name}.png")));
+            std::fs::write(dir.join(format!("fifos/cat/{name}.txt")), "a cat").unwrap();
+        }
+    });
+    let zero_shot = |dir: &str| {
+        s.run(&[
+            "zero-shot",
+            "--checkpoint",
+            dir,
+            "--classes",
+            "a,b",
+            "x.png",
+        ])
+    };
+    zero_shot("empty_hf").assert_error(&["config.json", "model_type"]);
+    zero_shot("oc").assert_error(&["open_clip_config.json", "embed_dim"]);
+    // eval of a directory mm did not write writes nothing into it.
+    let before = Scratch::listing(&s.path().join("hf"));
+    let out = s.run(&["eval", "--checkpoint", "hf", "--samples", "8"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("not written"), "{}", out.stdout);
+    assert_eq!(Scratch::listing(&s.path().join("hf")), before);
+    // A failed import leaves no output, nor the folders above it.
+    s.run(&["import-hf", "empty_hf", "--out", "made/up/ckpt"])
+        .assert_error(&["model_type"]);
+    assert!(!s.path().join("made").exists());
+    // Data that is only FIFOs says what was wrong with it.
+    let config = s.config("fifo.toml", 2, |t| {
+        set(t, "data", "source = \"folder\"\npath = \"fifos\"")
+    });
+    s.run(&["--config", &config, "--no-progress"])
+        .assert_error(&["unusable", "b.png", "a FIFO"]);
+    std::fs::remove_dir_all(s.path().join("run")).unwrap();
+    // A metrics line that is not even text is skipped, like malformed JSON.
+    let config = s.config("run.toml", 2, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    let metrics = s.path().join("run/metrics.jsonl");
+    let mut bytes = std::fs::read(&metrics).unwrap();
+    bytes.extend(b"\xff\xfe not text\n");
+    std::fs::write(&metrics, bytes).unwrap();
+    let out = s.run(&["report", "run"]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains("not UTF-8 text, skipped"),
+        "{}",
+        out.stderr
+    );
+    s.finish();
+}

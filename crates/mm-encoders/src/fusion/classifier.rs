@@ -2,16 +2,19 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use super::early::{JointStream, unit};
 use super::head::Head;
 use super::late::LateFusion;
 use super::merge::Merge;
 use super::{Features, FusionOperator, FusionStage, Modalities};
-use crate::model::ClipModel;
+use crate::model::{ClipModel, in_dtype, initialised};
 use crate::ops;
 use crate::text::text_padding;
+
+/// The widest MLP head a classifier may have (4x the widest tower).
+pub const MAX_HEAD_HIDDEN: usize = 4 * crate::config::MAX_WIDTH;
 
 /// What to put on a CLIP model to classify (image, text) inputs.
 #[derive(Config, Debug, PartialEq)]
@@ -68,8 +71,11 @@ impl FusionConfig {
                 ),
             ));
         }
-        if self.head_hidden == 0 {
-            return Err(("head_hidden", "0 (must be at least 1)".into()));
+        if !(1..=MAX_HEAD_HIDDEN).contains(&self.head_hidden) {
+            return Err((
+                "head_hidden",
+                format!("{} (must be in 1..={MAX_HEAD_HIDDEN})", self.head_hidden),
+            ));
         }
         let attention = self.operator == FusionOperator::Attention;
         if attention && (self.heads == 0 || !embed_dim.is_multiple_of(self.heads)) {
@@ -81,8 +87,43 @@ impl FusionConfig {
         Ok(())
     }
 
-    /// The classifier on `clip` (its towers and projections kept as they are).
+    /// About how many parameters the fusion modules of this config hold on towers of joint
+    /// width `embed_dim` (the head(s) exactly, the merge's projections to a few percent): what
+    /// memory estimates count beside the towers.
+    pub fn num_params(&self, embed_dim: usize) -> u64 {
+        let w = embed_dim as u64;
+        let (hidden, classes) = (self.head_hidden as u64, self.num_classes as u64);
+        let head = |input: u64| (input + 1) * hidden + (hidden + 1) * classes;
+        if self.modalities != Modalities::Both {
+            return head(w);
+        }
+        if self.stage == FusionStage::Late {
+            return 2 * head(w);
+        }
+        let merge = match self.operator {
+            // Two cross-attention blocks, each q, k, v, out and a 4x MLP.
+            FusionOperator::Attention => 24 * w * w,
+            FusionOperator::Gated => 4 * w * w,
+            _ => 0,
+        };
+        merge + head(Merge::output_width(self.operator, embed_dim) as u64)
+    }
+
+    /// The classifier on `clip` (its towers and projections kept as they are), its fusion
+    /// modules drawn from `device`'s generator.
     pub fn init(&self, clip: ClipModel, device: &Device) -> FusionClassifier {
+        let fusion = initialised(device, None, || self.fusion(&clip, device));
+        FusionClassifier { fusion, clip }
+    }
+
+    /// [`FusionConfig::init`] with the fusion modules the same for every `seed` (see
+    /// [`initialised`]).
+    pub fn init_seeded(&self, clip: ClipModel, device: &Device, seed: u64) -> FusionClassifier {
+        let fusion = initialised(device, Some(seed), || self.fusion(&clip, device));
+        FusionClassifier { fusion, clip }
+    }
+
+    fn fusion(&self, clip: &ClipModel, device: &Device) -> Fusion {
         let width = clip.visual_projection.weight.dims()[1];
         let alpha = (self.alpha, self.learn_alpha);
         let fused = self.modalities == Modalities::Both;
@@ -91,26 +132,23 @@ impl FusionConfig {
             true => Merge::output_width(self.operator, width),
             false => width,
         };
-        FusionClassifier {
-            fusion: Fusion {
-                joint: (fused && self.stage == FusionStage::Early)
-                    .then(|| JointStream::new(&clip, device)),
-                merge: (fused && !late)
-                    .then(|| Merge::new(self.operator, width, alpha, self.heads, device)),
-                head: (!late)
-                    .then(|| Head::new(head_input, self.head_hidden, self.num_classes, device)),
-                late: late.then(|| {
-                    LateFusion::new(
-                        self.operator,
-                        width,
-                        (self.head_hidden, self.num_classes),
-                        alpha,
-                        device,
-                    )
-                }),
-                config: self.clone(),
-            },
-            clip,
+        Fusion {
+            joint: (fused && self.stage == FusionStage::Early)
+                .then(|| JointStream::new(clip, device)),
+            merge: (fused && !late)
+                .then(|| Merge::new(self.operator, width, alpha, self.heads, device)),
+            head: (!late)
+                .then(|| Head::new(head_input, self.head_hidden, self.num_classes, device)),
+            late: late.then(|| {
+                LateFusion::new(
+                    self.operator,
+                    width,
+                    (self.head_hidden, self.num_classes),
+                    alpha,
+                    device,
+                )
+            }),
+            config: self.clone(),
         }
     }
 }
@@ -149,7 +187,8 @@ impl FusionClassifier {
         let present = "FusionConfig::init builds the stage's modules";
         let fusion = &self.fusion;
         let head = || fusion.head.as_ref().expect(present);
-        match (fusion.config.modalities, fusion.config.stage) {
+        // Logits in f32 whatever the model computes in, as the towers' features are.
+        let logits = match (fusion.config.modalities, fusion.config.stage) {
             (Modalities::Image, _) => head().forward(self.image_features(pixels).pooled),
             (Modalities::Text, _) => head().forward(self.text_features(input_ids).pooled),
             (Modalities::Both, FusionStage::Late) => {
@@ -165,7 +204,8 @@ impl FusionClassifier {
                 let (image, text) = joint.forward(&self.clip, pixels, input_ids);
                 head().forward(fusion.merge.as_ref().expect(present).forward(&image, &text))
             }
-        }
+        };
+        in_dtype(logits, DType::F32)
     }
 
     /// The image tower's output in the joint space (unit vectors): the pooled class token and

@@ -31,7 +31,7 @@ pub mod sum;
 use burn::tensor::{Bool, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use classifier::{Fusion, FusionClassifier, FusionConfig};
+pub use classifier::{Fusion, FusionClassifier, FusionConfig, MAX_HEAD_HIDDEN};
 
 /// How deep the modalities interact before they are merged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,7 +92,12 @@ pub fn masked_mean(tokens: Tensor<3>, padding: Option<&Tensor<2, Bool>>) -> Tens
     match padding {
         None => tokens.mean_dim(1).reshape([batch, width]),
         Some(padding) => {
-            let keep = padding.clone().bool_not().float().reshape([batch, n, 1]);
+            let keep = padding
+                .clone()
+                .bool_not()
+                .float()
+                .cast(tokens.dtype())
+                .reshape([batch, n, 1]);
             let count = keep.clone().sum_dim(1).reshape([batch, 1]);
             (tokens * keep).sum_dim(1).reshape([batch, width]) / count
         }

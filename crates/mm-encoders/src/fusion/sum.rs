@@ -34,7 +34,7 @@ impl WeightedSum {
 
     /// `α·a + (1-α)·b` for `a`, `b` of one shape.
     pub fn forward<const D: usize>(&self, a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
-        let alpha = self.alpha(&a.device()).reshape([1; D]);
+        let alpha = self.alpha(&a.device()).cast(a.dtype()).reshape([1; D]);
         let beta = alpha.clone().neg().add_scalar(1.0);
         a * alpha + b * beta
     }

@@ -51,6 +51,20 @@ pub fn tiny_toml(output_dir: &Path, steps: usize) -> String {
     )
 }
 
+/// [`tiny_toml`] as a CoCa run: CoCa's towers (attentional pooler, text class token padded
+/// with id 0) and a one-layer caption decoder.
+#[allow(dead_code)]
+pub fn coca_toml(output_dir: &Path, steps: usize) -> String {
+    tiny_toml(output_dir, steps)
+        .replace("[model.vision]", "[model.vision]\nattentional_pool = true\nattn_pooler_queries = 5\nattn_pooler_heads = 2")
+        .replace("[model.text]", "[model.text]\nembed_cls = true\npad_id = 0")
+        .replace(
+            "[data]",
+            "[model.multimodal]\ncontext_length = 12\nvocab_size = 49408\nwidth = 32\nlayers = 1\nheads = 2\nintermediate_size = 64\n[data]",
+        )
+        .replace("seed = 3", "seed = 3\nobjective = \"coca\"")
+}
+
 /// Runs the `mm-train` binary: (success, stdout, stderr).
 #[allow(dead_code)] // Not every test binary runs the CLI.
 pub fn mm_train(args: &[&str]) -> (bool, String, String) {
