@@ -6,8 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 const STEPS: usize = 12;
 
@@ -49,21 +47,7 @@ fn assert_repeats_and_resumes(name: &str, toml: impl Fn(&Path) -> String) {
     let (config, text) = config_of(&killed);
     let config_file = dir.path().join("run.toml");
     std::fs::write(&config_file, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args(["--config", config_file.to_str().unwrap(), "--no-progress"])
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::latest_step(&killed).is_none_or(|s| s < 4) {
-        assert!(Instant::now() < deadline, "{name}: never reached step 4");
-        assert!(child.try_wait().unwrap().is_none(), "{name}: exited early");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = common::latest_step(&killed).unwrap();
+    let killed_at = common::kill_after_checkpoint(&config_file, &killed, 4);
     assert!(
         killed_at < STEPS,
         "{name}: killed too late to test anything"

@@ -4,8 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 #[test]
 fn a_killed_run_resumes_to_identical_weights() {
@@ -28,23 +26,7 @@ fn a_killed_run_resumes_to_identical_weights() {
     let config = config_for(&run);
     let config_file = dir.path().join("run.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mm-train"))
-        .args(["--config", config_file.to_str().unwrap(), "--no-progress"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while common::latest_step(&run).is_none_or(|s| s < 10) {
-        assert!(Instant::now() < deadline, "the child never reached step 10");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the child exited early"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let killed_at = common::latest_step(&run).unwrap();
+    let killed_at = common::kill_after_checkpoint(&config_file, &run, 10);
     assert!(killed_at < steps, "killed too late to test anything");
 
     // A fresh start in the same directory is refused; resuming is not.

@@ -198,3 +198,31 @@ pub fn latest_step(run: &Path) -> Option<usize> {
     let name = std::fs::read_to_string(run.join("checkpoints/latest")).ok()?;
     name.trim().strip_prefix("step-")?.parse().ok()
 }
+
+/// Runs the binary on `config_file` (a run into `run`) and kills it (SIGKILL) once it has
+/// checkpointed step `step` or later; returns the step of its newest checkpoint.
+#[allow(dead_code)]
+pub fn kill_after_checkpoint(config_file: &Path, run: &Path, step: usize) -> usize {
+    use std::time::{Duration, Instant};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args(["--config", config_file.to_str().unwrap(), "--no-progress"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while latest_step(run).is_none_or(|s| s < step) {
+        assert!(
+            Instant::now() < deadline,
+            "the child never reached step {step}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited early"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    latest_step(run).unwrap()
+}
