@@ -24,7 +24,7 @@ pub use preprocess::{
     TrainTransform, decode_input, load_image, normalize_into, preprocess_into, resize_center_crop,
 };
 pub use shape_tasks::{ShapesTask, TaskSample, TaskSource};
-pub use shapes::{ShapeSample, ShapesDataset, ShapesSource, Split, described_figure};
+pub use shapes::{Placement, ShapeSample, ShapesDataset, ShapesSource, Split, described_figure};
 pub use source::{
     Captions, ImageInput, ImageTextPair, Labels, MAX_CAPTION_BYTES, MAX_LABEL_BYTES, PairSource,
     QuestionAnswerTexts, SampleError, SampleErrorKind, SkipCounts, TextFormat, caption_from_bytes,

@@ -20,7 +20,7 @@ use crate::files::{CsvColumns, CsvSource, FolderSource, csv_separator};
 use crate::preprocess::{
     DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ImageLimits, TrainTransform,
 };
-use crate::shapes::{ShapesDataset, Split};
+use crate::shapes::{Placement, ShapesDataset, Split};
 use crate::source::{ImageTextPair, PairSource, SampleError};
 use crate::webdataset::{TarSource, expand_braces, expand_shards, shards_for_rank};
 
@@ -85,6 +85,11 @@ pub struct DataConfig {
     /// two-modality classification tasks `matching` and `question`.
     #[serde(default)]
     pub shapes_task: ShapesTask,
+    /// Where the built-in pictures' shapes are drawn: `centred` (one place and size) or
+    /// `anywhere` (any position, radius 0.15-0.40 of the side; see [`Placement`]). Held-out
+    /// pictures are drawn the same way.
+    #[serde(default)]
+    pub shapes_placement: Placement,
     /// The text a sample trains on: its caption, or (`question_answer`) VQA rows' question
     /// (the caption) and answer (the label: `csv_label_key`, a shard's `.cls`, the folder)
     /// as `question: ... answer: ...`.
@@ -236,6 +241,7 @@ impl Default for DataConfig {
             csv_caption_key: default_caption_key(),
             csv_label_key: default_label_key(),
             shapes_task: ShapesTask::Pairs,
+            shapes_placement: Placement::Centred,
             text_format: TextFormat::Caption,
             csv_separator: None,
             shuffle_buffer: default_shuffle_buffer(),
@@ -374,6 +380,11 @@ impl DataConfig {
         }
     }
 
+    /// The built-in pictures this config draws (its placement), at `image_size`.
+    pub fn shapes_dataset(&self, seed: u64, image_size: usize) -> ShapesDataset {
+        ShapesDataset::new(seed, image_size as u32).with_placement(self.shapes_placement)
+    }
+
     /// Whether this is one of the built-in two-modality tasks (`shapes_task` other than
     /// `pairs`).
     pub fn is_builtin_task(&self) -> bool {
@@ -430,7 +441,7 @@ impl DataConfig {
         };
         Ok(match self.source {
             SourceKind::Shapes => {
-                let dataset = ShapesDataset::new(seed, image_size as u32);
+                let dataset = self.shapes_dataset(seed, image_size);
                 share(match self.shapes_task {
                     ShapesTask::Pairs => Box::new(dataset.source(Split::Train, 0)),
                     task => Box::new(task.source(dataset, Split::Train, 0)),

@@ -132,6 +132,7 @@ pub fn config_from_hf(json: &Value, origin: &str) -> Result<ClipConfig, ConfigEr
             attentional_pool: false,
             attn_pooler_queries: 0,
             attn_pooler_heads: 0,
+            conv_stem: Vec::new(),
         },
         text: TextConfig {
             context_length: text.usize_or("max_position_embeddings", 77)?,
@@ -371,6 +372,11 @@ pub fn save_weights(model: &ClipModel, path: &Path) -> Result<(), HfError> {
     if model.logit_bias.is_some() {
         return refuse(
             "the model has a logit_bias (trained with the sigmoid loss): HF's CLIPModel has no such parameter, so it has no CLIP export",
+        );
+    }
+    if !model.vision_model.embeddings.conv_stem.is_empty() {
+        return refuse(
+            "the image tower has a convolutional stem (vision.conv_stem): HF's CLIPVisionModel has none, so it has no HF export",
         );
     }
     if model.vision_model.attn_pool.is_some() || model.text_model.cls_emb.is_some() {

@@ -46,6 +46,7 @@ pub struct ClipConfig {
 const PRESETS: &[(&str, &str)] = &[
     ("vit-b-32", include_str!("../presets/vit-b-32.toml")),
     ("tiny", include_str!("../presets/tiny.toml")),
+    ("tiny-conv", include_str!("../presets/tiny-conv.toml")),
     (
         "coca-vit-b-32",
         include_str!("../presets/coca-vit-b-32.toml"),
@@ -144,6 +145,33 @@ impl ClipConfig {
                     format!("{value} is beyond any real model (at most {max})"),
                 );
             }
+        }
+        if v.conv_stem.len() > MAX_STEM_LAYERS {
+            return err(
+                "vision.conv_stem",
+                format!(
+                    "{} convolutions (at most {MAX_STEM_LAYERS})",
+                    v.conv_stem.len()
+                ),
+            );
+        }
+        if let Some(&channels) = v.conv_stem.iter().find(|&&c| c == 0 || c > MAX_WIDTH) {
+            return err(
+                "vision.conv_stem",
+                format!("{channels} channels (must be in 1..={MAX_WIDTH})"),
+            );
+        }
+        if !v.patch_size.is_multiple_of(1 << v.conv_stem.len()) {
+            return err(
+                "vision.conv_stem",
+                format!(
+                    "{} stride-2 convolutions halve the image {} times: vision.patch_size ({}) must be a multiple of {}",
+                    v.conv_stem.len(),
+                    v.conv_stem.len(),
+                    v.patch_size,
+                    1 << v.conv_stem.len()
+                ),
+            );
         }
         if v.grid_size() * v.grid_size() > MAX_PATCHES {
             return err(
@@ -332,7 +360,14 @@ impl ClipConfig {
             }
             false => 0,
         };
-        let vision = 3 * (v.patch_size * v.patch_size) as u64 * vw // patch embedding, no bias
+        let stem: u64 = std::iter::once(3)
+            .chain(v.conv_stem.iter().copied())
+            .zip(&v.conv_stem)
+            .map(|(input, &output)| (9 * input as u64 + 1) * output as u64)
+            .sum();
+        let patch = v.embedding_patch() as u64;
+        let vision = stem
+            + v.embedding_channels() as u64 * patch * patch * vw // patch embedding, no bias
             + vw // class embedding
             + (patches + 1) * vw // positions
             + 2 * vw // pre LayerNorm
@@ -355,6 +390,9 @@ impl ClipConfig {
                 .map_or(0, MultimodalConfig::num_params)
     }
 }
+
+/// The most convolutions a vision stem has (each halves the image).
+pub const MAX_STEM_LAYERS: usize = 4;
 
 /// The shortest text context: below it no caption survives truncation.
 pub const MIN_CONTEXT_LENGTH: usize = 8;

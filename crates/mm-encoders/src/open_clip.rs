@@ -127,6 +127,7 @@ pub fn config_from_open_clip(json: &Value, origin: &str) -> Result<ClipConfig, C
         attentional_pool,
         attn_pooler_queries: vision.usize_or("attn_pooler_queries", 256)?,
         attn_pooler_heads: vision.usize_or("attn_pooler_heads", 8)?,
+        conv_stem: Vec::new(),
     };
     let embed_cls = text.bool_or("embed_cls", false)?;
     let pool_type = str_or(&text, "pool_type", "argmax")?;

@@ -471,3 +471,72 @@ fn model_by_hand(vision: &mm_encoders::VisionTransformer, tokens: Tensor<3>) -> 
             .reshape([batch, width]),
     )
 }
+
+#[test]
+fn a_conv_stem_keeps_the_grid_and_its_parameters_are_counted() {
+    let device = Device::flex();
+    let mut config = small_config();
+    config.vision.conv_stem = vec![6, 12];
+    config.validate("stem").unwrap();
+    let model = config.init(&device);
+    assert_eq!(config.num_params(), model.num_params() as u64);
+    // Two halvings of 32 px leave 8 x 8; the patch embedding takes 2 x 2 of the 12 channels,
+    // so the grid (and the position table) is the plain tower's 4 x 4.
+    let patch = model.vision_model.embeddings.patch_embedding.weight.dims();
+    assert_eq!(patch, [24, 12, 2, 2]);
+    let stem: Vec<[usize; 4]> = model
+        .vision_model
+        .embeddings
+        .conv_stem
+        .iter()
+        .map(|c| c.weight.dims())
+        .collect();
+    assert_eq!(stem, [[6, 3, 3, 3], [12, 6, 3, 3]]);
+    let out = model
+        .vision_model
+        .forward(Tensor::zeros([2, 3, 32, 32], &device));
+    assert_eq!(out.last_hidden_state.dims(), [2, 17, 24]);
+    // The stem is translation-equivariant: a picture shifted by a whole patch gives the same
+    // patch features, shifted (the borders aside).
+    let pixels: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| ((i * 7919) % 13) as f32 / 13.0)
+        .collect();
+    let image = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, 32, 32]), &device);
+    let shifted = image.clone().slice([0..1, 0..3, 0..32, 8..32]);
+    let shifted = Tensor::cat(vec![shifted, Tensor::zeros([1, 3, 32, 8], &device)], 3);
+    let stem = |x: Tensor<4>| {
+        let e = &model.vision_model.embeddings;
+        let x = e
+            .conv_stem
+            .iter()
+            .fold(x, |x, c| burn::tensor::activation::relu(c.forward(x)));
+        e.patch_embedding.forward(x)
+    };
+    let (a, b) = (stem(image), stem(shifted));
+    // Grid column 2 of the original is column 1 of the shifted picture (interior cells).
+    let a = values(a.slice([0..1, 0..24, 1..3, 2..3]));
+    let b = values(b.slice([0..1, 0..24, 1..3, 1..2]));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+    }
+    // HF's CLIPVisionModel has no stem: no export pretends otherwise.
+    let dir = std::env::temp_dir().join(format!("mm-stem-export-{}", std::process::id()));
+    let err = mm_encoders::hf::save_weights(&model, &dir.join("model.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("conv_stem"), "{err}");
+    assert!(!dir.join("model.safetensors").exists());
+    // A stem that does not divide the patch, or one too deep, is refused by key.
+    config.vision.conv_stem = vec![6, 12, 12, 12];
+    let err = config.validate("stem.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("vision.conv_stem") && err.contains("multiple of 16"),
+        "{err}"
+    );
+    config.vision.conv_stem = vec![0];
+    let err = config.validate("stem.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("vision.conv_stem") && err.contains("0 channels"),
+        "{err}"
+    );
+}

@@ -391,9 +391,15 @@ fn run_eval(args: EvalArgs) -> Result<()> {
                 &format!("evaluating on {} built-in images", args.samples),
             )
             .map_err(anyhow::Error::msg)?;
+            // Drawn as the run's own held-out pictures were.
+            let placement = ckpt
+                .train_config
+                .as_ref()
+                .map_or_else(Default::default, |c| c.data.shapes_placement);
             crate::eval::EvalData::Shapes {
                 seed,
                 samples: args.samples as usize,
+                placement,
             }
         }
     };

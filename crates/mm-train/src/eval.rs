@@ -585,7 +585,11 @@ pub struct CaptionEval {
 pub enum EvalData {
     /// The built-in shapes: zero-shot and retrieval on `samples` held-out images (with their
     /// captions), linear probe trained on as many training-split images.
-    Shapes { seed: u64, samples: usize },
+    Shapes {
+        seed: u64,
+        samples: usize,
+        placement: mm_data::Placement,
+    },
     /// A labelled set (folder per class or CSV): zero-shot on all images; linear probe trained
     /// on four of every five images and tested on the fifth.
     Labelled { set: LabelledImages, name: String },
@@ -612,8 +616,12 @@ pub fn evaluate(
     let captioner = ckpt.captioner();
     let mut caption_set = None;
     let (dataset, labels, images, probe, builtin_pairs) = match data {
-        EvalData::Shapes { seed, samples } => {
-            let shapes = ShapesDataset::new(seed, size as u32);
+        EvalData::Shapes {
+            seed,
+            samples,
+            placement,
+        } => {
+            let shapes = ShapesDataset::new(seed, size as u32).with_placement(placement);
             let (set, captions, references) =
                 LabelledImages::shapes_with_references(&shapes, Split::HeldOut, samples);
             if captioner.is_some() && pairs.is_none() {

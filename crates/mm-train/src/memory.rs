@@ -37,8 +37,19 @@ pub fn training_bytes(model: &ClipConfig, run: &RunSizes) -> u64 {
             * (2.0 * m.layers as f64 * per_token(m.width, m.intermediate_size)
                 + 3.0 * m.vocab_size as f64)
     });
+    // A convolutional stem keeps each convolution's output and its ReLU's.
+    let stem: f64 = v
+        .conv_stem
+        .iter()
+        .enumerate()
+        .map(|(i, &channels)| {
+            let side = (v.image_size >> (i + 1)) as f64;
+            2.0 * side * side * channels as f64
+        })
+        .sum();
     let activations = batch
-        * (patches * v.layers as f64 * per_token(v.width, v.intermediate_size)
+        * (stem
+            + patches * v.layers as f64 * per_token(v.width, v.intermediate_size)
             + t.context_length as f64 * t.layers as f64 * per_token(t.width, t.intermediate_size)
             + decoder);
     let image = 3.0 * (v.image_size * v.image_size) as f64;

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use mm_data::{
-    ClipTokenizer, DataConfig, ImageInput, Paths, ShapesDataset, ShapesTask, SourceKind, Split,
-    TextFormat,
+    ClipTokenizer, DataConfig, ImageInput, Paths, ShapesTask, SourceKind, Split, TextFormat,
 };
 use mm_encoders::{ClipModel, CocaModel};
 use serde::{Deserialize, Serialize};
@@ -631,7 +630,7 @@ impl Suite {
         let (description, data) = match config {
             SuiteConfig::Shapes(s) => {
                 let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
-                let shapes = ShapesDataset::new(inputs.seed, inputs.image_size as u32);
+                let shapes = inputs.data.shapes_dataset(inputs.seed, inputs.image_size);
                 let (set, captions) =
                     LabelledImages::shapes_with_captions(&shapes, Split::HeldOut, n);
                 (
@@ -702,7 +701,7 @@ impl Suite {
                     }
                     None => {
                         let n = s.samples.unwrap_or(inputs.eval.heldout_samples);
-                        let shapes = ShapesDataset::new(inputs.seed, inputs.image_size as u32);
+                        let shapes = inputs.data.shapes_dataset(inputs.seed, inputs.image_size);
                         let (set, _, references) =
                             LabelledImages::shapes_with_references(&shapes, Split::HeldOut, n);
                         let description = format!(
