@@ -1248,3 +1248,36 @@ fn foreign_directories_get_errors_about_what_is_wrong_and_nothing_written() {
     );
     s.finish();
 }
+
+#[test]
+fn output_piped_into_a_reader_that_stops_early_ends_quietly() {
+    let s = Scratch::new(|dir| {
+        for i in 0..4 {
+            write_png(&dir.join(format!("{i}.png")), i);
+        }
+    });
+    let config = s.config("run.toml", 1, |t| t);
+    s.run(&["--config", &config, "--no-progress"]).assert_ok();
+    // `mm-train zero-shot ... | head -1`: the reader closes the pipe after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mm-train"))
+        .args([
+            "zero-shot",
+            "--checkpoint",
+            "run",
+            "--classes",
+            "a,b,c",
+            "--top-k",
+            "3",
+        ])
+        .args(["0.png", "1.png", "2.png", "3.png"])
+        .current_dir(s.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    s.finish();
+}
