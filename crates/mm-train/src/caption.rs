@@ -29,6 +29,10 @@ pub struct CaptionArgs {
     pub generation: GenerationArgs,
     #[command(flatten)]
     pub device: DeviceArg,
+    /// Compute in fp32, or bf16 / fp16 (bf16 GEMMs with f32 sums on Flex; a half-precision
+    /// copy of the towers and decoder otherwise).
+    #[arg(long, value_enum, default_value_t = crate::precision::Precision::Fp32)]
+    pub precision: crate::precision::Precision,
     /// Images (any format the `image` crate reads).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -36,7 +40,8 @@ pub struct CaptionArgs {
 
 pub fn run(args: CaptionArgs) -> Result<()> {
     let device = args.device.device()?;
-    let ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let mut ckpt = checkpoint::load(&args.checkpoint, &device)?;
+    let _precision = ckpt.enter_inference(args.precision, &device);
     let (image_size, context) = (
         ckpt.model_config.vision.image_size,
         ckpt.model_config.text.context_length,

@@ -26,7 +26,7 @@ use mm_encoders::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EvalConfig, TrainConfig};
-use crate::precision::{Compute, Precision, half_copy};
+use crate::precision::Precision;
 use crate::suite::Selection;
 use crate::task::Trainee;
 
@@ -153,10 +153,9 @@ impl Checkpoint {
         device: &Device,
     ) -> mm_encoders::MatmulPrecisionGuard {
         let guard = precision.enter_inference(&mut self.model, device);
-        if let (Some(decoder), Compute::HalfCopy(dtype)) =
-            (&mut self.decoder, precision.compute_on(device))
-        {
-            *decoder = half_copy(decoder, dtype);
+        if let Some(decoder) = &mut self.decoder {
+            // Its guard restores what the first one set, so dropping it keeps the scope.
+            drop(precision.enter_inference(decoder, device));
         }
         guard
     }

@@ -11,7 +11,6 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, FloatDType, Tensor};
-use mm_encoders::ClipModel;
 use mm_encoders::{MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision};
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +46,11 @@ impl Precision {
     /// Makes inference with `model` (on `device`) compute in this precision until the guard
     /// drops: bf16 GEMMs on this thread (Flex), or `model` replaced by its half-precision copy
     /// (other devices). Features come out in f32 either way.
-    pub fn enter_inference(self, model: &mut ClipModel, device: &Device) -> MatmulPrecisionGuard {
+    pub fn enter_inference<M: Module>(
+        self,
+        model: &mut M,
+        device: &Device,
+    ) -> MatmulPrecisionGuard {
         match self.compute_on(device) {
             Compute::Fp32 => set_matmul_precision(MatmulPrecision::Fp32),
             Compute::Bf16Gemms => set_matmul_precision(MatmulPrecision::Bf16),

@@ -23,6 +23,10 @@ pub struct PredictArgs {
     pub top_k: u64,
     #[command(flatten)]
     pub device: DeviceArg,
+    /// Compute in fp32, or bf16 / fp16 (bf16 GEMMs with f32 sums on Flex; a half-precision
+    /// copy of the classifier otherwise).
+    #[arg(long, value_enum, default_value_t = crate::precision::Precision::Fp32)]
+    pub precision: crate::precision::Precision,
     /// Images (any format the `image` crate reads).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
@@ -38,13 +42,14 @@ pub fn run(args: PredictArgs) -> Result<()> {
     }
     let device = args.device.device()?;
     let ckpt = checkpoint::load(&args.checkpoint, &device)?;
-    let Some(model) = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model, &device)? else {
+    let Some(mut model) = crate::checkpoint::load_fusion(&ckpt.dir, ckpt.model, &device)? else {
         bail!(
             "{} holds no classifier (no {}; an objective = \"classify\" run writes one): for a CLIP model use `mm-train zero-shot`",
             ckpt.dir.display(),
             crate::checkpoint::FUSION_CONFIG_FILE
         );
     };
+    let _precision = args.precision.enter_inference(&mut model, &device);
     let classes = &model.fusion.config.class_names;
     let ctx = ckpt.model_config.text.context_length;
     print_top_classes(

@@ -257,5 +257,21 @@ fn every_objective_trains_and_every_command_runs_in_fp16() {
             out.to_str().unwrap(),
         ]);
         assert!(ok, "{name}: eval in fp16: {stderr}");
+        // The commands of a classifier and of a CoCa, in fp16 too.
+        let image = images[0].as_str();
+        let own: Option<Vec<&str>> = match name {
+            "classify" => Some(vec!["predict", "--text", "a red circle", image]),
+            "coca" => Some(vec!["caption", image]),
+            _ => None,
+        };
+        if let Some(mut args) = own {
+            args.extend(["--checkpoint", run_s, "--precision", "fp16"]);
+            let (ok, stdout, stderr) = common::mm_train(&args);
+            assert!(
+                ok && !stdout.is_empty(),
+                "{name}: {} in fp16: {stderr}",
+                args[0]
+            );
+        }
     }
 }
