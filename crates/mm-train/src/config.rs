@@ -368,8 +368,8 @@ impl TrainConfig {
         let extra_params = match self.objective {
             crate::task::Objective::Classify => {
                 let fusion = self.fusion.clone().unwrap_or_default();
-                // The class list is not known before the data is read: count the cap's
-                // worth only when the config names its classes.
+                // Classes the data brings are known only once it is read: count the
+                // config's own list, or the two every classifier has at least.
                 let classes = fusion.classes.len().max(2);
                 fusion
                     .classifier(&vec![String::new(); classes])

@@ -422,9 +422,6 @@ fn run<M: Startable>(
     let mut last_checkpoint = None;
     let mut last_eval = Vec::new();
     let mut skipped = SkipCounts::new(REPORTED_PER_KIND);
-    // Rows the objective refused since the last batch it admitted any of: the data may hold
-    // nothing it can learn from (a classifier's labels none of its classes), which must stop
-    // the run as unusable data does, not train on empty batches.
     for step in first_step..steps {
         let mut micro_batches = Vec::with_capacity(config.train.accum_freq);
         for _ in 0..config.train.accum_freq.max(1) {
