@@ -100,3 +100,33 @@ pub fn train_config(batch: usize) -> TrainConfig {
     )
     .unwrap()
 }
+
+/// The Python that runs the PyTorch sides: `benches/.venv/bin/python` when
+/// `benches/setup_venv.sh` made it, else `python3`.
+pub fn python() -> std::process::Command {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    match venv.exists() {
+        true => std::process::Command::new(venv),
+        false => std::process::Command::new("python3"),
+    }
+}
+
+/// The PyTorch settings that cap its kernels where `MM_MAX_ISA` caps mm's (ATen's own
+/// kernels, oneDNN, MKL), so both sides run the same instruction set; none when uncapped.
+pub fn torch_isa_caps(isa: mm_kernels::isa::Isa) -> Vec<(&'static str, &'static str)> {
+    use mm_kernels::isa::Isa;
+    if isa >= Isa::detected() {
+        return Vec::new();
+    }
+    let (aten, onednn, mkl) = match isa {
+        Isa::Scalar => ("default", "SSE41", "SSE4_2"),
+        Isa::Avx2 => ("avx2", "AVX2", "AVX2"),
+        Isa::Avx512 => ("avx512", "AVX512_CORE", "AVX512"),
+        Isa::Avx512Bf16 => return Vec::new(),
+    };
+    vec![
+        ("ATEN_CPU_CAPABILITY", aten),
+        ("ONEDNN_MAX_CPU_ISA", onednn),
+        ("MKL_ENABLE_INSTRUCTIONS", mkl),
+    ]
+}

@@ -84,7 +84,8 @@ def main():
         text = rate(lambda: model.encode_text(ids), args.batch, 2, args.iters)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"train_samples_per_sec": train, "image_per_sec": image, "text_per_sec": text,
-                      "peak_rss_mib": peak_mib, "torch": torch.__version__, "threads": args.threads,
+                      "peak_rss_mib": peak_mib, "torch": torch.__version__,
+                      "capability": torch.backends.cpu.get_cpu_capability(), "threads": args.threads,
                       "precision": args.precision}))
 
 

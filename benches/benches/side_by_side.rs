@@ -7,17 +7,21 @@
 //! synthetic inputs of the same shapes, thread counts pinned equal (all cores). The Python side is `benches/torch_clip.py`,
 //! run with `benches/.venv/bin/python` when `benches/setup_venv.sh` made it, else `python3`.
 //!
+//! Under `MM_MAX_ISA=avx2` (or `avx512`, `scalar`) mm's kernels are capped and PyTorch gets the
+//! matching `ATEN_CPU_CAPABILITY`, `ONEDNN_MAX_CPU_ISA` and `MKL_ENABLE_INSTRUCTIONS`, so a
+//! lesser CPU's paths are compared fairly on a wider one.
+//!
 //! Shared or throttled machines drift by tens of percent within minutes, so the sides take
 //! turns (mm, PyTorch, mm, PyTorch, ...), each rate is the median over its iterations, and the
 //! table shows the median over rounds with the range beside it. Prints a table; asserts nothing.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
-use mm_benches::{flag_value, shape_arg, synthetic_batch, train_config};
+use mm_benches::{flag_value, python, shape_arg, synthetic_batch, torch_isa_caps, train_config};
+use mm_kernels::isa::{describe, isa};
 use mm_train::Learner;
 use mm_train::precision::Precision;
 use serde_json::Value;
@@ -69,13 +73,7 @@ fn run_torch(
     precision: &str,
 ) -> Result<Value, String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = dir.join(".venv/bin/python");
-    let python = if venv.exists() {
-        venv.display().to_string()
-    } else {
-        "python3".into()
-    };
-    let out = Command::new(&python)
+    let out = python()
         .arg(dir.join("torch_clip.py"))
         .args(["--shape", shape, "--batch", &batch.to_string()])
         .args([
@@ -86,6 +84,7 @@ fn run_torch(
             "--precision",
             precision,
         ])
+        .envs(torch_isa_caps(isa()))
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -128,6 +127,7 @@ fn main() {
     let (mut ours, mut theirs): (Vec<[f64; 3]>, Vec<[f64; 3]>) = (Vec::new(), Vec::new());
     let mut torch_rss: f64 = 0.0;
     let mut torch_version = String::new();
+    let mut torch_isa = String::new();
     let mut torch_error = None;
     for _ in 0..rounds {
         let train = rate(batch, 2, iters, || {
@@ -148,6 +148,7 @@ fn main() {
                 theirs.push(ROWS.map(|(_, key)| t[key].as_f64().unwrap_or(f64::NAN)));
                 torch_rss = torch_rss.max(t["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
                 torch_version = t["torch"].as_str().unwrap_or("?").to_string();
+                torch_isa = t["capability"].as_str().unwrap_or("?").to_string();
             }
             Err(e) => torch_error = Some(e),
         }
@@ -157,6 +158,7 @@ fn main() {
     println!(
         "shape {shape}, batch {batch}, {precision_name}, {threads} threads each side, {rounds} alternating rounds"
     );
+    println!("mm {}", describe());
     println!(
         "{:<32} {:>9} {:>9} {:>7}   {:<26}",
         "", "mm", "PyTorch", "mm/PT", "range over rounds (mm | PT)"
@@ -191,7 +193,9 @@ fn main() {
         mm_rss / torch_rss
     );
     match torch_error {
-        None => println!("(PyTorch {torch_version}, open_clip CLIP + ClipLoss + AdamW)"),
+        None => {
+            println!("(PyTorch {torch_version} at {torch_isa}, open_clip CLIP + ClipLoss + AdamW)")
+        }
         Some(e) => println!("(PyTorch side failed: {e}; run `bash benches/setup_venv.sh`)"),
     }
 }

@@ -5,8 +5,7 @@
 //! mask, max, subtract, exp, sum, divide), each allocating a `[batch, heads, seq, seq]` tensor
 //! and recording a node, around permuted copies of q, k and v. Here the input is the output of
 //! one q|k|v projection, `[batch * seq, 3 * width]`; each head reads its q, k and v through
-//! strides, runs three small GEMMs forward and six backward (the gemm crate, Flex's own
-//! kernel), and writes its slice of `[batch * seq, width]` rows (forward) or of the packed
+//! strides, runs three small GEMMs forward and six backward (`gemm::matmul`), and writes its slice of `[batch * seq, width]` rows (forward) or of the packed
 //! q|k|v gradient (backward) in place, so nothing is permuted or copied. The backward pass
 //! recomputes each head's probabilities from q, k and the saved log-sum-exp rather than
 //! keeping them.
@@ -15,7 +14,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::Shape;
 use rayon::prelude::*;
 
-use super::matrix::{Matrix, matmul};
+use super::gemm::matmul;
+use super::matrix::Matrix;
 use super::{Output, exp_f32};
 
 /// What the backward pass needs from the forward one.

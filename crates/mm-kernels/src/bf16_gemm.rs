@@ -16,8 +16,8 @@
 //! (`vdpbf16ps` does).
 
 use rayon::prelude::*;
-use std::sync::OnceLock;
 
+use super::isa::{Isa, isa};
 use super::matrix::Matrix;
 
 /// Columns of a micro-tile: two zmm registers of 16 f32 sums per row.
@@ -28,18 +28,9 @@ const MR: usize = 12;
 /// A streams past it.
 const KC_PAIRS: usize = 192;
 
-/// Whether this CPU runs the bf16 kernel (AVX512-BF16, checked once).
+/// Whether the bf16 kernel runs here (AVX512-BF16, unless `MM_MAX_ISA` caps it off).
 pub fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
+    isa() >= Isa::Avx512Bf16
 }
 
 /// `x` rounded to bf16 (nearest, ties to even; NaN stays NaN), as its 16 bits.

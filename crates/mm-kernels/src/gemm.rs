@@ -1,22 +1,27 @@
-//! The GEMMs the kernels make, in the precision their right-hand operand was prepared for:
-//! fp32 ([`super::matrix::matmul`]) or bf16 ([`super::bf16_gemm`]).
+//! The GEMMs the kernels make, in the precision their right-hand operand was prepared for, on
+//! the kernel [`isa`](super::isa) picks: fp32 on the gemm crate's AVX-512 kernels or mm's own
+//! ([`super::f32_gemm`], below AVX-512), or bf16 ([`super::bf16_gemm`]).
 
 use super::MatmulPrecision;
 use super::bf16_gemm::{self, PackedB};
-use super::matrix::{Matrix, matmul};
+use super::f32_gemm::{self, Kernel, PackedF32};
+use super::matrix::{self, Matrix};
 
-/// A GEMM's right-hand operand, prepared once for the precision it multiplies in (bf16 packs
-/// and rounds it; on CPUs without AVX512-BF16 bf16 falls back to fp32).
+/// A GEMM's right-hand operand, packed once for the kernel it multiplies in and shared by every
+/// block of rows (bf16 also rounds it; on CPUs without AVX512-BF16 bf16 falls back to fp32).
+/// The gemm crate packs its own, per call.
 pub(super) enum Rhs {
-    F32(Matrix),
+    GemmCrate(Matrix),
+    F32(PackedF32),
     Bf16(PackedB),
 }
 
 impl Rhs {
     pub fn new(rhs: Matrix, precision: MatmulPrecision) -> Self {
-        match precision {
-            MatmulPrecision::Bf16 if bf16_gemm::supported() => Rhs::Bf16(PackedB::new(rhs)),
-            _ => Rhs::F32(rhs),
+        match (precision, Kernel::current()) {
+            (MatmulPrecision::Bf16, _) if bf16_gemm::supported() => Rhs::Bf16(PackedB::new(rhs)),
+            (_, Some(kernel)) => Rhs::F32(PackedF32::new(rhs, kernel)),
+            (_, None) => Rhs::GemmCrate(rhs),
         }
     }
 
@@ -25,12 +30,24 @@ impl Rhs {
     /// # Safety
     /// As [`matmul`]; `dst` must have unit column stride for bf16.
     pub unsafe fn multiply(&self, dst: Matrix, lhs: Matrix, beta: f32, accumulate: bool) {
-        // SAFETY: as the caller promises; Bf16 exists only where the CPU supports it.
+        // SAFETY: as the caller promises; each variant exists only where its kernel runs.
         unsafe {
             match self {
-                Rhs::F32(rhs) => matmul(dst, lhs, *rhs, beta, accumulate),
+                Rhs::GemmCrate(rhs) => matrix::gemm_crate(dst, lhs, *rhs, beta, accumulate),
+                Rhs::F32(rhs) => f32_gemm::matmul(dst, lhs, rhs, beta, accumulate),
                 Rhs::Bf16(rhs) => bf16_gemm::matmul(dst, lhs, rhs, beta, accumulate),
             }
         }
     }
+}
+
+/// `dst = beta * lhs · rhs`, or `dst += beta * lhs · rhs` when `accumulate`, in fp32;
+/// single-threaded, as the kernels parallelise over blocks themselves.
+///
+/// # Safety
+/// The three matrices must address valid memory, `dst` writable and, when `accumulate`,
+/// initialised; `dst` must not overlap the operands.
+pub(super) unsafe fn matmul(dst: Matrix, lhs: Matrix, rhs: Matrix, beta: f32, accumulate: bool) {
+    // SAFETY: as the caller promises.
+    unsafe { Rhs::new(rhs, MatmulPrecision::Fp32).multiply(dst, lhs, beta, accumulate) }
 }

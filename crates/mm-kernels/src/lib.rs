@@ -37,7 +37,9 @@ mod adamw;
 mod attention;
 mod bf16_gemm;
 mod checkpoint;
+mod f32_gemm;
 mod gemm;
+pub mod isa;
 mod layer_norm;
 mod linear;
 mod matrix;
@@ -454,7 +456,7 @@ fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
 }
 
 /// `out[i] = f(a[i], b[i])`, compiled for the widest vectors this CPU has (AVX-512, else AVX2,
-/// else the baseline's SSE2), picked at run time like the gemm crate's kernels. No FMA is
+/// else the baseline's SSE2), picked at run time by [`isa::isa`]. No FMA is
 /// enabled, so every variant rounds exactly alike and results do not depend on the CPU.
 fn map_chunk<F: Fn(f32, f32) -> f32>(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
     #[inline(always)]
@@ -473,13 +475,12 @@ fn map_chunk<F: Fn(f32, f32) -> f32>(out: &mut [MaybeUninit<f32>], a: &[f32], b:
         fn avx2<F: Fn(f32, f32) -> f32>(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
             body(o, a, b, f)
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        match isa::isa() {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { avx512(out, a, b, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
+            isa::Isa::Avx512 | isa::Isa::Avx512Bf16 => return unsafe { avx512(out, a, b, f) },
             // SAFETY: the CPU has AVX2.
-            return unsafe { avx2(out, a, b, f) };
+            isa::Isa::Avx2 => return unsafe { avx2(out, a, b, f) },
+            isa::Isa::Scalar => {}
         }
     }
     body(out, a, b, f)

@@ -1,4 +1,4 @@
-//! Strided f32 matrices inside Flex storage, and the fp32 GEMM on them (the gemm crate).
+//! Strided f32 matrices inside Flex storage, and the gemm crate's fp32 GEMM on them.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::DType;
@@ -87,13 +87,20 @@ impl Output {
     }
 }
 
-/// `dst = beta * lhs · rhs`, or `dst += beta * lhs · rhs` when `accumulate`; single-threaded,
-/// as the kernels parallelise over blocks themselves.
+/// `dst = beta * lhs · rhs`, or `dst += beta * lhs · rhs` when `accumulate`, on the gemm
+/// crate's kernels (which pick their instruction set themselves: only `gemm::Rhs` calls this,
+/// where `MM_MAX_ISA` allows AVX-512); single-threaded.
 ///
 /// # Safety
 /// The three matrices must address valid memory, `dst` writable and, when `accumulate`,
 /// initialised; `dst` must not overlap the operands.
-pub(super) unsafe fn matmul(dst: Matrix, lhs: Matrix, rhs: Matrix, beta: f32, accumulate: bool) {
+pub(super) unsafe fn gemm_crate(
+    dst: Matrix,
+    lhs: Matrix,
+    rhs: Matrix,
+    beta: f32,
+    accumulate: bool,
+) {
     debug_assert!(lhs.cols == rhs.rows && dst.rows == lhs.rows && dst.cols == rhs.cols);
     // SAFETY: as the caller promises.
     unsafe {

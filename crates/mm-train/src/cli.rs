@@ -27,6 +27,28 @@ pub struct Cli {
     pub train: TrainArgs,
 }
 
+impl Cli {
+    /// The command line, with `--version` also saying which kernels this CPU gets; refuses an
+    /// `MM_MAX_ISA` that names no kernel build.
+    pub fn parse_with_kernels() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        // clap takes a &'static str; the line is made once per process.
+        let version = format!(
+            "{}\n{}",
+            env!("CARGO_PKG_VERSION"),
+            mm_kernels::isa::describe()
+        );
+        let mut command = Cli::command().version(&*version.leak());
+        if let Err(error) = mm_kernels::isa::check_cap() {
+            command
+                .error(clap::error::ErrorKind::InvalidValue, error)
+                .exit();
+        }
+        let matches = command.get_matches_mut();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.format(&mut command).exit())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (the default action).

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
     // Output piped into a reader that stops early (`mm-train zero-shot ... | head`) ends the
     // process quietly, as it does any Unix tool, instead of a panic in `println!` (Rust
@@ -9,7 +7,7 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     mm_train::allocator::keep_freed_memory();
-    match mm_train::cli::run(mm_train::cli::Cli::parse()) {
+    match mm_train::cli::run(mm_train::cli::Cli::parse_with_kernels()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // One line naming what went wrong, never a panic backtrace.

@@ -372,6 +372,9 @@ fn run<M: Startable>(
         description,
         run_dir.display()
     ))?;
+    if matches!(config.device.as_str(), "flex" | "cpu") {
+        log.say(&mm_kernels::isa::describe())?;
+    }
 
     // The eval suites, their data read once; the shapes suite only when so configured or
     // when training on the built-in data.

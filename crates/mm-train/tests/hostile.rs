@@ -1281,3 +1281,27 @@ fn output_piped_into_a_reader_that_stops_early_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     s.finish();
 }
+
+/// An instruction-set cap that names no kernel build is refused by name, with the values it
+/// takes; a valid one shows in `--version`.
+#[test]
+fn an_unknown_isa_cap_is_refused() {
+    let run = |cap: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mm-train"))
+            .arg("--version")
+            .env("MM_MAX_ISA", cap)
+            .output()
+            .unwrap()
+    };
+    let bad = run("sse9");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(
+        stderr.contains("MM_MAX_ISA=\"sse9\"") && stderr.contains("avx2"),
+        "{stderr}"
+    );
+    let good = run("scalar");
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success());
+    assert!(stdout.contains("kernels: scalar"), "{stdout}");
+}
