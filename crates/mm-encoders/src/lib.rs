@@ -37,7 +37,8 @@ pub use fusion::{FusionClassifier, FusionConfig, FusionOperator, FusionStage, Mo
 pub use hf::HfError;
 pub use model::{ClipConfig, ClipModel, initialised};
 pub use ops::{
-    MatmulPrecision, MatmulPrecisionGuard, fused_on, set_matmul_precision, with_matmul_precision,
+    MatmulPrecision, MatmulPrecisionGuard, fused_on, patch_embedding, set_matmul_precision,
+    with_matmul_precision,
 };
 pub use patch_dropout::PatchDropout;
 pub use text::{TextConfig, TextTransformer, eot_index, text_padding};

@@ -5,6 +5,8 @@
 //! device and dtype inside mm-kernels: a new kernel changes this file and nothing above it.
 
 use burn::nn::Linear;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 pub use mm_kernels::{
@@ -27,6 +29,43 @@ fn unrows(x: Tensor<2>, [batch, seq]: [usize; 2]) -> Tensor<3> {
 pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
     let (x, shape) = rows(x);
     unrows(mm_kernels::linear_layer(layer, x), shape)
+}
+
+/// A ViT's patch embedding: `conv` (a `p x p` convolution of stride `p`) over `x`
+/// `[batch, channels, H, W]`, as `[batch, patches, width]` (patches row by row). Computed as one
+/// GEMM of the unfolded patches `[batch * patches, channels * p * p]` by the flattened kernel,
+/// so it runs on the same GEMMs (and in the same precision, bf16 included) as every other
+/// projection instead of a convolution's im2col; its input gradient is skipped, as pixels need
+/// none. Any other convolution runs as one.
+pub fn patch_embedding(conv: &Conv2d, x: Tensor<4>) -> Tensor<3> {
+    let [batch, channels, height, width] = x.dims();
+    let [out, _, p, q] = conv.weight.dims();
+    let is_patches = conv.stride == [p, q]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
+        && matches!(conv.padding, PaddingConfig2d::Valid);
+    if !is_patches {
+        let embedded = conv.forward(x);
+        let [_, out, gh, gw] = embedded.dims();
+        return embedded.reshape([batch, out, gh * gw]).swap_dims(1, 2);
+    }
+    let (gh, gw) = (height / p, width / q);
+    // A convolution without padding ignores the pixels past the last whole patch.
+    let x = match (gh * p, gw * q) == (height, width) {
+        true => x,
+        false => x.slice([0..batch, 0..channels, 0..gh * p, 0..gw * q]),
+    };
+    let patches = x
+        .reshape([batch, channels, gh, p, gw, q])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([batch * gh * gw, channels * p * q]);
+    let kernel = conv
+        .weight
+        .val()
+        .reshape([out, channels * p * q])
+        .transpose();
+    let bias = conv.bias.as_ref().map(|bias| bias.val());
+    mm_kernels::linear(patches, kernel, bias).reshape([batch, gh * gw, out])
 }
 
 /// `layer` on `[rows, d_in]` rows (pooled features).

@@ -176,9 +176,8 @@ impl VisionEmbeddings {
             .conv_stem
             .iter()
             .fold(pixels, |x, conv| relu(conv.forward(x)));
-        let patches = self.patch_embedding.forward(stemmed); // [B, W, gh, gw]
-        let [_, width, gh, gw] = patches.dims();
-        let patches = patches.reshape([batch, width, gh * gw]).swap_dims(1, 2);
+        let patches = crate::ops::patch_embedding(&self.patch_embedding, stemmed);
+        let width = patches.dims()[2];
         let class = self
             .class_embedding
             .val()

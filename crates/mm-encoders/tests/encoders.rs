@@ -540,3 +540,50 @@ fn a_conv_stem_keeps_the_grid_and_its_parameters_are_counted() {
         "{err}"
     );
 }
+
+/// The patch embedding as a GEMM over unfolded patches gives the convolution's output and
+/// weight and bias gradients, on an image whose size the patch does not divide (the last
+/// pixels are ignored, as the convolution ignores them).
+#[test]
+fn patch_embedding_is_the_strided_convolution() {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Distribution;
+    let device = Device::flex().autodiff();
+    let conv = Conv2dConfig::new([3, 24], [8, 8])
+        .with_stride([8, 8])
+        .with_bias(true)
+        .init(&device);
+    let pixels = Tensor::<4>::random([2, 3, 35, 42], Distribution::Normal(0.0, 1.0), &device);
+    let upstream = Tensor::<3>::random([2, 4 * 5, 24], Distribution::Normal(0.0, 1.0), &device);
+    let run = |gemm: bool| {
+        let out = match gemm {
+            true => mm_encoders::patch_embedding(&conv, pixels.clone()),
+            false => {
+                let out = conv.forward(pixels.clone());
+                let [b, c, gh, gw] = out.dims();
+                out.reshape([b, c, gh * gw]).swap_dims(1, 2)
+            }
+        };
+        let grads = (out.clone() * upstream.clone()).sum().backward();
+        let weight = conv.weight.val().grad(&grads).unwrap();
+        let bias = conv.bias.as_ref().unwrap().val().grad(&grads).unwrap();
+        (
+            values3(out),
+            weight.into_data().try_to_vec::<f32>().unwrap(),
+            bias,
+        )
+    };
+    let ((out, dw, db), (want, want_dw, want_db)) = (run(true), run(false));
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-3);
+    assert_eq!(out.len(), 2 * 4 * 5 * 24);
+    assert!(close(&out, &want) && close(&dw, &want_dw));
+    let (db, want_db) = (
+        db.into_data().try_to_vec::<f32>().unwrap(),
+        want_db.into_data().try_to_vec::<f32>().unwrap(),
+    );
+    assert!(close(&db, &want_db));
+}
+
+fn values3(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}

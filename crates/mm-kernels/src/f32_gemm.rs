@@ -8,8 +8,7 @@
 //! right-hand operand on every call, so a linear layer split into row blocks (one
 //! single-threaded GEMM per block, see `linear.rs`) packed its weight once per block. Here B is
 //! packed once per op ([`PackedF32`]) and shared by every block of rows. A is read in place
-//! where its rows are contiguous (the micro-kernel's broadcasts follow them) and packed
-//! otherwise.
+//! where its rows are contiguous, and packed otherwise.
 //!
 //! Blocking (GotoBLAS's, with the whole block of rows as one M block): k is taken in blocks of
 //! [`KC`]; B's block is stored as panels of `NR` columns (`KC x NR`, 16 KiB, which stays in L1
@@ -175,7 +174,15 @@ fn pack_b(
         }
     }
     // SAFETY (both branches): the rows and columns named are inside b, valid for reads.
-    if b.col_stride == 1 {
+    if b.col_stride == 1 && cols == NR && nr == NR {
+        // A whole panel row is one fixed-size copy (two vector moves), not a memcpy call.
+        for (p, out) in out.chunks_exact_mut(NR).take(len).enumerate() {
+            let row = unsafe { &*b.at(k0 + p, c0).cast::<[f32; NR]>() };
+            for (out, &value) in out.iter_mut().zip(row) {
+                out.write(value);
+            }
+        }
+    } else if b.col_stride == 1 {
         for p in 0..len {
             let row = unsafe { std::slice::from_raw_parts(b.at(k0 + p, c0), cols) };
             for (out, &value) in out[p * nr..p * nr + cols].iter_mut().zip(row) {
@@ -201,9 +208,12 @@ fn pack_a(a: &Matrix, r0: usize, rows: usize, k0: usize, len: usize, mr: usize, 
     // SAFETY (all loops): the rows and columns named are inside a.
     let slice = |ptr: *mut f32, len: usize| unsafe { std::slice::from_raw_parts(ptr, len) };
     if a.row_stride == 1 {
-        // A transposed (xᵀ in the weight gradient): each step's rows are adjacent.
-        for p in 0..len {
-            out[p * mr..p * mr + rows].copy_from_slice(slice(a.at(r0, k0 + p), rows));
+        // A transposed (xᵀ in the weight gradient): each step's rows are adjacent. Element by
+        // element: a memcpy call per step of k costs more than copying its MR floats.
+        for (p, out) in out.chunks_exact_mut(mr).take(len).enumerate() {
+            for (out, &value) in out.iter_mut().zip(slice(a.at(r0, k0 + p), rows)) {
+                *out = value;
+            }
         }
     } else if a.col_stride == 1 {
         for r in 0..rows {
@@ -308,8 +318,9 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
         unsafe { empty.store(&vec![0.0; m * b.n], b.n, beta, accumulate) };
         return;
     }
-    // Rows of A whose k steps are adjacent are read in place (the micro-kernel's broadcasts
-    // follow them); a panel with other strides, or short of MR rows, is packed first.
+    // A is read in place when its rows are contiguous (the broadcasts follow MR streams); a
+    // panel with other strides, or short of MR rows, is packed first. (Reading xᵀ in place in
+    // the weight gradient, a row of x per step, measured no faster than packing it.)
     let in_place = a.col_stride == 1;
     let row_panels = m.div_ceil(mr);
     let packed_panels = match in_place {
@@ -341,7 +352,7 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
                     None => Lhs {
                         ptr: a.at(r0, k0),
                         row: a.row_stride,
-                        step: 1,
+                        step: a.col_stride,
                     },
                 };
                 let tile = Tile {

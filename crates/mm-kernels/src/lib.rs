@@ -318,7 +318,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         fused_op::<C, _, 1>(
             [x],
             |[x]| (quick_gelu_forward(x.clone()), x),
-            |x, grad| [quick_gelu_backward(x.clone(), grad.clone())],
+            |x, grad, _| [Some(quick_gelu_backward(x.clone(), grad.clone()))],
         )
     }
 
@@ -361,7 +361,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 let (out, stats) = layer_norm::forward(&x, &gamma, &beta, eps);
                 (out, layer_norm::Saved { x, gamma, stats })
             },
-            layer_norm::backward,
+            |saved, grad, _| layer_norm::backward(saved, grad).map(Some),
         )
     }
 
@@ -387,7 +387,7 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 };
                 (out, saved)
             },
-            |saved, grad| [attention::backward(saved, grad)],
+            |saved, grad, _| [Some(attention::backward(saved, grad))],
         )
     }
 }
@@ -395,14 +395,19 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
 /// An autodiff op on Flex with `N` inputs and a hand-written backward: `forward` computes the
 /// output and what the backward pass keeps; `backward` turns that and the output's gradient
 /// (made contiguous) into the inputs' gradients.
+/// A fused op's backward pass: the saved state, the output's gradient and which inputs need a
+/// gradient (a frozen weight, or pixels, need none) give each input's gradient, `None` where
+/// not wanted (an op may still return ones not wanted; they are dropped).
+type BackwardFn<S, const N: usize> = fn(&S, &FlexTensor, [bool; N]) -> [Option<FlexTensor>; N];
+
 fn fused_op<C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static, const N: usize>(
     inputs: [FloatTensor<Autodiff<Flex, C>>; N],
     forward: impl FnOnce([FlexTensor; N]) -> (FlexTensor, S),
-    backward: fn(&S, &FlexTensor) -> [FlexTensor; N],
+    backward: BackwardFn<S, N>,
 ) -> FloatTensor<Autodiff<Flex, C>> {
     #[derive(Debug)]
     struct Op<S, const N: usize> {
-        backward: fn(&S, &FlexTensor) -> [FlexTensor; N],
+        backward: BackwardFn<S, N>,
     }
 
     impl<S: Clone + Send + std::fmt::Debug + 'static, const N: usize> Backward<Flex, N> for Op<S, N> {
@@ -415,9 +420,10 @@ fn fused_op<C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static, 
             _checkpointer: &mut Checkpointer,
         ) {
             let grad = contiguous(grads.consume::<Flex>(&ops.node));
-            let gradients = (self.backward)(&ops.state, &grad);
+            let wanted = ops.parents.each_ref().map(Option::is_some);
+            let gradients = (self.backward)(&ops.state, &grad, wanted);
             for (node, grad) in ops.parents.into_iter().zip(gradients) {
-                if let Some(node) = node {
+                if let (Some(node), Some(grad)) = (node, grad) {
                     grads.register::<Flex>(node.id, grad);
                 }
             }

@@ -76,9 +76,10 @@ fn by_row_blocks(
     unsafe { out.finish() }
 }
 
-/// Gradients of x, weight and bias given the output's gradient.
+/// Gradients of x, weight and bias given the output's gradient, each only where `wanted` (the
+/// patch embedding's input and frozen layers need none: their GEMMs are skipped).
 /// `grad` must be contiguous.
-pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
+pub fn backward(saved: &Saved, grad: &FlexTensor, wanted: [bool; 3]) -> [Option<FlexTensor>; 3] {
     let (x, w, dy) = (
         Matrix::of(&saved.x),
         Matrix::of(&saved.weight),
@@ -87,14 +88,19 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     let (rows, d_in, d_out) = (x.rows, x.cols, w.cols);
 
     // dx = dy · wᵀ, by blocks of rows.
-    let w_t = Rhs::new(w.transposed(), saved.precision);
-    let dx = by_row_blocks(rows, d_in, |first, dst| {
-        let rows = dst.len() / d_in;
-        let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
-        let dy = dy.block(first, rows, 0, d_out);
-        // SAFETY: dx is these rows of dx; gemm writes all of them.
-        unsafe { w_t.multiply(dx, dy, 1.0, false) };
+    let dx = wanted[0].then(|| {
+        let w_t = Rhs::new(w.transposed(), saved.precision);
+        by_row_blocks(rows, d_in, |first, dst| {
+            let rows = dst.len() / d_in;
+            let dx = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_in);
+            let dy = dy.block(first, rows, 0, d_out);
+            // SAFETY: dx is these rows of dx; gemm writes all of them.
+            unsafe { w_t.multiply(dx, dy, 1.0, false) };
+        })
     });
+    if !(wanted[1] || wanted[2]) {
+        return [dx, None, None];
+    }
 
     // dw = xᵀ · dy and db = column sums of dy, as partial sums over one block of rows per
     // thread (each packs only its own rows of x and dy), added up after.
@@ -105,14 +111,16 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
         .into_par_iter()
         .map(|t| {
             let (start, len) = (t * block, block.min(rows.saturating_sub(t * block)));
-            let mut dw = vec![0.0f32; d_in * d_out];
+            let mut dw = vec![0.0f32; if wanted[1] { d_in * d_out } else { 0 }];
             let mut db = vec![0.0f32; d_out];
             if len > 0 {
-                let x = x.block(start, len, 0, d_in).transposed();
-                let dy = dy.block(start, len, 0, d_out);
-                let out = Matrix::row_major(dw.as_mut_ptr(), d_in, d_out);
-                // SAFETY: dw holds d_in rows of d_out floats.
-                unsafe { Rhs::new(dy, saved.precision).multiply(out, x, 1.0, false) };
+                if wanted[1] {
+                    let x = x.block(start, len, 0, d_in).transposed();
+                    let dy = dy.block(start, len, 0, d_out);
+                    let out = Matrix::row_major(dw.as_mut_ptr(), d_in, d_out);
+                    // SAFETY: dw holds d_in rows of d_out floats.
+                    unsafe { Rhs::new(dy, saved.precision).multiply(out, x, 1.0, false) };
+                }
                 for row in dy_values[start * d_out..(start + len) * d_out].chunks(d_out) {
                     db.iter_mut().zip(row).for_each(|(db, &g)| *db += g);
                 }
@@ -132,5 +140,9 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
     let tensor = |values: Vec<f32>, shape: Vec<usize>| {
         FlexTensor::from_data(burn::tensor::TensorData::new(values, shape))
     };
-    [dx, tensor(dw, vec![d_in, d_out]), tensor(db, vec![d_out])]
+    [
+        dx,
+        wanted[1].then(|| tensor(dw, vec![d_in, d_out])),
+        wanted[2].then(|| tensor(db, vec![d_out])),
+    ]
 }
