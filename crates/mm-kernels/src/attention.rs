@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::gemm::matmul;
 use super::matrix::Matrix;
-use super::{Output, exp_f32};
+use super::{Output, exp_f32, lane_dot, lane_sum, vectorised};
 
 /// What the backward pass needs from the forward one.
 #[derive(Debug, Clone)]
@@ -120,9 +120,11 @@ pub fn forward(qkv: &FlexTensor, shape: Heads) -> (FlexTensor, FlexTensor) {
         // SAFETY: this task alone writes row b * heads + h of `lse`.
         let lse =
             unsafe { std::slice::from_raw_parts_mut(lse_rows.at(b * shape.heads + h, 0), seq) };
-        for (i, (row, lse)) in scores.chunks_mut(seq).zip(lse).enumerate() {
-            *lse = softmax_row(row, shape.visible(i));
-        }
+        vectorised(|| {
+            for (i, (row, lse)) in scores.chunks_mut(seq).zip(lse).enumerate() {
+                *lse = softmax_row(row, shape.visible(i));
+            }
+        });
         // SAFETY: this task alone writes head h's columns of sequence b's rows of `out`.
         unsafe {
             matmul(
@@ -139,14 +141,13 @@ pub fn forward(qkv: &FlexTensor, shape: Heads) -> (FlexTensor, FlexTensor) {
 }
 
 /// Softmax of `row[..visible]` in place (the rest set to 0); returns the row's log-sum-exp.
+/// Call inside [`vectorised`]: the exponentials and sums run a vector at a time.
+#[inline(always)]
 fn softmax_row(row: &mut [f32], visible: usize) -> f32 {
     let (live, masked) = row.split_at_mut(visible);
     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in live.iter_mut() {
-        *x = exp_f32(*x - max);
-        sum += *x;
-    }
+    live.iter_mut().for_each(|x| *x = exp_f32(*x - max));
+    let sum = lane_sum(live, |x| x);
     let inv = 1.0 / sum;
     live.iter_mut().for_each(|x| *x *= inv);
     masked.fill(0.0);
@@ -174,11 +175,13 @@ pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
         // The probabilities again, from the scores and the saved log-sum-exp.
         scaled_scores(&shape, p, q, k);
         let lse = &lse[(b * shape.heads + h) * seq..][..seq];
-        for (i, row) in p.chunks_mut(seq).enumerate() {
-            let (live, masked) = row.split_at_mut(shape.visible(i));
-            live.iter_mut().for_each(|x| *x = exp_f32(*x - lse[i]));
-            masked.fill(0.0);
-        }
+        vectorised(|| {
+            for (i, row) in p.chunks_mut(seq).enumerate() {
+                let (live, masked) = row.split_at_mut(shape.visible(i));
+                live.iter_mut().for_each(|x| *x = exp_f32(*x - lse[i]));
+                masked.fill(0.0);
+            }
+        });
         // SAFETY: reads stay inside this head's blocks; this task alone writes head h's
         // columns of sequence b's rows of the q|k|v gradient.
         unsafe {
@@ -187,13 +190,21 @@ pub fn backward(saved: &Saved, grad_out: &FlexTensor) -> FlexTensor {
             matmul(dv, square(p, seq).transposed(), g, 1.0, false);
         }
         // dS = P ⊙ (dP - rowsum(dP ⊙ P)), where rowsum(dP ⊙ P) = dO · O for each row.
-        for (i, (p, ds)) in p.chunks(seq).zip(dp.chunks_mut(seq)).enumerate() {
-            // SAFETY: i < seq and j < head_dim inside this head's blocks.
-            let dot: f32 = (0..dim).map(|j| unsafe { *g.at(i, j) * *o.at(i, j) }).sum();
-            for (ds, &p) in ds.iter_mut().zip(p) {
-                *ds = p * (*ds - dot);
+        vectorised(|| {
+            for (i, (p, ds)) in p.chunks(seq).zip(dp.chunks_mut(seq)).enumerate() {
+                // SAFETY: row i of this head's blocks holds head_dim contiguous floats.
+                let (g, o) = unsafe {
+                    (
+                        std::slice::from_raw_parts(g.at(i, 0), dim),
+                        std::slice::from_raw_parts(o.at(i, 0), dim),
+                    )
+                };
+                let dot = lane_dot(g, o);
+                for (ds, &p) in ds.iter_mut().zip(p) {
+                    *ds = p * (*ds - dot);
+                }
             }
-        }
+        });
         // SAFETY: as above.
         unsafe {
             // dQ = scale * dS k, dK = scale * dSᵀ q

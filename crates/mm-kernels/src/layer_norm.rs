@@ -9,7 +9,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Shape};
 use rayon::prelude::*;
 
-use super::Output;
+use super::{LANES, Output, lane_sum, vectorised};
 
 /// Rows per rayon task.
 const ROWS: usize = 64;
@@ -47,20 +47,22 @@ pub fn forward(
         .zip(stats.data.spare_capacity_mut()[..2 * rows].par_chunks_mut(2 * ROWS))
         .zip(xs.par_chunks(ROWS * width))
         .for_each(|((out, stats), xs)| {
-            for ((out, stat), x) in out
-                .chunks_mut(width)
-                .zip(stats.chunks_mut(2))
-                .zip(xs.chunks(width))
-            {
-                let mean = x.iter().sum::<f32>() / width as f32;
-                let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-                let rstd = 1.0 / (var + eps as f32).sqrt();
-                for (((out, &x), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    out.write((x - mean) * rstd * g + b);
+            vectorised(|| {
+                for ((out, stat), x) in out
+                    .chunks_mut(width)
+                    .zip(stats.chunks_mut(2))
+                    .zip(xs.chunks(width))
+                {
+                    let mean = lane_sum(x, |v| v) / width as f32;
+                    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / width as f32;
+                    let rstd = 1.0 / (var + eps as f32).sqrt();
+                    for (((out, &x), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+                        out.write((x - mean) * rstd * g + b);
+                    }
+                    stat[0].write(mean);
+                    stat[1].write(rstd);
                 }
-                stat[0].write(mean);
-                stat[1].write(rstd);
-            }
+            })
         });
     // SAFETY: every row of both outputs was written.
     unsafe { (out.finish(), stats.finish()) }
@@ -86,26 +88,57 @@ pub fn backward(saved: &Saved, grad: &FlexTensor) -> [FlexTensor; 3] {
         .zip(stats.par_chunks(2 * ROWS))
         .map(|(((dx, xs), dys), stats)| {
             let (mut dgamma, mut dbeta) = (vec![0.0f32; width], vec![0.0f32; width]);
-            for (r, dx) in dx.chunks_mut(width).enumerate() {
-                let (x, dy) = (&xs[r * width..][..width], &dys[r * width..][..width]);
-                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                // With xhat = (x - mean) * rstd and dxhat = dy * gamma:
-                // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-                let (mut sum, mut sum_xhat) = (0.0f32, 0.0f32);
-                for i in 0..width {
-                    let xhat = (x[i] - mean) * rstd;
-                    let dxhat = dy[i] * gamma[i];
-                    sum += dxhat;
-                    sum_xhat += dxhat * xhat;
-                    dgamma[i] += dy[i] * xhat;
-                    dbeta[i] += dy[i];
+            vectorised(|| {
+                for (r, dx) in dx.chunks_mut(width).enumerate() {
+                    let (x, dy) = (&xs[r * width..][..width], &dys[r * width..][..width]);
+                    let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+                    // With xhat = (x - mean) * rstd and dxhat = dy * gamma:
+                    // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+                    // One pass, a vector of lanes at a time: both sums in lanes (added in a
+                    // fixed order), the gain and bias gradients alongside.
+                    let (mut sum, mut sum_xhat) = ([0.0f32; LANES], [0.0f32; LANES]);
+                    let step = |x: &[f32],
+                                dy: &[f32],
+                                g: &[f32],
+                                dg: &mut [f32],
+                                db: &mut [f32],
+                                sum: &mut [f32; LANES],
+                                sum_xhat: &mut [f32; LANES]| {
+                        for l in 0..x.len().min(LANES) {
+                            let xhat = (x[l] - mean) * rstd;
+                            let dxhat = dy[l] * g[l];
+                            sum[l] += dxhat;
+                            sum_xhat[l] += dxhat * xhat;
+                            dg[l] += dy[l] * xhat;
+                            db[l] += dy[l];
+                        }
+                    };
+                    let blocks = x
+                        .chunks_exact(LANES)
+                        .zip(dy.chunks_exact(LANES))
+                        .zip(gamma.chunks_exact(LANES))
+                        .zip(dgamma.chunks_exact_mut(LANES))
+                        .zip(dbeta.chunks_exact_mut(LANES));
+                    for ((((x, dy), g), dg), db) in blocks {
+                        step(x, dy, g, dg, db, &mut sum, &mut sum_xhat);
+                    }
+                    let tail = width - width % LANES;
+                    step(
+                        &x[tail..],
+                        &dy[tail..],
+                        &gamma[tail..],
+                        &mut dgamma[tail..],
+                        &mut dbeta[tail..],
+                        &mut sum,
+                        &mut sum_xhat,
+                    );
+                    let a = sum.iter().sum::<f32>() / width as f32;
+                    let b = sum_xhat.iter().sum::<f32>() / width as f32;
+                    for (((dx, &x), &dy), &g) in dx.iter_mut().zip(x).zip(dy).zip(gamma) {
+                        dx.write(rstd * (dy * g - a - (x - mean) * rstd * b));
+                    }
                 }
-                let (a, b) = (sum / width as f32, sum_xhat / width as f32);
-                for i in 0..width {
-                    let xhat = (x[i] - mean) * rstd;
-                    dx[i].write(rstd * (dy[i] * gamma[i] - a - xhat * b));
-                }
-            }
+            });
             (dgamma, dbeta)
         })
         .collect();

@@ -461,35 +461,75 @@ fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
     })
 }
 
-/// `out[i] = f(a[i], b[i])`, compiled for the widest vectors this CPU has (AVX-512, else AVX2,
-/// else the baseline's SSE2), picked at run time by [`isa::isa`]. No FMA is
-/// enabled, so every variant rounds exactly alike and results do not depend on the CPU.
+/// `out[i] = f(a[i], b[i])`, vectorised (see [`vectorised`]).
 fn map_chunk<F: Fn(f32, f32) -> f32>(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
-    #[inline(always)]
-    fn body<F: Fn(f32, f32) -> f32>(out: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
+    vectorised(|| {
         for (out, (&a, &b)) in out.iter_mut().zip(a.iter().zip(b)) {
             out.write(f(a, b));
         }
-    }
+    })
+}
+
+/// Runs `f` compiled for the widest vectors this CPU has (AVX-512, else AVX2, else the
+/// baseline's SSE2), picked at run time by [`isa::isa`]: the loops over f32 slices in `f`
+/// vectorise at that width (`f`, called once, is inlined into each build). No FMA is enabled,
+/// so every build rounds alike; reductions written with [`lane_sum`] add in the same order on
+/// every CPU.
+#[inline(always)]
+fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        fn avx512<F: Fn(f32, f32) -> f32>(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
-            body(o, a, b, f)
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
         #[target_feature(enable = "avx2")]
-        fn avx2<F: Fn(f32, f32) -> f32>(o: &mut [MaybeUninit<f32>], a: &[f32], b: &[f32], f: &F) {
-            body(o, a, b, f)
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
         }
         match isa::isa() {
             // SAFETY: the CPU has AVX-512F.
-            isa::Isa::Avx512 | isa::Isa::Avx512Bf16 => return unsafe { avx512(out, a, b, f) },
+            isa::Isa::Avx512 | isa::Isa::Avx512Bf16 => return unsafe { avx512(f) },
             // SAFETY: the CPU has AVX2.
-            isa::Isa::Avx2 => return unsafe { avx2(out, a, b, f) },
+            isa::Isa::Avx2 => return unsafe { avx2(f) },
             isa::Isa::Scalar => {}
         }
     }
-    body(out, a, b, f)
+    f()
+}
+
+/// `Σ a[i] b[i]` as [`lane_sum`] adds.
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (chunks_a.remainder().iter().zip(chunks_b.remainder()))
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in chunks_a.zip(chunks_b) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Lanes of [`lane_sum`]: one zmm of f32s.
+const LANES: usize = 16;
+
+/// `Σ f(x)` over `xs` in [`LANES`] interleaved partial sums, added in a fixed order: a loop
+/// that vectorises (a sequential float sum cannot) and gives the same result on every CPU.
+#[inline(always)]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += f(x);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// A new contiguous f32 tensor written in place by a kernel: no zero-fill, no copy (Flex's
