@@ -62,6 +62,10 @@ const NR: usize = 16;
 /// for the tile's rows of A (256 and 384 measured alike on Zen 5; 128 lost ~10%).
 const KC: usize = 256;
 
+/// Bytes of A (a block of rows by [`KC`]) passed over by every B panel in turn: half of a
+/// small L2 (Zen 3's 512 KiB), so the block stays there.
+const A_BLOCK_BYTES: usize = 128 * 1024;
+
 /// `(first row of k, rows)` of each block of k.
 fn k_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..k).step_by(KC).map(move |k0| (k0, KC.min(k - k0)))
@@ -338,34 +342,39 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
             pack_a(&a, r0, mr.min(m - r0), k0, len, mr, panel);
         }
         let accumulate = accumulate || k0 > 0;
-        for j in 0..b.panels {
-            let b_panel = b.panel(k0, len, j);
-            let (c0, cols) = (j * nr, nr.min(b.n - j * nr));
-            for i in 0..row_panels {
-                let (r0, rows) = (i * mr, mr.min(m - i * mr));
-                let lhs = match i.checked_sub(first_packed) {
-                    Some(packed) => Lhs {
-                        ptr: a_packed.as_slice()[packed * mr * len..].as_ptr(),
-                        row: 1,
-                        step: mr as isize,
-                    },
-                    None => Lhs {
-                        ptr: a.at(r0, k0),
-                        row: a.row_stride,
-                        step: a.col_stride,
-                    },
-                };
-                let tile = Tile {
-                    ptr: dst.at(r0, c0),
-                    row_stride: dst.row_stride,
-                    col_stride: dst.col_stride,
-                    rows,
-                    cols,
-                };
-                tile.prefetch(accumulate);
-                // SAFETY: the tile is inside dst; lhs and the B panel hold `len` steps of k; the
-                // kernel was chosen from what this CPU runs.
-                unsafe { run(kernel, len, lhs, b_panel, tile, beta, accumulate) };
+        // Rows in blocks that stay in L2 while every B panel passes over them (each B panel
+        // stays in L1 while the block's row panels pass over it).
+        let block_panels = (A_BLOCK_BYTES / (KC * 4 * mr)).max(1);
+        for block in (0..row_panels).step_by(block_panels) {
+            for j in 0..b.panels {
+                let b_panel = b.panel(k0, len, j);
+                let (c0, cols) = (j * nr, nr.min(b.n - j * nr));
+                for i in block..(block + block_panels).min(row_panels) {
+                    let (r0, rows) = (i * mr, mr.min(m - i * mr));
+                    let lhs = match i.checked_sub(first_packed) {
+                        Some(packed) => Lhs {
+                            ptr: a_packed.as_slice()[packed * mr * len..].as_ptr(),
+                            row: 1,
+                            step: mr as isize,
+                        },
+                        None => Lhs {
+                            ptr: a.at(r0, k0),
+                            row: a.row_stride,
+                            step: a.col_stride,
+                        },
+                    };
+                    let tile = Tile {
+                        ptr: dst.at(r0, c0),
+                        row_stride: dst.row_stride,
+                        col_stride: dst.col_stride,
+                        rows,
+                        cols,
+                    };
+                    tile.prefetch(accumulate);
+                    // SAFETY: the tile is inside dst; lhs and the B panel hold `len` steps of k; the
+                    // kernel was chosen from what this CPU runs.
+                    unsafe { run(kernel, len, lhs, b_panel, tile, beta, accumulate) };
+                }
             }
         }
     }
