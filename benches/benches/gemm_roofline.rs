@@ -188,11 +188,8 @@ fn main() {
         println!("{}", measure());
         return;
     }
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
+    let rounds: usize = mm_benches::flag_value("--rounds")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let threads = rayon::current_num_threads();
     let caps: Vec<Isa> = [Isa::Avx512, Isa::Avx2]

@@ -99,11 +99,8 @@ fn run_torch(
 
 fn main() {
     mm_train::allocator::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
+    let rounds: usize = mm_benches::flag_value("--rounds")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let shape = shape_arg("bench");
     let (model_config, batch) = mm_benches::shape(&shape);
