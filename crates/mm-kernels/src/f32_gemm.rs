@@ -195,7 +195,28 @@ fn pack_b(
         }
     } else {
         // A transposed operand (wᵀ in dx): read along k, where it is contiguous, in 16 x 16
-        // blocks so that the panel's rows being written stay in L1.
+        // blocks so that the panel's rows being written stay in L1; whole blocks by 8 x 8
+        // register transposes where the CPU has AVX2.
+        #[cfg(target_arch = "x86_64")]
+        if b.row_stride == 1 && cols == NR && nr == NR && isa() >= Isa::Avx2 {
+            let whole = len - len % 8;
+            for p0 in (0..whole).step_by(8) {
+                for half in [0, 8] {
+                    // SAFETY: 8 steps from p0 and 8 columns from c0 + half are inside b (k
+                    // contiguous) and inside the panel; the CPU has AVX2.
+                    unsafe {
+                        let dst = out[p0 * NR + half..].as_mut_ptr().cast::<f32>();
+                        x86::transpose_8x8(b.at(k0 + p0, c0 + half), b.col_stride, dst, NR);
+                    }
+                }
+            }
+            for p in whole..len {
+                for c in 0..NR {
+                    out[p * nr + c].write(unsafe { *b.at(k0 + p, c0 + c) });
+                }
+            }
+            return;
+        }
         for p0 in (0..len).step_by(16) {
             for c in 0..cols {
                 for p in p0..len.min(p0 + 16) {
@@ -212,8 +233,21 @@ fn pack_a(a: &Matrix, r0: usize, rows: usize, k0: usize, len: usize, mr: usize, 
     // SAFETY (all loops): the rows and columns named are inside a.
     let slice = |ptr: *mut f32, len: usize| unsafe { std::slice::from_raw_parts(ptr, len) };
     if a.row_stride == 1 {
-        // A transposed (xᵀ in the weight gradient): each step's rows are adjacent. Element by
-        // element: a memcpy call per step of k costs more than copying its MR floats.
+        // A transposed (xᵀ in the weight gradient): each step's rows are adjacent, copied as
+        // one fixed-size move where the panel is whole (a memcpy call, or a loop over a
+        // run-time count, per step costs more than the copy).
+        /// Steps of N adjacent floats.
+        fn steps<const N: usize>(a: &Matrix, r0: usize, k0: usize, out: &mut [f32]) {
+            for (p, out) in out.chunks_exact_mut(N).enumerate() {
+                // SAFETY: N rows from r0 at step k0 + p are adjacent and inside a (caller).
+                out.copy_from_slice(unsafe { &*a.at(r0, k0 + p).cast::<[f32; N]>() });
+            }
+        }
+        match (rows == mr, mr) {
+            (true, 6) => return steps::<6>(a, r0, k0, &mut out[..len * 6]),
+            (true, 4) => return steps::<4>(a, r0, k0, &mut out[..len * 4]),
+            _ => {}
+        }
         for (p, out) in out.chunks_exact_mut(mr).take(len).enumerate() {
             for (out, &value) in out.iter_mut().zip(slice(a.at(r0, k0 + p), rows)) {
                 *out = value;
@@ -428,6 +462,51 @@ unsafe fn portable(k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, accumulat
 mod x86 {
     use super::{Lhs, NR, Tile};
     use std::arch::x86_64::*;
+
+    /// `dst[p * dst_stride + c] = src[c * src_stride + p]` for an 8 x 8 block (unaligned).
+    ///
+    /// # Safety
+    /// Both blocks must be inside their memory; the CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose_8x8(
+        src: *const f32,
+        src_stride: isize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let row = |c: isize| _mm256_loadu_ps(src.offset(c * src_stride));
+            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+            let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
+            // Pairs, then quads of 32-bit lanes, then the 128-bit halves.
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (p, v) in out.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(p * dst_stride), v);
+            }
+        }
+    }
 
     /// The 6 x 16 tile: per step of k, two loads of B and six broadcasts of A feed 12 FMAs.
     ///
