@@ -26,6 +26,28 @@ intermediate_size = 512
 activation = "quick_gelu"
 "#;
 
+/// The projections' GEMMs `(name, [rows, d_in, d_out])` of ViT-B/32 at batch 32 (1,600 image
+/// rows, 2,464 text rows).
+pub const VIT_B_32_LINEARS: [(&str, [usize; 3]); 7] = [
+    ("image qkv", [1600, 768, 2304]),
+    ("image out", [1600, 768, 768]),
+    ("image fc1", [1600, 768, 3072]),
+    ("image fc2", [1600, 3072, 768]),
+    ("text qkv", [2464, 512, 1536]),
+    ("text fc1", [2464, 512, 2048]),
+    ("text fc2", [2464, 2048, 512]),
+];
+
+/// The same for the bench shape at batch 64 (2,368 image rows, 2,048 text rows).
+pub const BENCH_LINEARS: [(&str, [usize; 3]); 6] = [
+    ("image qkv", [2368, 192, 576]),
+    ("image fc1", [2368, 192, 768]),
+    ("image fc2", [2368, 768, 192]),
+    ("text qkv", [2048, 128, 384]),
+    ("text fc1", [2048, 128, 512]),
+    ("text fc2", [2048, 512, 128]),
+];
+
 /// `bench` (the shape above, batch 64) or `vit-b-32` (batch 32): model and batch size.
 pub fn shape(name: &str) -> (ClipConfig, usize) {
     match name {

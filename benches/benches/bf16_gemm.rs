@@ -90,16 +90,7 @@ fn main() {
         "f+b bf16",
         "ratio"
     );
-    let shapes: [(&str, [usize; 3]); 7] = [
-        ("image qkv", [1600, 768, 2304]),
-        ("image out", [1600, 768, 768]),
-        ("image fc1", [1600, 768, 3072]),
-        ("image fc2", [1600, 3072, 768]),
-        ("text qkv", [2464, 512, 1536]),
-        ("text fc1", [2464, 512, 2048]),
-        ("text fc2", [2464, 2048, 512]),
-    ];
-    for (name, [rows, d_in, d_out]) in shapes {
+    for (name, [rows, d_in, d_out]) in mm_benches::VIT_B_32_LINEARS {
         let flops = 2.0 * (rows * d_in * d_out) as f64;
         let forward = |precision| {
             let x = Tensor::<2>::random([rows, d_in], normal, &inference);

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use mm_benches::{python, torch_isa_caps};
+use mm_benches::{BENCH_LINEARS, VIT_B_32_LINEARS, python, torch_isa_caps};
 use mm_kernels::isa::{Isa, MAX_ISA_VAR, isa};
 use mm_kernels::linear;
 use serde_json::{Value, json};
@@ -18,23 +18,20 @@ use serde_json::{Value, json};
 /// Set in the child processes that measure one build.
 const CHILD_VAR: &str = "MM_ROOFLINE_CHILD";
 
-/// `(name, [rows, d_in, d_out])`: ViT-B/32 at batch 32 (1,600 image rows, 2,464 text rows),
-/// then the bench shape at batch 64 (2,368 image rows, 2,048 text rows).
-const SHAPES: [(&str, [usize; 3]); 13] = [
-    ("B/32 image qkv", [1600, 768, 2304]),
-    ("B/32 image out", [1600, 768, 768]),
-    ("B/32 image fc1", [1600, 768, 3072]),
-    ("B/32 image fc2", [1600, 3072, 768]),
-    ("B/32 text qkv", [2464, 512, 1536]),
-    ("B/32 text fc1", [2464, 512, 2048]),
-    ("B/32 text fc2", [2464, 2048, 512]),
-    ("bench image qkv", [2368, 192, 576]),
-    ("bench image fc1", [2368, 192, 768]),
-    ("bench image fc2", [2368, 768, 192]),
-    ("bench text qkv", [2048, 128, 384]),
-    ("bench text fc1", [2048, 128, 512]),
-    ("bench text fc2", [2048, 512, 128]),
-];
+/// `(name, [rows, d_in, d_out])`: ViT-B/32's projections, then the bench shape's.
+fn shapes() -> Vec<(String, [usize; 3])> {
+    let named = |prefix: &str, shapes: &[(&str, [usize; 3])]| -> Vec<(String, [usize; 3])> {
+        shapes
+            .iter()
+            .map(|(name, shape)| (format!("{prefix} {name}"), *shape))
+            .collect()
+    };
+    [
+        named("B/32", &VIT_B_32_LINEARS),
+        named("bench", &BENCH_LINEARS),
+    ]
+    .concat()
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -131,7 +128,7 @@ fn measure() -> Value {
     let before = fma_peak(isa());
     let device = Device::flex();
     let normal = Distribution::Normal(0.0, 1.0);
-    let gflops: Vec<f64> = SHAPES
+    let gflops: Vec<f64> = shapes()
         .iter()
         .map(|(_, [rows, d_in, d_out])| {
             let x = Tensor::<2>::random([*rows, *d_in], normal, &device);
@@ -165,7 +162,9 @@ fn run_child(cap: Isa) -> Result<Value, String> {
 }
 
 fn run_torch(cap: Isa, threads: usize) -> Result<Value, String> {
-    let shapes = SHAPES.map(|(_, [m, k, n])| format!("{m}x{k}x{n}"));
+    let shapes = shapes()
+        .into_iter()
+        .map(|(_, [m, k, n])| format!("{m}x{k}x{n}"));
     let out = python()
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/torch_gemm.py"))
         .args(["--threads", &threads.to_string(), "--shapes"])
@@ -227,7 +226,7 @@ fn main() {
             "{:<38} {:>8} {:>8} {:>8} {:>8}",
             "shape (rows x d_in -> d_out)", "mm", "of peak", "MKL", "of peak"
         );
-        for (i, (name, [m, k, n])) in SHAPES.iter().enumerate() {
+        for (i, (name, [m, k, n])) in shapes().iter().enumerate() {
             let column = |runs: &[Vec<f64>]| {
                 let values: Vec<f64> = runs.iter().filter_map(|r| r.get(i).copied()).collect();
                 (!values.is_empty()).then(|| median(values))

@@ -277,6 +277,17 @@ struct Lhs {
     step: isize,
 }
 
+/// What a micro-tile's `β · sums` are added to as they are stored.
+#[derive(Clone, Copy)]
+enum Onto {
+    /// Nothing: the tile is overwritten.
+    Nothing,
+    /// The tile's own values (a later block of k, or a caller's accumulation).
+    Dst,
+    /// `NR` values, the same for every row: the bias of the tile's columns (padded).
+    Row(*const f32),
+}
+
 /// Where a micro-tile's sums go: `rows x cols` (at most MR x NR) of `dst`.
 #[derive(Clone, Copy)]
 struct Tile {
@@ -293,30 +304,35 @@ impl Tile {
         self.rows == mr && self.cols == nr && self.col_stride == 1
     }
 
-    /// Writes `β · sums` (`sums[r * nr + c]`) into the tile, or adds it; one element at a time,
-    /// for tiles the kernels do not store directly.
+    /// Writes `β · sums` (`sums[r * nr + c]`) plus what `onto` names into the tile; one
+    /// element at a time, for tiles the kernels do not store directly.
     ///
     /// # Safety
-    /// The tile must be inside writable memory (initialised when `accumulate`).
-    unsafe fn store(&self, sums: &[f32], nr: usize, beta: f32, accumulate: bool) {
+    /// The tile must be inside writable memory (initialised for [`Onto::Dst`]); a row of
+    /// [`Onto::Row`] must hold the tile's columns.
+    unsafe fn store(&self, sums: &[f32], nr: usize, beta: f32, onto: Onto) {
         for r in 0..self.rows {
             for c in 0..self.cols {
                 let offset = r as isize * self.row_stride + c as isize * self.col_stride;
-                // SAFETY: (r, c) is inside the tile.
+                // SAFETY: (r, c) is inside the tile, c inside the row.
                 unsafe {
                     let out = self.ptr.offset(offset);
                     let value = beta * sums[r * nr + c];
-                    *out = if accumulate { *out + value } else { value };
+                    *out = match onto {
+                        Onto::Nothing => value,
+                        Onto::Dst => *out + value,
+                        Onto::Row(row) => *row.add(c) + value,
+                    };
                 }
             }
         }
     }
 
     /// Brings the tile's rows into L1 while its sums are computed: they were last touched long
-    /// ago (a previous block of k, or the bias write).
-    fn prefetch(&self, accumulate: bool) {
+    /// ago (a previous block of k).
+    fn prefetch(&self, onto: Onto) {
         #[cfg(target_arch = "x86_64")]
-        if accumulate {
+        if let Onto::Dst = onto {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
             for r in 0..self.rows {
                 let row = self.ptr.wrapping_offset(r as isize * self.row_stride);
@@ -338,6 +354,33 @@ impl Tile {
 /// `dst` and `a` must address valid memory, `dst` writable (and initialised when
 /// `accumulate`) and not overlapping `a` or `b`.
 pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulate: bool) {
+    let onto = match accumulate {
+        true => Onto::Dst,
+        false => Onto::Nothing,
+    };
+    // SAFETY: as the caller promises.
+    unsafe { multiply(dst, a, b, beta, onto) }
+}
+
+/// `dst = bias + β · a · b` (`bias` broadcast over rows), the bias added as the first block of
+/// k is stored: no pass that writes it first, no read of `dst`.
+///
+/// # Safety
+/// As [`matmul`] without `accumulate`; `bias` must hold `b`'s columns.
+pub unsafe fn matmul_plus_bias(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, bias: &[f32]) {
+    assert_eq!(bias.len(), b.n, "one bias per column");
+    // Padded to whole panels, so that a kernel reads NR values at every panel.
+    let mut padded = Aligned::zeroed(b.panels * NR);
+    padded.as_mut_slice()[..b.n].copy_from_slice(bias);
+    // SAFETY: as the caller promises; the row outlives the call.
+    unsafe { multiply(dst, a, b, beta, Onto::Row(padded.as_slice().as_ptr())) }
+}
+
+/// `dst = β · a · b` added onto what `onto` names (a row: offset by each panel's columns).
+///
+/// # Safety
+/// As [`matmul`].
+unsafe fn multiply(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, onto: Onto) {
     assert!(a.cols == b.k && dst.rows == a.rows && dst.cols == b.n);
     let (m, kernel) = (a.rows, b.kernel);
     let (mr, nr) = (kernel.mr(), NR);
@@ -353,7 +396,7 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
             cols: b.n,
         };
         // SAFETY: dst is the caller's writable matrix; a sum over nothing is zero.
-        unsafe { empty.store(&vec![0.0; m * b.n], b.n, beta, accumulate) };
+        unsafe { empty.store(&vec![0.0; m * b.n], b.n, beta, onto) };
         return;
     }
     // A is read in place when its rows are contiguous (the broadcasts follow MR streams); a
@@ -375,7 +418,8 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
             let r0 = (first_packed + i) * mr;
             pack_a(&a, r0, mr.min(m - r0), k0, len, mr, panel);
         }
-        let accumulate = accumulate || k0 > 0;
+        // Later blocks of k add onto the first's sums.
+        let onto = if k0 > 0 { Onto::Dst } else { onto };
         // Rows in blocks that stay in L2 while every B panel passes over them (each B panel
         // stays in L1 while the block's row panels pass over it).
         let block_panels = (A_BLOCK_BYTES / (KC * 4 * mr)).max(1);
@@ -404,10 +448,14 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
                         rows,
                         cols,
                     };
-                    tile.prefetch(accumulate);
+                    let onto = match onto {
+                        Onto::Row(row) => Onto::Row(row.wrapping_add(c0)),
+                        onto => onto,
+                    };
+                    tile.prefetch(onto);
                     // SAFETY: the tile is inside dst; lhs and the B panel hold `len` steps of k; the
                     // kernel was chosen from what this CPU runs.
-                    unsafe { run(kernel, len, lhs, b_panel, tile, beta, accumulate) };
+                    unsafe { run(kernel, len, lhs, b_panel, tile, beta, onto) };
                 }
             }
         }
@@ -418,22 +466,14 @@ pub unsafe fn matmul(dst: Matrix, a: Matrix, b: &PackedF32, beta: f32, accumulat
 ///
 /// # Safety
 /// As [`matmul`]'s tile; `a` must address MR rows of `k` steps; the CPU must run `kernel`.
-unsafe fn run(
-    kernel: Kernel,
-    k: usize,
-    a: Lhs,
-    b: &[f32],
-    tile: Tile,
-    beta: f32,
-    accumulate: bool,
-) {
+unsafe fn run(kernel: Kernel, k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, onto: Onto) {
     debug_assert!(b.len() >= k * NR);
     // SAFETY: as the caller promises.
     unsafe {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => x86::avx2(k, a, b.as_ptr(), tile, beta, accumulate),
-            _ => portable(k, a, b, tile, beta, accumulate),
+            Kernel::Avx2 => x86::avx2(k, a, b.as_ptr(), tile, beta, onto),
+            _ => portable(k, a, b, tile, beta, onto),
         }
     }
 }
@@ -442,7 +482,7 @@ unsafe fn run(
 ///
 /// # Safety
 /// As [`run`].
-unsafe fn portable(k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, accumulate: bool) {
+unsafe fn portable(k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, onto: Onto) {
     const MR: usize = 4;
     let mut sums = [[0.0f32; NR]; MR];
     for (p, b) in b.chunks_exact(NR).take(k).enumerate() {
@@ -455,12 +495,12 @@ unsafe fn portable(k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, accumulat
         }
     }
     // SAFETY: as the caller promises.
-    unsafe { tile.store(sums.as_flattened(), NR, beta, accumulate) };
+    unsafe { tile.store(sums.as_flattened(), NR, beta, onto) };
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Lhs, NR, Tile};
+    use super::{Lhs, NR, Onto, Tile};
     use std::arch::x86_64::*;
 
     /// `dst[p * dst_stride + c] = src[c * src_stride + p]` for an 8 x 8 block (unaligned).
@@ -513,7 +553,7 @@ mod x86 {
     /// # Safety
     /// As [`super::run`]; the CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn avx2(k: usize, a: Lhs, b: *const f32, tile: Tile, beta: f32, accumulate: bool) {
+    pub unsafe fn avx2(k: usize, a: Lhs, b: *const f32, tile: Tile, beta: f32, onto: Onto) {
         const MR: usize = 6;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for p in 0..k {
@@ -539,7 +579,7 @@ mod x86 {
                 }
             }
             // SAFETY: as the caller promises.
-            return unsafe { tile.store(&sums, NR, beta, accumulate) };
+            return unsafe { tile.store(&sums, NR, beta, onto) };
         }
         let beta = _mm256_set1_ps(beta);
         for (r, acc) in acc.iter().enumerate() {
@@ -547,9 +587,12 @@ mod x86 {
                 // SAFETY: the tile is whole: 16 contiguous floats in row r.
                 unsafe {
                     let ptr = tile.ptr.offset(r as isize * tile.row_stride).add(8 * half);
-                    let value = match accumulate {
-                        true => _mm256_fmadd_ps(sum, beta, _mm256_loadu_ps(ptr)),
-                        false => _mm256_mul_ps(sum, beta),
+                    let value = match onto {
+                        Onto::Nothing => _mm256_mul_ps(sum, beta),
+                        Onto::Dst => _mm256_fmadd_ps(sum, beta, _mm256_loadu_ps(ptr)),
+                        Onto::Row(row) => {
+                            _mm256_fmadd_ps(sum, beta, _mm256_loadu_ps(row.add(8 * half)))
+                        }
                     };
                     _mm256_storeu_ps(ptr, value);
                 }
@@ -585,12 +628,20 @@ mod tests {
             .collect()
     }
 
-    /// `dst (+)= beta a b` for every kernel against an f64 reference, with A and B in either
-    /// layout and dst written through strides.
-    fn check(m: usize, k: usize, n: usize, transposed: bool, accumulate: bool) {
+    /// What the product is added to in a check.
+    #[derive(Clone, Copy, Debug)]
+    enum Start {
+        Zero,
+        Dst,
+        Bias,
+    }
+
+    /// `dst = start + beta a b` for every kernel against an f64 reference, with A and B in
+    /// either layout and dst written through strides.
+    fn check(m: usize, k: usize, n: usize, transposed: bool, start: Start) {
         let beta = 0.75;
         let (a, b) = (values(m * k, 1), values(k * n, 2));
-        let initial = values(m * n, 3);
+        let (initial, bias) = (values(m * n, 3), values(n, 4));
         let at = |r: usize, c: usize| a[r * k + c] as f64;
         let bt = |r: usize, c: usize| b[r * n + c] as f64;
         for kernel in kernels() {
@@ -616,24 +667,32 @@ mod tests {
                 false => Matrix::row_major(dst.as_mut_ptr(), m, n),
             };
             let packed = PackedF32::new(b_m, kernel);
-            unsafe { matmul(dst_m, a_m, &packed, beta, accumulate) };
+            unsafe {
+                match start {
+                    Start::Zero => matmul(dst_m, a_m, &packed, beta, false),
+                    Start::Dst => matmul(dst_m, a_m, &packed, beta, true),
+                    Start::Bias => matmul_plus_bias(dst_m, a_m, &packed, beta, &bias),
+                }
+            };
+            let index = |r: usize, c: usize| if transposed { c * m + r } else { r * n + c };
             let mut worst = 0.0f64;
             for r in 0..m {
                 for c in 0..n {
                     let sum: f64 = (0..k).map(|p| at(r, p) * bt(p, c)).sum();
-                    let start = match accumulate {
-                        true => initial[if transposed { c * m + r } else { r * n + c }] as f64,
-                        false => 0.0,
+                    let offset = match start {
+                        Start::Zero => 0.0,
+                        Start::Dst => initial[index(r, c)] as f64,
+                        Start::Bias => bias[c] as f64,
                     };
-                    let want = start + beta as f64 * sum;
-                    let got = dst[if transposed { c * m + r } else { r * n + c }] as f64;
+                    let want = offset + beta as f64 * sum;
+                    let got = dst[index(r, c)] as f64;
                     // Each sum of k products in [-1, 1) is good to ~k ulp of its terms.
                     worst = worst.max((got - want).abs() / (k as f64 + 1.0));
                 }
             }
             assert!(
                 worst < 1e-6,
-                "{kernel:?} {m}x{k}x{n} transposed {transposed} accumulate {accumulate}: {worst:e}"
+                "{kernel:?} {m}x{k}x{n} transposed {transposed} onto {start:?}: {worst:e}"
             );
         }
     }
@@ -648,17 +707,17 @@ mod tests {
             (7, 513, 17),
         ] {
             for transposed in [false, true] {
-                for accumulate in [false, true] {
-                    check(m, k, n, transposed, accumulate);
+                for start in [Start::Zero, Start::Dst, Start::Bias] {
+                    check(m, k, n, transposed, start);
                 }
             }
         }
     }
 
     #[test]
-    fn an_empty_sum_is_zero() {
-        for accumulate in [false, true] {
-            check(3, 0, 5, false, accumulate);
+    fn an_empty_sum_is_its_start() {
+        for start in [Start::Zero, Start::Dst, Start::Bias] {
+            check(3, 0, 5, false, start);
         }
     }
 }

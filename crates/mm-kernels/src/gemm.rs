@@ -39,6 +39,26 @@ impl Rhs {
             }
         }
     }
+
+    /// `dst = bias + lhs · self` (`bias` broadcast over rows); single-threaded. mm's fp32
+    /// kernels add the bias as they store; the others accumulate onto it written first.
+    ///
+    /// # Safety
+    /// As [`Self::multiply`] (without `accumulate`); `bias` must hold the columns.
+    pub unsafe fn multiply_plus_bias(&self, dst: Matrix, lhs: Matrix, bias: &[f32]) {
+        if let Rhs::F32(rhs) = self {
+            // SAFETY: as the caller promises.
+            return unsafe { f32_gemm::matmul_plus_bias(dst, lhs, rhs, 1.0, bias) };
+        }
+        for r in 0..dst.rows {
+            for (c, &b) in bias.iter().enumerate() {
+                // SAFETY: (r, c) is inside dst (caller).
+                unsafe { dst.at(r, c).write(b) };
+            }
+        }
+        // SAFETY: as the caller promises; dst now holds the bias.
+        unsafe { self.multiply(dst, lhs, 1.0, true) }
+    }
 }
 
 /// `dst = beta * lhs · rhs`, or `dst += beta * lhs · rhs` when `accumulate`, in fp32;

@@ -4,8 +4,8 @@
 //! crate's own threading, which on some of these shapes is 2-3x slower than it should be
 //! (measured on 2 cores: [2368, 192] x [192, 768], the ViT's fc1, at 60 GFLOP/s against 170 for
 //! [1184, 192] x [192, 768]); splitting the rows into blocks, one single-threaded GEMM each,
-//! runs every shape at the kernel's speed. (2) The bias is written into the output before the
-//! GEMM accumulates onto it, and its gradient (column sums) comes out of the same tasks that
+//! runs every shape at the kernel's speed. (2) The bias is added as the GEMM stores its sums
+//! (mm's fp32 kernels; the others accumulate onto it written first), and its gradient (column sums) comes out of the same tasks that
 //! compute the weight gradient, instead of two more single-threaded passes and an autodiff
 //! node. The weight gradient is a sum over rows, so each thread takes a block of rows (packing
 //! only those rows of x and the output gradient) and the partial sums are added at the end.
@@ -47,15 +47,10 @@ pub fn forward(
     let bias = &bias.storage::<f32>()[..w.cols];
     let (rows, d_out) = (x.rows, w.cols);
     by_row_blocks(rows, d_out, |first, dst| {
-        for row in dst.chunks_mut(d_out) {
-            for (out, &b) in row.iter_mut().zip(bias) {
-                out.write(b);
-            }
-        }
         let rows = dst.len() / d_out;
         let out = Matrix::row_major(dst.as_mut_ptr().cast(), rows, d_out);
-        // SAFETY: out is these rows of the output, now initialised with the bias.
-        unsafe { weights.multiply(out, x.block(first, rows, 0, x.cols), 1.0, true) };
+        // SAFETY: out is these rows of the output, which this writes completely.
+        unsafe { weights.multiply_plus_bias(out, x.block(first, rows, 0, x.cols), bias) };
     })
 }
 
