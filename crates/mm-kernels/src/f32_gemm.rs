@@ -195,29 +195,25 @@ fn pack_b(
         }
     } else {
         // A transposed operand (wᵀ in dx): read along k, where it is contiguous, in 16 x 16
-        // blocks so that the panel's rows being written stay in L1; whole blocks by 8 x 8
-        // register transposes where the CPU has AVX2.
+        // blocks so that the panel's rows being written stay in L1. Whole panels go 8 steps at
+        // a time through 8 x 8 register transposes where the CPU has AVX2, the rest below.
+        let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if b.row_stride == 1 && cols == NR && nr == NR && isa() >= Isa::Avx2 {
-            let whole = len - len % 8;
-            for p0 in (0..whole).step_by(8) {
+            done = len - len % 8;
+            for p0 in (0..done).step_by(8) {
                 for half in [0, 8] {
-                    // SAFETY: 8 steps from p0 and 8 columns from c0 + half are inside b (k
-                    // contiguous) and inside the panel; the CPU has AVX2.
+                    // SAFETY: 8 steps from p0 of the 8 columns from c0 + half are inside b
+                    // (contiguous along k), their 8 x 8 block inside the panel; the CPU has
+                    // AVX2.
                     unsafe {
                         let dst = out[p0 * NR + half..].as_mut_ptr().cast::<f32>();
                         x86::transpose_8x8(b.at(k0 + p0, c0 + half), b.col_stride, dst, NR);
                     }
                 }
             }
-            for p in whole..len {
-                for c in 0..NR {
-                    out[p * nr + c].write(unsafe { *b.at(k0 + p, c0 + c) });
-                }
-            }
-            return;
         }
-        for p0 in (0..len).step_by(16) {
+        for p0 in (done..len).step_by(16) {
             for c in 0..cols {
                 for p in p0..len.min(p0 + 16) {
                     out[p * nr + c].write(unsafe { *b.at(k0 + p, c0 + c) });
@@ -500,6 +496,7 @@ unsafe fn portable(k: usize, a: Lhs, b: &[f32], tile: Tile, beta: f32, onto: Ont
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::matrix::transpose8;
     use super::{Lhs, NR, Onto, Tile};
     use std::arch::x86_64::*;
 
@@ -514,37 +511,15 @@ mod x86 {
         dst: *mut f32,
         dst_stride: usize,
     ) {
+        let column = |c: usize| {
+            src.wrapping_offset(c as isize * src_stride)
+                .cast::<__m256i>()
+        };
         // SAFETY: as the caller promises.
-        unsafe {
-            let row = |c: isize| _mm256_loadu_ps(src.offset(c * src_stride));
-            let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-            let (r4, r5, r6, r7) = (row(4), row(5), row(6), row(7));
-            // Pairs, then quads of 32-bit lanes, then the 128-bit halves.
-            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
-            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
-            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
-            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
-            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            let out = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
-            for (p, v) in out.into_iter().enumerate() {
-                _mm256_storeu_ps(dst.add(p * dst_stride), v);
-            }
+        let block = std::array::from_fn(|c| unsafe { _mm256_loadu_si256(column(c)) });
+        for (p, step) in transpose8(block).into_iter().enumerate() {
+            // SAFETY: as the caller promises.
+            unsafe { _mm256_storeu_si256(dst.add(p * dst_stride).cast(), step) };
         }
     }
 

@@ -5,9 +5,9 @@
 //! (measured on 2 cores: [2368, 192] x [192, 768], the ViT's fc1, at 60 GFLOP/s against 170 for
 //! [1184, 192] x [192, 768]); splitting the rows into blocks, one single-threaded GEMM each,
 //! runs every shape at the kernel's speed. (2) The bias is added as the GEMM stores its sums
-//! (mm's fp32 kernels; the others accumulate onto it written first), and its gradient (column sums) comes out of the same tasks that
-//! compute the weight gradient, instead of two more single-threaded passes and an autodiff
-//! node. The weight gradient is a sum over rows, so each thread takes a block of rows (packing
+//! (mm's fp32 kernels; the others accumulate onto it written first), and its gradient (column
+//! sums) comes out of the same tasks that compute the weight gradient, instead of two more
+//! single-threaded passes and an autodiff node. The weight gradient is a sum over rows, so each thread takes a block of rows (packing
 //! only those rows of x and the output gradient) and the partial sums are added at the end.
 
 use burn::backend::flex::FlexTensor;
